@@ -1,0 +1,297 @@
+/**
+ * Owns the etcd3 client: per-call deadlines (etcd3 sets none), failover across
+ * members, the first contact (retried with backoff up to the connect timeout),
+ * a watchdog that notices a stalled or black-holed connection and rebuilds the
+ * client, and detection of data loss (revisions going backwards or a new cluster
+ * id in the answer to a linearizable read).
+ */
+import { EventEmitter } from 'node:events';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, noop, retry } from 'cockatiel';
+import {
+  Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
+  GRPCDeadlineExceededError,
+  isRecoverableError,
+  type IOptions,
+  type IResponseHeader,
+} from 'etcd3';
+import { retryForever } from './backoff';
+import { RegistryClosedError, RegistryError } from './errors';
+import { logger } from './log';
+import { withDeadline } from './time';
+
+const debug = logger('connection');
+
+export interface ConnectionOptions {
+  readonly endpoints: readonly string[];
+  readonly dialTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  /** A key inside the registry's prefix: the watchdog reads it (count only) to prove etcd answers. */
+  readonly probeKey: string;
+  /** How often the watchdog runs; defaults to max(250 ms, the request timeout). */
+  readonly watchdogIntervalMs?: number;
+  /** Extra etcd3 options (TLS credentials, auth). */
+  readonly clientOptions?: Partial<IOptions>;
+}
+
+export interface ConnectionEvents {
+  reachable: [];
+  unreachable: [error: Error];
+  /** A stalled client was replaced: streams opened on the old one must be reopened on `client`. */
+  rebuilt: [generation: number];
+  /** etcd lost its history (wiped member, another cluster): re-read and re-put everything. */
+  reset: [reason: string];
+}
+
+/** Errors that mean "etcd did not answer", as opposed to "etcd said no". */
+export function isUnreachableError(e: unknown): boolean {
+  return e instanceof Error && isRecoverableError(e);
+}
+
+/** Turns an etcd3 error into a RegistryError that says what was being done. */
+export function toRegistryError(e: unknown, doing: string): RegistryError {
+  if (e instanceof RegistryError) return e;
+  const err = e instanceof Error ? e : new Error(String(e));
+  if (err instanceof EtcdPermissionDeniedError) {
+    return new RegistryError('ERR_PERMISSION_DENIED', `etcd denied permission to ${doing}`, { cause: err });
+  }
+  if (err instanceof EtcdAuthenticationFailedError) {
+    return new RegistryError('ERR_PERMISSION_DENIED', `etcd rejected the username or password while trying to ${doing}`, { cause: err });
+  }
+  if (isUnreachableError(err)) {
+    return new RegistryError('ERR_ETCD_UNREACHABLE', `etcd did not answer while trying to ${doing}: ${err.message}`, { cause: err });
+  }
+  return new RegistryError('ERR_ETCD_REQUEST', `etcd failed to ${doing}: ${err.message}`, { cause: err });
+}
+
+export class Connection extends EventEmitter<ConnectionEvents> {
+  client: Etcd3;
+  /** Increments whenever the client is rebuilt. */
+  generation = 0;
+  private readonly options: ConnectionOptions;
+  private reachable = true;
+  private contact: Promise<void> | undefined;
+  private maxRevision = 0;
+  private clusterId: string | undefined;
+  private watchdogTimer: NodeJS.Timeout | undefined;
+  private watchdogBusy = false;
+  private lastRebuild = 0;
+  private closed = false;
+  private readonly abort = new AbortController();
+
+  constructor(options: ConnectionOptions) {
+    super();
+    this.options = options;
+    this.client = this.createClient();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Aborted when the connection closes: background retries listen to it. */
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  get requestTimeoutMs(): number {
+    return this.options.requestTimeoutMs;
+  }
+
+  private createClient(): Etcd3 {
+    const { endpoints, requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
+    const many = endpoints.length > 1;
+    return new Etcd3({
+      ...clientOptions,
+      hosts: [...endpoints],
+      dialTimeout: dialTimeoutMs,
+      // etcd3 sets no deadline: a stalled member would hang a call for ever.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
+      faultHandling: {
+        // Each retry picks another member: fail over at once, without delay.
+        global: many ? retry(handleWhen(isRecoverableError), { maxAttempts: endpoints.length - 1 }) : noop,
+        // A dead member is skipped for a second rather than the default five.
+        host: () => (many ? circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }) : noop),
+      },
+      grpcOptions: {
+        'grpc.initial_reconnect_backoff_ms': Math.min(100, dialTimeoutMs),
+        'grpc.max_reconnect_backoff_ms': dialTimeoutMs,
+        ...clientOptions?.grpcOptions,
+      },
+    });
+  }
+
+  /**
+   * Runs one etcd call on the current client and keeps the reachable/unreachable
+   * state. Rejects with the raw etcd3 error: callers map it with toRegistryError.
+   */
+  async call<T>(fn: (client: Etcd3) => Promise<T>): Promise<T> {
+    if (this.closed) throw new RegistryClosedError('call');
+    try {
+      const result = await fn(this.client);
+      this.markReachable();
+      return result;
+    } catch (e) {
+      if (isUnreachableError(e)) this.markUnreachable(e as Error);
+      throw e;
+    }
+  }
+
+  /**
+   * The first contact: retried with backoff until it succeeds or the connect
+   * timeout passes. Shared by concurrent callers; a failure lets a later call try again.
+   */
+  ensureContact(): Promise<void> {
+    if (this.closed) return Promise.reject(new RegistryClosedError('connect'));
+    this.contact ??= this.firstContact().catch((e: unknown) => {
+      this.contact = undefined;
+      throw e;
+    });
+    return this.contact;
+  }
+
+  private async firstContact(): Promise<void> {
+    const { connectTimeoutMs, endpoints } = this.options;
+    const started = Date.now();
+    const deadline = new AbortController();
+    const onClose = (): void => deadline.abort(new RegistryClosedError('connect'));
+    this.abort.signal.addEventListener('abort', onClose, { once: true });
+    let attempts = 0;
+    let lastError: unknown;
+    const policy = retryForever((e) => isUnreachableError(e) && Date.now() - started < connectTimeoutMs);
+    try {
+      await withDeadline(
+        policy.execute(async () => {
+          attempts++;
+          try {
+            await this.probe(this.options.dialTimeoutMs);
+          } catch (e) {
+            lastError = e;
+            debug('contact attempt %d failed: %s', attempts, (e as Error).message);
+            throw e;
+          }
+        }, deadline.signal),
+        connectTimeoutMs,
+        () => new Error('connect timeout'),
+      );
+      debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Date.now() - started);
+      this.startWatchdog();
+    } catch (e) {
+      deadline.abort();
+      if (this.closed) throw new RegistryClosedError('connect');
+      const cause = lastError ?? e;
+      if (!isUnreachableError(cause)) throw toRegistryError(cause, `read ${JSON.stringify(this.options.probeKey)}`);
+      throw new RegistryError(
+        'ERR_ETCD_UNREACHABLE',
+        `could not reach etcd at ${endpoints.join(',')} within ${connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS), ${attempts} attempt(s): ${(cause as Error).message}`,
+        { cause },
+      );
+    } finally {
+      this.abort.signal.removeEventListener('abort', onClose);
+    }
+  }
+
+  /** A cheap linearizable read with a deadline; its header reveals data loss. */
+  private async probe(deadlineMs: number): Promise<void> {
+    const res = await this.call((c) =>
+      c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs }),
+    );
+    this.checkHeader(res.header, true);
+  }
+
+  /**
+   * Tracks the highest revision and the cluster id seen. `linearizable` answers
+   * must never be behind a revision already seen: if one is, etcd lost data.
+   */
+  checkHeader(header: IResponseHeader | undefined, linearizable: boolean): void {
+    if (!header) return;
+    const revision = Number(header.revision);
+    const clusterId = header.cluster_id;
+    let reason: string | undefined;
+    if (this.clusterId !== undefined && clusterId !== this.clusterId) {
+      reason = `cluster id changed from ${this.clusterId} to ${clusterId}`;
+    } else if (linearizable && revision < this.maxRevision) {
+      reason = `revision went backwards from ${this.maxRevision} to ${revision}`;
+    }
+    this.clusterId = clusterId;
+    if (reason !== undefined) {
+      this.maxRevision = revision;
+      this.reportReset(reason);
+    } else if (revision > this.maxRevision) {
+      this.maxRevision = revision;
+    }
+  }
+
+  /** Somebody noticed lost history (e.g. a watch resumed past etcd's revision). */
+  reportReset(reason: string): void {
+    if (this.closed) return;
+    debug('etcd lost its data: %s', reason);
+    this.emit('reset', reason);
+  }
+
+  private markReachable(): void {
+    if (this.reachable || this.closed) return;
+    this.reachable = true;
+    debug('etcd reachable again');
+    this.emit('reachable');
+  }
+
+  markUnreachable(error: Error): void {
+    if (!this.reachable || this.closed) return;
+    this.reachable = false;
+    debug('etcd unreachable: %s', error.message);
+    this.emit('unreachable', error);
+  }
+
+  private startWatchdog(): void {
+    if (this.watchdogTimer || this.closed) return;
+    const interval = this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
+    this.watchdogTimer = setInterval(() => void this.watchdog(), interval);
+    this.watchdogTimer.unref();
+  }
+
+  private async watchdog(): Promise<void> {
+    if (this.watchdogBusy || this.closed) return;
+    this.watchdogBusy = true;
+    try {
+      await this.probe(this.options.requestTimeoutMs);
+    } catch (e) {
+      if (this.closed) return;
+      debug('watchdog probe failed: %s', (e as Error).message);
+      // A call that timed out (rather than being refused) is the mark of a
+      // stalled or silently dead connection: grpc will not notice by itself.
+      if (e instanceof GRPCDeadlineExceededError) this.rebuild('watchdog probe timed out');
+    } finally {
+      this.watchdogBusy = false;
+    }
+  }
+
+  /**
+   * Replaces the client with a fresh one (new channels, new TCP connections).
+   * Streams opened on the old client fail and their owners reopen them on
+   * the new client. Rate-limited to once per request timeout.
+   */
+  rebuild(reason: string): void {
+    if (this.closed) return;
+    const now = Date.now();
+    if (now - this.lastRebuild < this.options.requestTimeoutMs) return;
+    this.lastRebuild = now;
+    const old = this.client;
+    this.client = this.createClient();
+    this.generation++;
+    debug('client rebuilt (generation %d): %s', this.generation, reason);
+    this.emit('rebuilt', this.generation);
+    old.close();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.watchdogTimer) clearInterval(this.watchdogTimer);
+    this.abort.abort(new RegistryClosedError('close'));
+    this.client.close();
+    debug('closed');
+  }
+}

@@ -1,0 +1,449 @@
+/**
+ * The public facade. Publishing (LeaseKeeper) and seeing (ServiceView) share one
+ * Connection and one WatchStream and nothing else.
+ */
+import { EventEmitter } from 'node:events';
+import { inspect } from 'node:util';
+import { resolveConfig, type RegistryConfig, type RegistryOptions } from './config';
+import { Connection } from './connection';
+import { RegistryClosedError, RegistryError, RegistryTimeoutError, isRegistryError, quote } from './errors';
+import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
+import { LeaseKeeper, type LeaseState } from './lease';
+import { isStrategy, type PickOptions, type Strategy } from './pickers';
+import { logger } from './log';
+import { ServiceView, type ChangeKind } from './service-view';
+import { enroll } from './shutdown';
+import { delay, withDeadline } from './time';
+import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
+import { WatchStream } from './watch-stream';
+
+const debug = logger('registry');
+
+export interface WatchOptions {
+  signal?: AbortSignal;
+}
+
+export interface PickerOptions extends PickOptions {
+  /** Defaults to 'round-robin'. */
+  strategy?: Strategy;
+}
+
+export interface WaitForOptions {
+  /** How many endpoints to wait for; default 1. */
+  min?: number;
+  /** Milliseconds; no limit by default. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+export class Registry extends EventEmitter<RegistryEvents> implements AsyncDisposable {
+  readonly config: RegistryConfig;
+  private readonly keys: KeySpace;
+  private readonly conn: Connection;
+  private readonly stream: WatchStream;
+  private readonly keeper: LeaseKeeper;
+  private readonly views = new Map<string, ServiceView>();
+  /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
+  private readonly down = new Map<string, number>();
+  private currentStatus: RegistryStatus = 'idle';
+  private unenroll: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(options: RegistryOptions = {}) {
+    super();
+    this.config = resolveConfig(options);
+    this.keys = new KeySpace(this.config.keyPrefix);
+    this.conn = new Connection({
+      endpoints: this.config.etcdEndpoints,
+      dialTimeoutMs: this.config.dialTimeoutMs,
+      requestTimeoutMs: this.config.requestTimeoutMs,
+      connectTimeoutMs: this.config.connectTimeoutMs,
+      probeKey: this.keys.root,
+    });
+    this.stream = new WatchStream(this.conn, (e) => this.reportError(e));
+    this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {
+      registered: (endpoint) => this.emit('registered', endpoint),
+      leaseLost: (leaseId, reason) => this.emit('lease-lost', { leaseId, reason }),
+      reregistered: (leaseId, endpoints) => this.emit('reregistered', { leaseId, endpoints }),
+      restored: (endpoint) => this.emit('restored', endpoint),
+      state: (state) => this.setStatus(state),
+      error: (e) => this.reportError(e),
+    });
+    this.conn.on('unreachable', (error) => this.emit('etcd-unreachable', { error }));
+    this.conn.on('reachable', () => this.emit('etcd-reachable'));
+    this.conn.on('reset', (reason) => {
+      for (const view of this.views.values()) void view.resync(`etcd lost its data: ${reason}`);
+    });
+    debug('created: etcd %s, prefix %s', this.config.etcdEndpoints.join(','), quote(this.config.keyPrefix));
+  }
+
+  /** 'idle' | 'registering' | 'registered' | 'recovering' | 'closed' */
+  get status(): RegistryStatus {
+    return this.currentStatus;
+  }
+
+  /** The current lease id, once granted. */
+  get leaseId(): string | undefined {
+    return this.keeper.leaseId;
+  }
+
+  private get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  private setStatus(state: LeaseState | 'closed'): void {
+    if (state === this.currentStatus) return;
+    debug('status %s -> %s', this.currentStatus, state);
+    this.currentStatus = state;
+    this.emit('status', state);
+  }
+
+  private reportError(error: Error): void {
+    debug('background error: %s', error.message);
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+
+  private assertOpen(method: string): void {
+    if (this.closed) throw new RegistryClosedError(method);
+  }
+
+  /**
+   * Registers an endpoint on this registry's lease and resolves once it is in etcd.
+   * With no argument, registers the service from REGISTRY_SERVICE_NAME and
+   * REGISTRY_SERVICE_ADDRESS (or REGISTRY_SERVICE_PORT) with REGISTRY_SERVICE_METADATA.
+   */
+  async register(input: EndpointInput = {}): Promise<Endpoint> {
+    this.assertOpen('register');
+    if (typeof input !== 'object' || input === null) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `register() expects an object like { service, address, metadata }, got ${quote(input)}`);
+    }
+    const service = input.service ?? this.config.serviceName;
+    if (service === undefined) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', 'register() needs a service: pass { service } or set REGISTRY_SERVICE_NAME');
+    }
+    const address = input.address ?? this.config.serviceAddress;
+    if (address === undefined) {
+      throw new RegistryError(
+        'ERR_INVALID_ARGUMENT',
+        'register() needs an address: pass { address } or set REGISTRY_SERVICE_ADDRESS or REGISTRY_SERVICE_PORT',
+      );
+    }
+    validateServiceName(service);
+    validateAddress(address);
+    const metadata = Object.freeze(
+      input.metadata === undefined ? { ...this.config.serviceMetadata } : validateMetadata(input.metadata),
+    );
+    const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
+    this.enrollSignals();
+    debug('registering %s', endpoint.key);
+    const written = this.keeper.add(endpoint, encodeValue(address, metadata));
+    try {
+      await withDeadline(
+        Promise.all([this.conn.ensureContact(), written]),
+        this.config.connectTimeoutMs,
+        () =>
+          new RegistryError(
+            'ERR_ETCD_UNREACHABLE',
+            `could not register ${endpoint.key}: etcd did not accept it within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`,
+          ),
+      );
+    } catch (e) {
+      this.keeper.abandon(endpoint.key, e as Error);
+      throw e;
+    }
+    return endpoint;
+  }
+
+  /** Removes one endpoint of this registry from etcd. */
+  async unregister(endpoint: Pick<Endpoint, 'service' | 'address'>): Promise<void> {
+    this.assertOpen('unregister');
+    if (typeof endpoint !== 'object' || endpoint === null) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `unregister() expects an endpoint { service, address }, got ${quote(endpoint)}`);
+    }
+    const service = validateServiceName(endpoint.service);
+    const address = validateAddress(endpoint.address);
+    const key = this.keys.endpointKey(service, address);
+    if (!this.keeper.owns(key)) {
+      throw new RegistryError('ERR_NOT_REGISTERED', `${quote(key)} is not registered by this registry`);
+    }
+    debug('unregistering %s', key);
+    await this.keeper.remove(key);
+    this.emit('unregistered', { service, address, metadata: {}, key });
+  }
+
+  /**
+   * The endpoints of a service. The first call reads them and starts a watch;
+   * later calls answer from the local list without a round trip.
+   */
+  async endpoints(service: string): Promise<readonly Endpoint[]> {
+    const view = await this.syncedView(service, 'endpoints');
+    return view.endpoints;
+  }
+
+  /** The view of a service, created and synced on first use. */
+  private async syncedView(service: string, method: string): Promise<ServiceView> {
+    this.assertOpen(method);
+    const view = this.view(service);
+    if (view.isSynced) return view;
+    await this.conn.ensureContact();
+    const started = Date.now();
+    for (;;) {
+      try {
+        await view.sync();
+        return view;
+      } catch (e) {
+        this.assertOpen(method);
+        const left = this.config.connectTimeoutMs - (Date.now() - started);
+        if (!isRegistryError(e) || e.code !== 'ERR_ETCD_UNREACHABLE' || left <= 0) throw e;
+        await delay(Math.min(250, left), this.conn.signal);
+      }
+    }
+  }
+
+  private view(service: string): ServiceView {
+    validateServiceName(service);
+    let view = this.views.get(service);
+    if (!view) {
+      view = new ServiceView(service, this.keys.servicePrefix(service), this.conn, this.stream, {
+        onChange: (v, added, removed, kind) => this.onViewChange(v, added, removed, kind),
+        onInvalid: (event) => this.emit('invalid-endpoint', event),
+        onError: (e) => this.reportError(e),
+      });
+      this.views.set(service, view);
+    }
+    return view;
+  }
+
+  private onViewChange(view: ServiceView, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void {
+    const changed = added.length > 0 || removed.length > 0;
+    if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
+    if (changed) debug('%s: +%d -%d (%d endpoint(s))', view.service, added.length, removed.length, view.size);
+    const wantsChange = changed && this.listenerCount('change') > 0;
+    const wantsResync = kind === 'resync' && this.listenerCount('resynced') > 0;
+    if (!wantsChange && !wantsResync) return;
+    const event: ChangeEvent = { service: view.service, endpoints: view.endpoints, added, removed };
+    if (wantsResync) this.emit('resynced', event);
+    if (wantsChange) this.emit('change', event);
+  }
+
+  /**
+   * One endpoint of the service from the local list, with no round trip.
+   * Synchronous: the service must have been synced (by endpoints(), waitFor()
+   * or pickAsync()); otherwise this starts the sync and throws ERR_NOT_SYNCED.
+   */
+  pick(service: string, options: PickerOptions = {}): Endpoint {
+    this.assertOpen('pick');
+    const view = this.view(service);
+    if (!view.isSynced) {
+      this.syncedView(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
+      throw new RegistryError('ERR_NOT_SYNCED', `service ${quote(service)} is not synced yet: await registry.pickAsync() or registry.endpoints() first`);
+    }
+    const strategy = options.strategy ?? 'round-robin';
+    if (!isStrategy(strategy)) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use round-robin, random, consistent-hash or weighted`);
+    }
+    const picker = view.picker(strategy);
+    const endpoint = picker.pick(options, this.down.size > 0 ? this.isDown : undefined);
+    if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
+    if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
+    return endpoint;
+  }
+
+  /** pick(), after the first sync of the service. */
+  async pickAsync(service: string, options: PickerOptions = {}): Promise<Endpoint> {
+    await this.syncedView(service, 'pickAsync');
+    return this.pick(service, options);
+  }
+
+  private isDown = (endpoint: Endpoint): boolean => {
+    const until = this.down.get(endpoint.key);
+    if (until === undefined) return false;
+    if (until > Date.now()) return true;
+    this.down.delete(endpoint.key);
+    debug('%s is back after being marked down', endpoint.key);
+    return false;
+  };
+
+  /**
+   * Hides an endpoint from this process's pickers for a while (a failed call)
+   * without touching etcd. It comes back on expiry, or at once if it re-registers.
+   */
+  markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options: { seconds?: number } = {}): void {
+    this.assertOpen('markDown');
+    const seconds = options.seconds ?? 10;
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `seconds ${quote(seconds)} is invalid: expected a finite number ≥ 0`);
+    }
+    const key = this.keys.endpointKey(validateServiceName(endpoint?.service), validateAddress(endpoint?.address));
+    this.down.set(key, Date.now() + seconds * 1000);
+    debug('%s marked down for %d s', key, seconds);
+  }
+
+  /** Resolves with the list once the service has at least `min` endpoints (at once if it already has). */
+  async waitFor(service: string, options: WaitForOptions = {}): Promise<readonly Endpoint[]> {
+    const min = options.min ?? 1;
+    if (typeof min !== 'number' || !Number.isInteger(min) || min < 0) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `min ${quote(min)} is invalid: expected an integer ≥ 0`);
+    }
+    validateServiceName(service);
+    let onChange: ((event: ChangeEvent) => void) | undefined;
+    const work = (async () => {
+      const view = await this.syncedView(service, 'waitFor');
+      if (view.size >= min) return view.endpoints;
+      return new Promise<readonly Endpoint[]>((resolve) => {
+        onChange = (event) => {
+          if (event.service === service && event.endpoints.length >= min) resolve(event.endpoints);
+        };
+        this.on('change', onChange);
+      });
+    })();
+    try {
+      return await abortable(work, options, `${min} endpoint(s) of service ${quote(service)}`);
+    } finally {
+      if (onChange) this.off('change', onChange);
+    }
+  }
+
+  /**
+   * Yields the service's list now, then again on every change, until the
+   * signal aborts, the loop breaks, or the registry closes.
+   */
+  async *watch(service: string, options: WatchOptions = {}): AsyncGenerator<readonly Endpoint[], void, undefined> {
+    this.assertOpen('watch');
+    validateServiceName(service);
+    const { signal } = options;
+    if (signal?.aborted) return;
+    const queue: (readonly Endpoint[])[] = [];
+    let wake: (() => void) | undefined;
+    const notify = (): void => {
+      wake?.();
+      wake = undefined;
+    };
+    const onChange = (event: ChangeEvent): void => {
+      if (event.service !== service) return;
+      queue.push(event.endpoints);
+      notify();
+    };
+    this.on('change', onChange);
+    this.on('status', notify);
+    signal?.addEventListener('abort', notify);
+    try {
+      let last = await this.endpoints(service);
+      yield last;
+      for (;;) {
+        while (queue.length > 0) {
+          const next = queue.shift()!;
+          if (next === last) continue;
+          last = next;
+          yield next;
+          if (signal?.aborted || this.closed) return;
+        }
+        if (signal?.aborted || this.closed) return;
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+    } finally {
+      this.off('change', onChange);
+      this.off('status', notify);
+      signal?.removeEventListener('abort', notify);
+    }
+  }
+
+  /**
+   * Resolves when everything asked of the registry is done: etcd contacted,
+   * every endpoint registered on a live lease, every watched service synced.
+   */
+  async ready(options: { timeout?: number; signal?: AbortSignal } = {}): Promise<void> {
+    this.assertOpen('ready');
+    const work = (async () => {
+      await this.conn.ensureContact();
+      await Promise.all(Array.from(this.views.keys(), (service) => this.syncedView(service, 'ready')));
+      while (this.currentStatus === 'registering' || this.currentStatus === 'recovering') {
+        await new Promise<void>((resolve) => this.once('status', () => resolve()));
+      }
+      this.assertOpen('ready');
+    })();
+    if (options.timeout === undefined && options.signal === undefined) return work;
+    return abortable(work, options, 'the registry to be ready');
+  }
+
+  private enrollSignals(): void {
+    if (this.unenroll || this.config.shutdownSignals.length === 0) return;
+    this.unenroll = enroll({
+      signals: this.config.shutdownSignals,
+      shutdown: (signal) => this.shutdown(signal),
+    });
+  }
+
+  /** What a shutdown signal does: deregister at once (bounded), drain, close. */
+  private async shutdown(signal: NodeJS.Signals): Promise<void> {
+    debug('%s: deregistering', signal);
+    const started = Date.now();
+    const error = await this.keeper.close(this.config.shutdownTimeoutMs);
+    debug('%s: deregistered in %d ms%s', signal, Date.now() - started, error ? ` (failed: ${error.message})` : '');
+    if (this.config.drainMs > 0) await delay(this.config.drainMs, undefined, true);
+    await this.close();
+  }
+
+  /**
+   * Revokes the lease (every own key vanishes in one round trip, bounded by the
+   * shutdown timeout), stops every watch and closes the client. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    debug('closing');
+    this.unenroll?.();
+    const error = await this.keeper.close(this.config.shutdownTimeoutMs);
+    if (error) debug('close: %s', error.message);
+    for (const view of this.views.values()) view.close();
+    this.stream.close();
+    this.conn.close();
+    this.setStatus('closed');
+    debug('closed');
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  [inspect.custom](): string {
+    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, services watched: ${this.views.size} }`;
+  }
+}
+
+/** Races `work` against an optional timeout (ms) and AbortSignal. */
+export async function abortable<T>(work: Promise<T>, options: { timeout?: number; signal?: AbortSignal }, what: string): Promise<T> {
+  const { timeout, signal } = options;
+  if (timeout !== undefined && (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout < 0)) {
+    throw new RegistryError('ERR_INVALID_ARGUMENT', `timeout ${quote(timeout)} is invalid: expected a finite number of milliseconds ≥ 0`);
+  }
+  work.catch(() => undefined);
+  const races: Promise<T>[] = [work];
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  if (timeout !== undefined) {
+    races.push(
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new RegistryTimeoutError(`timed out after ${timeout} ms waiting for ${what}`)), timeout);
+      }),
+    );
+  }
+  if (signal) {
+    races.push(
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(new RegistryError('ERR_ABORTED', `aborted while waiting for ${what}`, { cause: signal.reason }));
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      }),
+    );
+  }
+  try {
+    return await Promise.race(races);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  }
+}

@@ -1,0 +1,34 @@
+/** Timer helpers that never keep the process alive on their own and honour an AbortSignal. */
+
+/** Resolves after `ms`, or rejects with the signal's reason when it aborts first. */
+export function delay(ms: number, signal?: AbortSignal, ref = false): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    if (!ref) timer.unref();
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Settles like `promise`, or rejects with `onTimeout()` after `ms`. The timer is
+ * ref'd only when asked: a pending deadline must not hold a finished process open.
+ */
+export function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error, ref = false): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+    if (!ref) timer.unref();
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,59 @@
+/** One registered address of a service, as stored in etcd and as seen by discovery. */
+export interface Endpoint {
+  readonly service: string;
+  /** `host:port` or a URL, exactly as registered. */
+  readonly address: string;
+  readonly metadata: Readonly<Record<string, unknown>>;
+  /** The etcd key: `$PREFIX/services/$SERVICE/$ENDPOINT`. */
+  readonly key: string;
+}
+
+/** What `register()` accepts; the service and address default to the environment's. */
+export interface EndpointInput {
+  service?: string;
+  address?: string;
+  metadata?: Record<string, unknown>;
+}
+
+export type RegistryStatus = 'idle' | 'registering' | 'registered' | 'recovering' | 'closed';
+
+export interface ChangeEvent {
+  readonly service: string;
+  /** The whole list after the change. */
+  readonly endpoints: readonly Endpoint[];
+  readonly added: readonly Endpoint[];
+  readonly removed: readonly Endpoint[];
+}
+
+export interface InvalidEndpointEvent {
+  readonly service: string;
+  readonly key: string;
+  readonly reason: string;
+}
+
+/** Typed events of a Registry. */
+export interface RegistryEvents {
+  /** An endpoint of this registry was written to etcd. */
+  registered: [endpoint: Endpoint];
+  /** An endpoint of this registry was removed by unregister(). */
+  unregistered: [endpoint: Endpoint];
+  /** The lease is gone (expired, revoked by someone else, or etcd lost its data). */
+  'lease-lost': [info: { leaseId: string; reason: string }];
+  /** A new lease was granted and every owned endpoint put back on it. */
+  reregistered: [info: { leaseId: string; endpoints: readonly Endpoint[] }];
+  /** An owned key deleted by someone else was put back. */
+  restored: [endpoint: Endpoint];
+  /** A service's local list changed. */
+  change: [event: ChangeEvent];
+  /** A service's list was re-read from etcd (compaction, data loss, a new watch). */
+  resynced: [event: ChangeEvent];
+  /** etcd stopped answering (a call or the watchdog failed). */
+  'etcd-unreachable': [info: { error: Error }];
+  /** etcd answers again. */
+  'etcd-reachable': [];
+  /** A record under a watched service could not be used; it is skipped. */
+  'invalid-endpoint': [event: InvalidEndpointEvent];
+  status: [status: RegistryStatus];
+  /** A background failure that the registry is retrying (never thrown). */
+  error: [error: Error];
+}

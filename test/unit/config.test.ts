@@ -1,0 +1,564 @@
+import os from 'node:os';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ENV_VARIABLES, describeConfig, resolveConfig, type RegistryOptions } from '../../lib/config';
+import { RegistryConfigError, RegistryError } from '../../lib/errors';
+
+type Env = Record<string, string | undefined>;
+
+/** Resolves with only `env` (never the real process.env) plus any typed options. */
+const resolve = (env: Env, options: Omit<RegistryOptions, 'env'> = {}) => resolveConfig({ ...options, env });
+
+/** Asserts a RegistryConfigError naming `variable` and quoting `value` as JSON. */
+function expectConfigError(run: () => unknown, variable: string, value: unknown): RegistryConfigError {
+  let err: unknown;
+  try {
+    run();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(RegistryConfigError);
+  const e = err as RegistryConfigError;
+  expect(e.code).toBe('ERR_REGISTRY_CONFIG');
+  expect(e.variable).toBe(variable);
+  expect(e.value).toStrictEqual(value);
+  expect(e.message).toContain(`${variable}=${JSON.stringify(value)} is invalid: `);
+  return e;
+}
+
+const rejectsEnv = (variable: string, value: string, env: Env = {}) =>
+  expectConfigError(() => resolve({ ...env, [variable]: value }), variable, value);
+
+const rejectsOption = (name: keyof typeof ENV_VARIABLES, value: unknown) =>
+  expectConfigError(() => resolve({}, { [name]: value }), `options.${name}`, value);
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('resolveConfig defaults', () => {
+  it('returns every default for an empty environment', () => {
+    expect(resolve({})).toStrictEqual({
+      etcdEndpoints: ['http://127.0.0.1:2379'],
+      keyPrefix: '',
+      connectTimeoutMs: 300_000,
+      dialTimeoutMs: 1_000,
+      requestTimeoutMs: 1_000,
+      leaseSeconds: 10,
+      serviceName: undefined,
+      serviceAddress: undefined,
+      serviceMetadata: {},
+      shutdownSignals: ['SIGTERM', 'SIGINT'],
+      shutdownTimeoutMs: 5_000,
+      drainMs: 0,
+    });
+  });
+
+  it('treats an empty string as unset for every variable but REGISTRY_SHUTDOWN_SIGNALS', () => {
+    const env = Object.fromEntries(Object.values(ENV_VARIABLES).map((v) => [v, '']));
+    const config = resolve(env);
+    expect(config).toStrictEqual({ ...resolve({}), shutdownSignals: [] });
+  });
+
+  it('ignores unrelated variables', () => {
+    expect(resolve({ PATH: '/bin', REGISTRY_UNKNOWN: 'x' })).toStrictEqual(resolve({}));
+  });
+});
+
+describe('resolveConfig good values from the environment', () => {
+  it('parses every variable', () => {
+    const config = resolve({
+      REGISTRY_ETCD_ENDPOINTS: 'https://etcd-0:2379,https://etcd-1:2379',
+      REGISTRY_KEY_PREFIX: '/apps/prod/',
+      REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS: '60',
+      REGISTRY_ETCD_DIAL_TIMEOUT_SECONDS: '0.5',
+      REGISTRY_ETCD_REQUEST_TIMEOUT_SECONDS: ' 2.25 ',
+      REGISTRY_LEASE_SECONDS: '30',
+      REGISTRY_SERVICE_NAME: 'billing-api.v2',
+      REGISTRY_SERVICE_ADDRESS: '10.0.0.7:8080',
+      REGISTRY_SERVICE_METADATA: '{"zone":"eu-1","weight":3,"tags":["a","b"]}',
+      REGISTRY_SHUTDOWN_SIGNALS: 'SIGTERM, SIGHUP',
+      REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '12',
+      REGISTRY_DRAIN_SECONDS: '1.5',
+    });
+    expect(config).toStrictEqual({
+      etcdEndpoints: ['https://etcd-0:2379', 'https://etcd-1:2379'],
+      keyPrefix: 'apps/prod',
+      connectTimeoutMs: 60_000,
+      dialTimeoutMs: 500,
+      requestTimeoutMs: 2_250,
+      leaseSeconds: 30,
+      serviceName: 'billing-api.v2',
+      serviceAddress: '10.0.0.7:8080',
+      serviceMetadata: { zone: 'eu-1', weight: 3, tags: ['a', 'b'] },
+      shutdownSignals: ['SIGTERM', 'SIGHUP'],
+      shutdownTimeoutMs: 12_000,
+      drainMs: 1_500,
+    });
+  });
+
+  it('accepts the bounds of each number', () => {
+    expect(resolve({ REGISTRY_LEASE_SECONDS: '1' }).leaseSeconds).toBe(1);
+    expect(resolve({ REGISTRY_LEASE_SECONDS: '31536000' }).leaseSeconds).toBe(31_536_000);
+    expect(resolve({ REGISTRY_DRAIN_SECONDS: '0' }).drainMs).toBe(0);
+    expect(resolve({ REGISTRY_ETCD_DIAL_TIMEOUT_SECONDS: '.001' }).dialTimeoutMs).toBe(1);
+    expect(resolve({ REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '2147483' }).shutdownTimeoutMs).toBe(2_147_483_000);
+    expect(resolve({ REGISTRY_SERVICE_PORT: '65535' }).serviceAddress).toMatch(/:65535$/);
+    expect(resolve({ REGISTRY_SERVICE_PORT: '1' }).serviceAddress).toMatch(/:1$/);
+  });
+
+  it('rounds seconds to whole milliseconds', () => {
+    expect(resolve({ REGISTRY_ETCD_REQUEST_TIMEOUT_SECONDS: '1.1' }).requestTimeoutMs).toBe(1_100);
+    expect(resolve({ REGISTRY_DRAIN_SECONDS: '0.0004' }).drainMs).toBe(0);
+  });
+
+  it.each([
+    '10.0.0.7:8080',
+    'my-host.internal:1',
+    '[::1]:80',
+    '[2001:db8::1]:65535',
+    'http://10.0.0.7:8080',
+    'https://api.example.com/v1',
+    'dns:///billing:443',
+  ])('accepts the service address %j as given', (address) => {
+    expect(resolve({ REGISTRY_SERVICE_ADDRESS: address }).serviceAddress).toBe(address);
+  });
+
+  it('accepts an empty metadata object', () => {
+    expect(resolve({ REGISTRY_SERVICE_METADATA: ' {} ' }).serviceMetadata).toStrictEqual({});
+  });
+});
+
+describe('REGISTRY_ETCD_ENDPOINTS normalisation', () => {
+  it.each<[string, string[]]>([
+    ['etcd', ['http://etcd:2379']],
+    ['etcd:12379', ['http://etcd:12379']],
+    ['http://etcd', ['http://etcd:2379']],
+    ['https://etcd', ['https://etcd:2379']],
+    ['http://etcd:80', ['http://etcd:80']],
+    ['https://etcd:443', ['https://etcd:443']],
+    ['http://etcd:2379/', ['http://etcd:2379']],
+    ['HTTP://ETCD.Example.COM:2379', ['http://etcd.example.com:2379']],
+    ['[::1]', ['http://[::1]:2379']],
+    ['[::1]:2379', ['http://[::1]:2379']],
+    ['https://[2001:db8::1]:2380', ['https://[2001:db8::1]:2380']],
+    [' a , b:1 ,, c ', ['http://a:2379', 'http://b:1', 'http://c:2379']],
+    ['a,http://a:2379,a:2379,A', ['http://a:2379']],
+    [',127.0.0.1,', ['http://127.0.0.1:2379']],
+  ])('%j → %j', (value, expected) => {
+    expect(resolve({ REGISTRY_ETCD_ENDPOINTS: value }).etcdEndpoints).toStrictEqual(expected);
+  });
+
+  it.each([
+    'ftp://etcd:2379',
+    'unix:///var/run/etcd.sock',
+    'http://etcd:2379/v3',
+    'http://etcd:2379?x=1',
+    'http://etcd:2379#frag',
+    'http://user:pass@etcd:2379',
+    'etcd:0',
+    'etcd:65536',
+    'etcd:abc',
+    'etcd:',
+    '::1',
+    '[::1',
+    '[zz]:2379',
+    'http://',
+    'a b',
+    ',',
+    '  ',
+    'http://a,https://b',
+    'a,b/c',
+  ])('rejects %j', (value) => {
+    rejectsEnv('REGISTRY_ETCD_ENDPOINTS', value);
+  });
+
+  it('names the bad entry in the message', () => {
+    const err = rejectsEnv('REGISTRY_ETCD_ENDPOINTS', 'a,ftp://b');
+    expect(err.message).toContain('"ftp://b"');
+  });
+
+  it('accepts a list option and normalises it the same way', () => {
+    expect(resolve({}, { etcdEndpoints: [' etcd ', 'etcd:2379', '[::1]'] }).etcdEndpoints).toStrictEqual([
+      'http://etcd:2379',
+      'http://[::1]:2379',
+    ]);
+    expect(resolve({}, { etcdEndpoints: 'https://a, https://b' }).etcdEndpoints).toStrictEqual(['https://a:2379', 'https://b:2379']);
+  });
+
+  it.each<[unknown]>([[[]], [['']], [''], [[1]], [42], [['http://a', 'https://b']]])('rejects the option %j', (value) => {
+    rejectsOption('etcdEndpoints', value);
+  });
+});
+
+describe('REGISTRY_KEY_PREFIX normalisation', () => {
+  it.each([
+    ['apps', 'apps'],
+    ['/apps', 'apps'],
+    ['apps/', 'apps'],
+    ['/a/b/', 'a/b'],
+    ['//a/b//', 'a/b'],
+    ['/', ''],
+    ['a.b/c-d_e', 'a.b/c-d_e'],
+    ['x'.repeat(512), 'x'.repeat(512)],
+  ])('%j → %j', (value, expected) => {
+    expect(resolve({ REGISTRY_KEY_PREFIX: value }).keyPrefix).toBe(expected);
+  });
+
+  it.each(['a//b', 'a/./b', 'a/../b', '.', '..', '/../', 'a b', ' a', '\t', 'a\nb', 'a\u0000b', 'a\u007fb', 'x'.repeat(513)])(
+    'rejects %j',
+    (value) => {
+      rejectsEnv('REGISTRY_KEY_PREFIX', value);
+    },
+  );
+
+  it('rejects a non-string option', () => {
+    rejectsOption('keyPrefix', 42);
+  });
+});
+
+describe('number variables', () => {
+  const common = ['abc', '10s', '-1', '-0.5', 'NaN', 'Infinity', '-Infinity', '1e400', '1e3', '0x10', '+5', '1_000', '1,5', ' ', '\t'];
+  const cases: [string, string[]][] = [
+    ['REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS', [...common, '0', '0.0', '0.0001', '2147484']],
+    ['REGISTRY_ETCD_DIAL_TIMEOUT_SECONDS', [...common, '0', '0.0001']],
+    ['REGISTRY_ETCD_REQUEST_TIMEOUT_SECONDS', [...common, '0']],
+    ['REGISTRY_LEASE_SECONDS', [...common, '0', '0.5', '1.5', '31536001', '9000000000']],
+    ['REGISTRY_SHUTDOWN_TIMEOUT_SECONDS', [...common, '0']],
+    ['REGISTRY_DRAIN_SECONDS', [...common, '2147484']],
+    ['REGISTRY_SERVICE_PORT', [...common, '0', '65536', '80.5', '99999999']],
+  ];
+  for (const [variable, values] of cases) {
+    it.each(values)(`${variable} rejects %j`, (value) => {
+      const err = rejectsEnv(variable, value);
+      expect(err.message).toMatch(/expected .*(seconds|port)/);
+    });
+  }
+
+  it.each<[keyof typeof ENV_VARIABLES, unknown[]]>([
+    ['connectTimeoutSeconds', ['300', 0, -1, NaN, Infinity, null, true]],
+    ['dialTimeoutSeconds', ['1', 0, -0.5, NaN]],
+    ['requestTimeoutSeconds', ['1', 0, Infinity]],
+    ['leaseSeconds', ['10', 0, 1.5, -10, 1e12, NaN]],
+    ['shutdownTimeoutSeconds', ['5', 0, -1]],
+    ['drainSeconds', ['0', -1, -Infinity, NaN]],
+    ['servicePort', ['8080', 0, 65536, 80.5, NaN]],
+  ])('options.%s rejects bad numbers and strings', (name, values) => {
+    for (const value of values) rejectsOption(name, value);
+  });
+
+  it('accepts numeric options', () => {
+    const config = resolve(
+      {},
+      {
+        connectTimeoutSeconds: 2,
+        dialTimeoutSeconds: 0.25,
+        requestTimeoutSeconds: 3,
+        leaseSeconds: 60,
+        shutdownTimeoutSeconds: 1,
+        drainSeconds: 0,
+      },
+    );
+    expect(config).toMatchObject({
+      connectTimeoutMs: 2_000,
+      dialTimeoutMs: 250,
+      requestTimeoutMs: 3_000,
+      leaseSeconds: 60,
+      shutdownTimeoutMs: 1_000,
+      drainMs: 0,
+    });
+  });
+});
+
+describe('REGISTRY_SERVICE_NAME', () => {
+  it.each(['a', 'billing', 'Billing_API-2.v1', 'x'.repeat(253)])('accepts %j', (value) => {
+    expect(resolve({ REGISTRY_SERVICE_NAME: value }).serviceName).toBe(value);
+  });
+
+  it.each(['a b', ' web', 'web/api', 'web:1', 'é', 'x'.repeat(254), ' '])('rejects %j, keeping the original error as cause', (value) => {
+    const err = rejectsEnv('REGISTRY_SERVICE_NAME', value);
+    expect(err.cause).toBeInstanceOf(RegistryError);
+    expect((err.cause as RegistryError).code).toBe('ERR_INVALID_SERVICE_NAME');
+    expect(err.message).toContain('letters, digits');
+  });
+
+  it('rejects bad options', () => {
+    rejectsOption('serviceName', '');
+    rejectsOption('serviceName', 'a/b');
+    rejectsOption('serviceName', 42);
+  });
+});
+
+describe('REGISTRY_SERVICE_ADDRESS', () => {
+  it.each([
+    'localhost',
+    '10.0.0.7',
+    ':8080',
+    'host:0',
+    'host:65536',
+    'host:http',
+    '::1:80',
+    '[::1]',
+    '[zz]:80',
+    'a/b:80',
+    'a b:80',
+    ' host:80',
+    'http://',
+    'http://[zz]:80',
+    'x'.repeat(1020) + ':8080',
+  ])('rejects %j', (value) => {
+    rejectsEnv('REGISTRY_SERVICE_ADDRESS', value);
+  });
+
+  it('keeps the keys.ts error as cause for white space', () => {
+    const err = rejectsEnv('REGISTRY_SERVICE_ADDRESS', 'a b:80');
+    expect((err.cause as RegistryError).code).toBe('ERR_INVALID_ADDRESS');
+  });
+
+  it('rejects bad options', () => {
+    rejectsOption('serviceAddress', '');
+    rejectsOption('serviceAddress', 'nohost');
+    rejectsOption('serviceAddress', 8080);
+  });
+});
+
+describe('REGISTRY_SERVICE_PORT', () => {
+  it('uses a non-internal IPv4 address of this host, or 127.0.0.1', () => {
+    const address = resolve({ REGISTRY_SERVICE_PORT: '8080' }).serviceAddress;
+    const match = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3}):8080$/.exec(address ?? '');
+    expect(match, address).not.toBeNull();
+    expect(match!.slice(1).every((n) => Number(n) <= 255)).toBe(true);
+    const candidates = Object.values(os.networkInterfaces())
+      .flatMap((list) => list ?? [])
+      .filter((i) => i.family === 'IPv4' && !i.internal)
+      .map((i) => i.address);
+    expect(address).toBe(`${candidates[0] ?? '127.0.0.1'}:8080`);
+  });
+
+  it('picks the first non-internal IPv4 address', () => {
+    const info = (address: string, family: 'IPv4' | 'IPv6', internal: boolean) =>
+      ({ address, family, internal, netmask: '', mac: '00:00:00:00:00:00', cidr: null, scopeid: 0 }) as os.NetworkInterfaceInfo;
+    vi.spyOn(os, 'networkInterfaces').mockReturnValue({
+      lo: [info('127.0.0.1', 'IPv4', true)],
+      eth0: [info('fe80::1', 'IPv6', false), info('192.0.2.10', 'IPv4', false)],
+      eth1: [info('198.51.100.1', 'IPv4', false)],
+    });
+    expect(resolve({ REGISTRY_SERVICE_PORT: '9000' }).serviceAddress).toBe('192.0.2.10:9000');
+    expect(resolve({}, { servicePort: 9001 }).serviceAddress).toBe('192.0.2.10:9001');
+  });
+
+  it('falls back to 127.0.0.1 without a non-internal IPv4 address', () => {
+    vi.spyOn(os, 'networkInterfaces').mockReturnValue({
+      lo: [{ address: '127.0.0.1', family: 'IPv4', internal: true, netmask: '255.0.0.0', mac: '', cidr: null }],
+    });
+    expect(resolve({ REGISTRY_SERVICE_PORT: '8080' }).serviceAddress).toBe('127.0.0.1:8080');
+  });
+
+  it('falls back to 127.0.0.1 when interfaces cannot be listed', () => {
+    vi.spyOn(os, 'networkInterfaces').mockImplementation(() => {
+      throw new Error('uv_interface_addresses');
+    });
+    expect(resolve({ REGISTRY_SERVICE_PORT: '8080' }).serviceAddress).toBe('127.0.0.1:8080');
+  });
+
+  it('rejects setting both the address and the port, naming both', () => {
+    const err = rejectsEnv('REGISTRY_SERVICE_ADDRESS', '10.0.0.7:80', { REGISTRY_SERVICE_PORT: '8080' });
+    expect(err.message).toContain('REGISTRY_SERVICE_PORT');
+    expect(err.message).toContain('"8080"');
+    const opt = expectConfigError(() => resolve({}, { serviceAddress: 'a:1', servicePort: 2 }), 'options.serviceAddress', 'a:1');
+    expect(opt.message).toContain('options.servicePort');
+  });
+
+  it('lets either typed option replace the whole environment pair', () => {
+    expect(resolve({ REGISTRY_SERVICE_PORT: '8080' }, { serviceAddress: 'a:1' }).serviceAddress).toBe('a:1');
+    expect(resolve({ REGISTRY_SERVICE_ADDRESS: 'a:1' }, { servicePort: 2 }).serviceAddress).toMatch(/^\d+\.\d+\.\d+\.\d+:2$/);
+  });
+});
+
+describe('REGISTRY_SERVICE_METADATA', () => {
+  it.each(['[]', '[1]', 'null', '"str"', '42', 'true', '{', "{'a':1}", 'zone=eu', ' ', '{"a":1}x'])('rejects %j', (value) => {
+    rejectsEnv('REGISTRY_SERVICE_METADATA', value);
+  });
+
+  it('rejects more than 16 KiB of JSON', () => {
+    const ok = JSON.stringify({ k: 'x'.repeat(16 * 1024 - 8) });
+    expect(Buffer.byteLength(ok)).toBe(16 * 1024);
+    expect(resolve({ REGISTRY_SERVICE_METADATA: ok }).serviceMetadata).toStrictEqual(JSON.parse(ok));
+    const big = JSON.stringify({ k: 'x'.repeat(16 * 1024) });
+    const err = rejectsEnv('REGISTRY_SERVICE_METADATA', big);
+    expect(err.message).toContain('16384');
+    // Counted in UTF-8 bytes, not characters.
+    rejectsEnv('REGISTRY_SERVICE_METADATA', JSON.stringify({ k: 'é'.repeat(9000) }));
+  });
+
+  it('accepts a plain object option and copies it', () => {
+    const meta = { zone: 'eu-1', nested: { list: [1, 'two', null, true] } };
+    const config = resolve({}, { serviceMetadata: meta });
+    expect(config.serviceMetadata).toStrictEqual(meta);
+    expect(config.serviceMetadata).not.toBe(meta);
+    expect(Object.isFrozen(meta)).toBe(false);
+    const bare = Object.assign(Object.create(null) as Record<string, unknown>, { a: 1 });
+    expect(resolve({}, { serviceMetadata: bare }).serviceMetadata).toStrictEqual({ a: 1 });
+  });
+
+  it('rejects options that are not plain JSON objects', () => {
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    class Box {
+      a = 1;
+    }
+    const bad: unknown[] = [
+      [],
+      null,
+      'x',
+      new Map(),
+      new Box(),
+      { a: undefined },
+      { a: () => 1 },
+      { a: new Date(0) },
+      { a: NaN },
+      { a: Infinity },
+      { a: 1n },
+      { a: new Box() },
+      { [Symbol('s')]: 1 },
+      circular,
+      { k: 'x'.repeat(16 * 1024) },
+    ];
+    for (const value of bad) {
+      let err: unknown;
+      try {
+        resolve({}, { serviceMetadata: value as Record<string, unknown> });
+      } catch (e) {
+        err = e;
+      }
+      expect(err, String(value)).toBeInstanceOf(RegistryConfigError);
+      expect((err as RegistryConfigError).variable).toBe('options.serviceMetadata');
+      expect((err as RegistryConfigError).value).toBe(value);
+    }
+  });
+});
+
+describe('REGISTRY_SHUTDOWN_SIGNALS', () => {
+  it('an empty string disables the handler', () => {
+    expect(resolve({ REGISTRY_SHUTDOWN_SIGNALS: '' }).shutdownSignals).toStrictEqual([]);
+    expect(resolve({}, { shutdownSignals: '' }).shutdownSignals).toStrictEqual([]);
+    expect(resolve({}, { shutdownSignals: [] }).shutdownSignals).toStrictEqual([]);
+  });
+
+  it('parses, trims and deduplicates names', () => {
+    expect(resolve({ REGISTRY_SHUTDOWN_SIGNALS: ' SIGINT ,SIGTERM,,SIGINT' }).shutdownSignals).toStrictEqual(['SIGINT', 'SIGTERM']);
+    expect(resolve({}, { shutdownSignals: ['SIGHUP', 'SIGUSR2'] }).shutdownSignals).toStrictEqual(['SIGHUP', 'SIGUSR2']);
+  });
+
+  it.each(['SIGKILL', 'SIGSTOP', 'SIGTERM,SIGKILL', 'sigterm', 'TERM', 'SIGFOO', '15', ' ', ',', 'SIGTERM SIGINT'])('rejects %j', (value) => {
+    rejectsEnv('REGISTRY_SHUTDOWN_SIGNALS', value);
+  });
+
+  it('says names are exact and case-sensitive', () => {
+    expect(rejectsEnv('REGISTRY_SHUTDOWN_SIGNALS', 'term').message).toContain('case-sensitive');
+  });
+
+  it('rejects bad options', () => {
+    rejectsOption('shutdownSignals', ['SIGKILL']);
+    rejectsOption('shutdownSignals', ['']);
+    rejectsOption('shutdownSignals', [15]);
+    rejectsOption('shutdownSignals', 15);
+  });
+});
+
+describe('options and environment', () => {
+  const env: Env = {
+    REGISTRY_ETCD_ENDPOINTS: 'env-etcd',
+    REGISTRY_KEY_PREFIX: 'env',
+    REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS: '7',
+    REGISTRY_ETCD_DIAL_TIMEOUT_SECONDS: '7',
+    REGISTRY_ETCD_REQUEST_TIMEOUT_SECONDS: '7',
+    REGISTRY_LEASE_SECONDS: '7',
+    REGISTRY_SERVICE_NAME: 'env-name',
+    REGISTRY_SERVICE_ADDRESS: 'env:7',
+    REGISTRY_SERVICE_METADATA: '{"from":"env"}',
+    REGISTRY_SHUTDOWN_SIGNALS: 'SIGHUP',
+    REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '7',
+    REGISTRY_DRAIN_SECONDS: '7',
+  };
+
+  it('typed options win over the environment', () => {
+    const config = resolve(env, {
+      etcdEndpoints: ['opt-etcd'],
+      keyPrefix: 'opt',
+      connectTimeoutSeconds: 1,
+      dialTimeoutSeconds: 2,
+      requestTimeoutSeconds: 3,
+      leaseSeconds: 4,
+      serviceName: 'opt-name',
+      serviceAddress: 'opt:5',
+      serviceMetadata: { from: 'options' },
+      shutdownSignals: 'SIGUSR1',
+      shutdownTimeoutSeconds: 6,
+      drainSeconds: 8,
+    });
+    expect(config).toStrictEqual({
+      etcdEndpoints: ['http://opt-etcd:2379'],
+      keyPrefix: 'opt',
+      connectTimeoutMs: 1_000,
+      dialTimeoutMs: 2_000,
+      requestTimeoutMs: 3_000,
+      leaseSeconds: 4,
+      serviceName: 'opt-name',
+      serviceAddress: 'opt:5',
+      serviceMetadata: { from: 'options' },
+      shutdownSignals: ['SIGUSR1'],
+      shutdownTimeoutMs: 6_000,
+      drainMs: 8_000,
+    });
+  });
+
+  it('an undefined option falls back to the environment', () => {
+    expect(resolve(env, { leaseSeconds: undefined }).leaseSeconds).toBe(7);
+  });
+
+  it('a bad option names options.<name>, even when the environment is good', () => {
+    rejectsOption('leaseSeconds', 0);
+    expectConfigError(() => resolve(env, { leaseSeconds: -3 }), 'options.leaseSeconds', -3);
+  });
+
+  it('a good option hides a bad environment value', () => {
+    expect(resolve({ REGISTRY_LEASE_SECONDS: 'nope' }, { leaseSeconds: 5 }).leaseSeconds).toBe(5);
+  });
+
+  it('reads process.env when no env is given', () => {
+    const name = 'REGISTRY_LEASE_SECONDS';
+    const saved = process.env[name];
+    process.env[name] = '42';
+    try {
+      expect(resolveConfig().leaseSeconds).toBe(42);
+    } finally {
+      if (saved === undefined) delete process.env[name];
+      else process.env[name] = saved;
+    }
+  });
+});
+
+describe('the result', () => {
+  it('is frozen, with frozen lists and deeply frozen metadata', () => {
+    const config = resolve({ REGISTRY_SERVICE_METADATA: '{"a":{"b":[1]}}' });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.etcdEndpoints)).toBe(true);
+    expect(Object.isFrozen(config.shutdownSignals)).toBe(true);
+    expect(Object.isFrozen(config.serviceMetadata)).toBe(true);
+    expect(Object.isFrozen((config.serviceMetadata.a as { b: number[] }).b)).toBe(true);
+    expect(Object.isFrozen(resolve({}).serviceMetadata)).toBe(true);
+    expect(() => {
+      (config as { leaseSeconds: number }).leaseSeconds = 1;
+    }).toThrow(TypeError);
+  });
+
+  it('describeConfig returns a plain mutable copy with every field', () => {
+    const config = resolve({ REGISTRY_SERVICE_METADATA: '{"a":1}' });
+    const described = describeConfig(config);
+    expect(described).toStrictEqual({ ...config });
+    expect(Object.keys(described).sort()).toStrictEqual(Object.keys(config).sort());
+    expect(Object.isFrozen(described)).toBe(false);
+    expect(Object.isFrozen(described.etcdEndpoints)).toBe(false);
+    expect(Object.isFrozen(described.serviceMetadata)).toBe(false);
+  });
+});
