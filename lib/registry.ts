@@ -11,7 +11,8 @@ import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServi
 import { LeaseKeeper, type LeaseState } from './lease';
 import { isStrategy, type PickOptions, type Strategy } from './pickers';
 import { logger } from './log';
-import { ServiceView, type ChangeKind } from './service-view';
+import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
+import { ServiceList } from './service-list';
 import { enroll } from './shutdown';
 import { delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
@@ -42,7 +43,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly conn: Connection;
   private readonly stream: WatchStream;
   private readonly keeper: LeaseKeeper;
-  private readonly views = new Map<string, ServiceView>();
+  /** The local list of every service seen. */
+  private readonly lists = new Map<string, ServiceList>();
+  /** One watched prefix per service asked for, until `services()` watches them all at once. */
+  private readonly views = new Map<string, PrefixView>();
+  private rootView: PrefixView | undefined;
   /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
   private readonly down = new Map<string, number>();
   private currentStatus: RegistryStatus = 'idle';
@@ -72,7 +77,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.conn.on('unreachable', (error) => this.emit('etcd-unreachable', { error }));
     this.conn.on('reachable', () => this.emit('etcd-reachable'));
     this.conn.on('reset', (reason) => {
-      for (const view of this.views.values()) void view.resync(`etcd lost its data: ${reason}`);
+      for (const view of this.allViews()) void view.resync(`etcd lost its data: ${reason}`);
     });
     debug('created: etcd %s, prefix %s', this.config.etcdEndpoints.join(','), quote(this.config.keyPrefix));
   }
@@ -176,21 +181,60 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * later calls answer from the local list without a round trip.
    */
   async endpoints(service: string): Promise<readonly Endpoint[]> {
-    const view = await this.syncedView(service, 'endpoints');
-    return view.endpoints;
+    return (await this.syncedList(service, 'endpoints')).endpoints;
   }
 
-  /** The view of a service, created and synced on first use. */
-  private async syncedView(service: string, method: string): Promise<ServiceView> {
+  /**
+   * Every service with at least one endpoint. The first call reads all of
+   * `$PREFIX/services/` and watches it as one prefix; later calls, and
+   * endpoints() for any service, answer from the local lists.
+   */
+  async services(): Promise<ReadonlyMap<string, readonly Endpoint[]>> {
+    this.assertOpen('services');
+    if (!this.rootView) {
+      this.rootView = new PrefixView(this.keys, undefined, this.conn, this.stream, this.viewHooks(undefined));
+    }
+    await this.syncView(this.rootView, 'services');
+    // The whole-registry watch covers every service: the per-service ones are redundant now.
+    for (const view of this.views.values()) view.close();
+    this.views.clear();
+    const result = new Map<string, readonly Endpoint[]>();
+    for (const [service, list] of this.lists) if (list.size > 0) result.set(service, list.endpoints);
+    return result;
+  }
+
+  private *allViews(): Iterable<PrefixView> {
+    if (this.rootView) yield this.rootView;
+    yield* this.views.values();
+  }
+
+  /** The list of a service, synced on first use (through the whole-registry view if it runs). */
+  private async syncedList(service: string, method: string): Promise<ServiceList> {
     this.assertOpen(method);
-    const view = this.view(service);
-    if (view.isSynced) return view;
+    validateServiceName(service);
+    if (this.rootView?.isSynced) return this.list(service);
+    let view = this.views.get(service);
+    if (!view) {
+      view = new PrefixView(this.keys, service, this.conn, this.stream, this.viewHooks(service));
+      this.views.set(service, view);
+    }
+    await this.syncView(view, method);
+    return this.list(service);
+  }
+
+  private isSynced(service: string): boolean {
+    return this.rootView?.isSynced === true || this.views.get(service)?.isSynced === true;
+  }
+
+  /** First sync of a view: retried while etcd is unreachable, up to the connect timeout. */
+  private async syncView(view: PrefixView, method: string): Promise<void> {
+    if (view.isSynced) return;
     await this.conn.ensureContact();
     const started = Date.now();
     for (;;) {
       try {
         await view.sync();
-        return view;
+        return;
       } catch (e) {
         this.assertOpen(method);
         const left = this.config.connectTimeoutMs - (Date.now() - started);
@@ -200,28 +244,33 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
   }
 
-  private view(service: string): ServiceView {
-    validateServiceName(service);
-    let view = this.views.get(service);
-    if (!view) {
-      view = new ServiceView(service, this.keys.servicePrefix(service), this.conn, this.stream, {
-        onChange: (v, added, removed, kind) => this.onViewChange(v, added, removed, kind),
-        onInvalid: (event) => this.emit('invalid-endpoint', event),
-        onError: (e) => this.reportError(e),
-      });
-      this.views.set(service, view);
+  private list(service: string): ServiceList {
+    let list = this.lists.get(service);
+    if (!list) {
+      list = new ServiceList(service);
+      this.lists.set(service, list);
     }
-    return view;
+    return list;
   }
 
-  private onViewChange(view: ServiceView, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void {
+  private viewHooks(service: string | undefined): ViewHooks {
+    return {
+      list: (s) => this.list(s),
+      lists: () => (service === undefined ? this.lists.values() : [this.list(service)]),
+      onChange: (list, added, removed, kind) => this.onListChange(list, added, removed, kind),
+      onInvalid: (event) => this.emit('invalid-endpoint', event),
+      onError: (e) => this.reportError(e),
+    };
+  }
+
+  private onListChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void {
     const changed = added.length > 0 || removed.length > 0;
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
-    if (changed) debug('%s: +%d -%d (%d endpoint(s))', view.service, added.length, removed.length, view.size);
+    if (changed) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
     const wantsChange = changed && this.listenerCount('change') > 0;
     const wantsResync = kind === 'resync' && this.listenerCount('resynced') > 0;
     if (!wantsChange && !wantsResync) return;
-    const event: ChangeEvent = { service: view.service, endpoints: view.endpoints, added, removed };
+    const event: ChangeEvent = { service: list.service, endpoints: list.endpoints, added, removed };
     if (wantsResync) this.emit('resynced', event);
     if (wantsChange) this.emit('change', event);
   }
@@ -233,16 +282,16 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   pick(service: string, options: PickerOptions = {}): Endpoint {
     this.assertOpen('pick');
-    const view = this.view(service);
-    if (!view.isSynced) {
-      this.syncedView(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
+    validateServiceName(service);
+    if (!this.isSynced(service)) {
+      this.syncedList(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
       throw new RegistryError('ERR_NOT_SYNCED', `service ${quote(service)} is not synced yet: await registry.pickAsync() or registry.endpoints() first`);
     }
     const strategy = options.strategy ?? 'round-robin';
     if (!isStrategy(strategy)) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use round-robin, random, consistent-hash or weighted`);
     }
-    const picker = view.picker(strategy);
+    const picker = this.list(service).picker(strategy);
     const endpoint = picker.pick(options, this.down.size > 0 ? this.isDown : undefined);
     if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
@@ -251,7 +300,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   /** pick(), after the first sync of the service. */
   async pickAsync(service: string, options: PickerOptions = {}): Promise<Endpoint> {
-    await this.syncedView(service, 'pickAsync');
+    await this.syncedList(service, 'pickAsync');
     return this.pick(service, options);
   }
 
@@ -288,8 +337,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     validateServiceName(service);
     let onChange: ((event: ChangeEvent) => void) | undefined;
     const work = (async () => {
-      const view = await this.syncedView(service, 'waitFor');
-      if (view.size >= min) return view.endpoints;
+      const list = await this.syncedList(service, 'waitFor');
+      if (list.size >= min) return list.endpoints;
       return new Promise<readonly Endpoint[]>((resolve) => {
         onChange = (event) => {
           if (event.service === service && event.endpoints.length >= min) resolve(event.endpoints);
@@ -356,7 +405,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.assertOpen('ready');
     const work = (async () => {
       await this.conn.ensureContact();
-      await Promise.all(Array.from(this.views.keys(), (service) => this.syncedView(service, 'ready')));
+      await Promise.all(Array.from(this.allViews(), (view) => this.syncView(view, 'ready')));
       while (this.currentStatus === 'registering' || this.currentStatus === 'recovering') {
         await new Promise<void>((resolve) => this.once('status', () => resolve()));
       }
@@ -398,7 +447,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);
-    for (const view of this.views.values()) view.close();
+    for (const view of this.allViews()) view.close();
     this.stream.close();
     this.conn.close();
     this.setStatus('closed');
@@ -410,7 +459,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   }
 
   [inspect.custom](): string {
-    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, services watched: ${this.views.size} }`;
+    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, services known: ${this.lists.size} }`;
   }
 }
 

@@ -67,6 +67,25 @@ describe('Registry against a real etcd', () => {
     await expect(a.register({ service: 'web', address: '10.0.0.1:80' })).rejects.toMatchObject({ code: 'ERR_REGISTRY_CLOSED' });
   });
 
+  it('services() reads and watches every service under the prefix at once', async () => {
+    const prefix = uniquePrefix('all');
+    const a = registry(prefix);
+    await a.register({ service: 'web', address: '10.0.0.1:80' });
+    await a.register({ service: 'api', address: '10.0.0.2:80' });
+    const b = registry(prefix);
+    const before = await b.endpoints('web'); // a per-service watch, replaced by the whole-registry one
+    expect(addresses(before)).toEqual(['10.0.0.1:80']);
+    const all = await b.services();
+    expect(Array.from(all.keys()).sort()).toEqual(['api', 'web']);
+    const changes: string[] = [];
+    b.on('change', (e) => changes.push(`${e.service}:${e.added.length}-${e.removed.length}`));
+    await a.register({ service: 'db', address: '10.0.0.3:80' });
+    await a.unregister({ service: 'web', address: '10.0.0.1:80' });
+    await eventually(() => expect(changes).toEqual(['db:1-0', 'web:0-1']));
+    expect(addresses(await b.endpoints('db'))).toEqual(['10.0.0.3:80']);
+    expect(Array.from((await b.services()).keys()).sort()).toEqual(['api', 'db']);
+  });
+
   it('keeps "web" and "webapp" apart', async () => {
     const prefix = uniquePrefix('prefix-match');
     const a = registry(prefix);

@@ -1,0 +1,201 @@
+/**
+ * Keeps ServiceLists in step with etcd for one key prefix: one service's
+ * (`$PREFIX/services/web/`) or every service's (`$PREFIX/services/`).
+ *
+ * One range read at revision R, then a watch from R+1, so no change falls
+ * between the two. When etcd ends the watch (compacted history) or loses its
+ * data, the prefix is read again, the lists replaced, and exactly what was
+ * added and removed meanwhile reported. While the view is open it always has a
+ * working watch or is retrying to get one.
+ */
+import { Range, type IEvent, type IKeyValue } from 'etcd3';
+import { cappedBackoff } from './backoff';
+import { type Connection, isUnreachableError, toRegistryError } from './connection';
+import { RegistryClosedError } from './errors';
+import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from './keys';
+import { logger } from './log';
+import { readPrefix } from './read-prefix';
+import type { ListEntry, ServiceList } from './service-list';
+import { delay } from './time';
+import type { Endpoint, InvalidEndpointEvent } from './types';
+import type { WatchStream, WatchTarget } from './watch-stream';
+
+const debug = logger('view');
+
+export type ChangeKind = 'change' | 'resync';
+
+export interface ViewHooks {
+  /** The list for a service, created if needed. */
+  list(service: string): ServiceList;
+  /** Every list this view covers (for a whole-registry view, all of them). */
+  lists(): Iterable<ServiceList>;
+  onChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void;
+  onInvalid(event: InvalidEndpointEvent): void;
+  onError(error: Error): void;
+}
+
+interface Batch {
+  readonly list: ServiceList;
+  readonly added: Endpoint[];
+  readonly removed: Endpoint[];
+}
+
+export class PrefixView implements WatchTarget {
+  readonly name: string;
+  readonly key: Buffer;
+  readonly rangeEnd: Buffer;
+  nextRevision = 0;
+  /** Records skipped because they could not be used. */
+  invalidCount = 0;
+  private readonly prefix: string;
+  private initial: Promise<void> | undefined;
+  private synced = false;
+  private resyncing = false;
+  private closed = false;
+
+  /** `service` undefined: the view covers every service under the key space's root. */
+  constructor(
+    private readonly keys: KeySpace,
+    readonly service: string | undefined,
+    private readonly conn: Connection,
+    private readonly stream: WatchStream,
+    private readonly hooks: ViewHooks,
+  ) {
+    this.prefix = service === undefined ? keys.root : keys.servicePrefix(service);
+    this.name = service === undefined ? 'all services' : `service ${service}`;
+    const range = Range.prefix(this.prefix);
+    this.key = range.start;
+    this.rangeEnd = range.end;
+  }
+
+  get isSynced(): boolean {
+    return this.synced;
+  }
+
+  /** The first read and watch; concurrent callers share it, a failure lets the next call try again. */
+  sync(): Promise<void> {
+    if (this.closed) return Promise.reject(new RegistryClosedError('endpoints'));
+    this.initial ??= this.load('change').catch((e: unknown) => {
+      this.initial = undefined;
+      throw toRegistryError(e, `read the endpoints of ${this.name}`);
+    });
+    return this.initial;
+  }
+
+  /** Reads the whole prefix, replaces the lists with it and (re)starts the watch after it. */
+  private async load(kind: ChangeKind): Promise<void> {
+    const snapshot = await readPrefix(this.conn, this.prefix);
+    if (this.closed) return;
+    const fresh = new Map<ServiceList, Map<string, ListEntry>>();
+    for (const list of this.hooks.lists()) fresh.set(list, new Map());
+    for (const kv of snapshot.kvs) {
+      const decoded = this.decode(kv);
+      if (!decoded?.entry) continue;
+      let entries = fresh.get(decoded.list);
+      if (!entries) fresh.set(decoded.list, (entries = new Map()));
+      entries.set(decoded.key, decoded.entry);
+    }
+    let total = 0;
+    const batches: Batch[] = [];
+    for (const [list, entries] of fresh) {
+      const batch: Batch = { list, added: [], removed: [] };
+      for (const key of Array.from(list.keys())) if (!entries.has(key)) list.set(key, undefined, batch.added, batch.removed);
+      for (const [key, entry] of entries) list.set(key, entry, batch.added, batch.removed);
+      total += entries.size;
+      batches.push(batch);
+    }
+    this.nextRevision = snapshot.revision + 1;
+    this.synced = true;
+    this.stream.add(this);
+    debug('%s read at revision %d: %d endpoint(s)', this.name, snapshot.revision, total);
+    for (const batch of batches) this.commit(batch, kind);
+  }
+
+  onEvents(events: IEvent[]): void {
+    if (this.closed) return;
+    const batches = new Map<ServiceList, Batch>();
+    for (const event of events) {
+      const decoded = event.type === 'Delete' ? this.locate(event.kv.key.toString()) : this.decode(event.kv);
+      if (!decoded) continue;
+      let batch = batches.get(decoded.list);
+      if (!batch) batches.set(decoded.list, (batch = { list: decoded.list, added: [], removed: [] }));
+      decoded.list.set(decoded.key, 'entry' in decoded ? decoded.entry : undefined, batch.added, batch.removed);
+    }
+    for (const batch of batches.values()) this.commit(batch, 'change');
+  }
+
+  onLost(reason: string): void {
+    void this.resync(reason);
+  }
+
+  /** Reads the prefix again and restarts the watch; retried until it works or the view closes. */
+  async resync(reason: string): Promise<void> {
+    if (this.closed || this.resyncing || !this.synced) return;
+    this.resyncing = true;
+    this.stream.remove(this);
+    debug('%s resync: %s', this.name, reason);
+    let step = cappedBackoff().next();
+    try {
+      for (;;) {
+        try {
+          await this.load('resync');
+          return;
+        } catch (e) {
+          if (this.closed) return;
+          debug('%s resync failed, retrying in %d ms: %s', this.name, step.duration, (e as Error).message);
+          if (!isUnreachableError(e)) this.hooks.onError(toRegistryError(e, `re-read the endpoints of ${this.name}`));
+          await delay(step.duration, this.conn.signal);
+          step = step.next(undefined);
+        }
+      }
+    } catch {
+      // closed while waiting
+    } finally {
+      this.resyncing = false;
+    }
+  }
+
+  /** The list a key belongs to, or undefined (reported as invalid) when the key has no place. */
+  private locate(key: string): { list: ServiceList; key: string; service: string } | undefined {
+    let service = this.service;
+    if (service === undefined) {
+      service = this.keys.serviceOf(key);
+      if (service === undefined || !SERVICE_NAME_PATTERN.test(service)) {
+        this.invalid(service ?? '', key, 'key is not $PREFIX/services/$SERVICE/$ENDPOINT with a valid service name');
+        return undefined;
+      }
+    }
+    return { list: this.hooks.list(service), key, service };
+  }
+
+  private decode(kv: IKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
+    const key = kv.key.toString();
+    const located = this.locate(key);
+    if (!located) return undefined;
+    const result = decodeEndpoint(located.service, this.keys.servicePrefix(located.service), key, kv.value);
+    if (result.ok) {
+      const endpoint = Object.freeze({ ...result.endpoint, metadata: Object.freeze(result.endpoint.metadata) });
+      return { list: located.list, key, entry: { endpoint, value: kv.value.toString() } };
+    }
+    this.invalid(located.service, key, result.reason);
+    // An unusable record replaces whatever the key held before.
+    return { list: located.list, key, entry: undefined };
+  }
+
+  private invalid(service: string, key: string, reason: string): void {
+    this.invalidCount++;
+    debug('%s: skipping %s: %s', this.name, key, reason);
+    this.hooks.onInvalid({ service, key, reason });
+  }
+
+  private commit(batch: Batch, kind: ChangeKind): void {
+    batch.list.commit(batch.added, batch.removed);
+    this.hooks.onChange(batch.list, batch.added, batch.removed, kind);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stream.remove(this);
+  }
+}
