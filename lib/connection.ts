@@ -116,6 +116,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         host: () => (many ? circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }) : noop),
       },
       grpcOptions: {
+        // grpc-js shares connections between clients by default: a rebuilt
+        // client would get the stalled connection back. Each client its own.
+        'grpc.use_local_subchannel_pool': 1,
         'grpc.initial_reconnect_backoff_ms': Math.min(100, dialTimeoutMs),
         'grpc.max_reconnect_backoff_ms': dialTimeoutMs,
         ...clientOptions?.grpcOptions,

@@ -1,0 +1,155 @@
+/**
+ * Registration under faults: etcd paused past the TTL, killed and restarted,
+ * restarted empty, our key deleted by someone else, shutdown while etcd is down.
+ */
+import { Etcd3 } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Registry } from '../../lib';
+import { spawnFixture } from '../support/child';
+import { EtcdNode, etcdctl } from '../support/etcd';
+import { eventually, uniquePrefix } from '../support/env';
+import { TTL, expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
+
+describe('registration under faults', () => {
+  const etcd = new EtcdNode();
+  let client: Etcd3;
+  const open: Registry[] = [];
+  const reg = (prefix: string, options = {}): Registry => {
+    const r = faultRegistry(etcd.clientUrl, prefix, options);
+    open.push(r);
+    return r;
+  };
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterEach(async () => {
+    if (etcd.isPaused) etcd.resume();
+    if (!etcd.isRunning) await etcd.restart();
+    await Promise.all(open.splice(0).map((r) => r.close()));
+  });
+  afterAll(async () => {
+    client.close();
+    await etcd.stop();
+  });
+
+  it('heals a lease that expired while etcd was paused past the TTL', async () => {
+    const prefix = uniquePrefix('pause');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.0.1:80' }), await a.register({ service: 'api', address: '10.0.0.1:81' })];
+    await expectConverged(client, prefix, owned, [watcher]);
+    const oldLease = a.leaseId;
+    const lost = timeUntil(a, 'lease-lost');
+    const statuses: string[] = [];
+    a.on('status', (s) => statuses.push(s));
+    etcd.pause();
+    await sleep(TTL * 1000 + 1500);
+    etcd.resume();
+    const resumed = Date.now();
+    const healed = timeUntil(a, 'reregistered');
+    await lost;
+    await healed;
+    measured('SIGSTOP past the TTL: SIGCONT → every endpoint back on a new lease', Date.now() - resumed);
+    expect(a.leaseId).not.toBe(oldLease);
+    await expectConverged(client, prefix, owned, [watcher]);
+    const leases = new Set((await client.getAll().prefix(`${prefix}/`).exec()).kvs.map((kv) => kv.lease));
+    expect(Array.from(leases)).toEqual([a.leaseId]);
+    expect(statuses).toContain('recovering');
+    expect(a.status).toBe('registered');
+  });
+
+  it('re-registers after etcd is killed and restarted on its data', async () => {
+    const prefix = uniquePrefix('restart');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.0.2:80' })];
+    await expectConverged(client, prefix, owned, [watcher]);
+    await etcd.kill();
+    await sleep(TTL * 1000 + 500);
+    await etcd.restart();
+    const restarted = Date.now();
+    await expectConverged(client, prefix, owned, [watcher]);
+    measured('kill -9 + restart (down past the TTL): etcd healthy → converged', Date.now() - restarted);
+    // Registration and discovery keep working afterwards.
+    owned.push(await a.register({ service: 'web', address: '10.0.0.3:80' }));
+    await expectConverged(client, prefix, owned, [watcher]);
+  });
+
+  it('re-registers and re-reads when etcd comes back empty (data loss)', async () => {
+    const prefix = uniquePrefix('wipe');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    const other = reg(prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.0.4:80' })];
+    // Push the revision well past where the new cluster will start.
+    for (let i = 0; i < 30; i++) await client.put(`${prefix}/noise`).value(String(i));
+    await expectConverged(client, prefix, owned, [watcher]);
+    const resynced = timeUntil(watcher, 'resynced');
+    await etcd.restart({ wipe: true });
+    const restarted = Date.now();
+    await expectConverged(client, prefix, owned, [watcher]);
+    measured('etcd restored empty: healthy → own endpoints back and watchers converged', Date.now() - restarted);
+    await resynced;
+    // The watchers follow the new history: a change made now reaches them.
+    owned.push(await other.register({ service: 'web', address: '10.0.0.5:80' }));
+    await expectConverged(client, prefix, owned, [watcher, a]);
+  });
+
+  it('puts back a key someone else deleted, but not one we unregistered', async () => {
+    const prefix = uniquePrefix('foreign-delete');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    const keep = await a.register({ service: 'web', address: '10.0.0.6:80' });
+    const drop = await a.register({ service: 'web', address: '10.0.0.7:80' });
+    await expectConverged(client, prefix, [keep, drop], [watcher]);
+    const restored = timeUntil(a, 'restored');
+    const deleted = Date.now();
+    await etcdctl(etcd.clientUrl, 'del', keep.key);
+    measured('etcdctl del of an own key → put back (includes etcdctl start-up)', await restored);
+    expect(Date.now() - deleted).toBeLessThan(5000);
+    await a.unregister(drop);
+    await sleep(500);
+    await expectConverged(client, prefix, [keep], [watcher]);
+    const lease = (await client.getAll().prefix(`${prefix}/`).exec()).kvs[0]?.lease;
+    expect(lease).toBe(a.leaseId);
+  });
+
+  it('close() finishes within the shutdown timeout while etcd is stalled', async () => {
+    const prefix = uniquePrefix('close-stalled');
+    const a = reg(prefix, { shutdownTimeoutSeconds: 1 });
+    await a.register({ service: 'web', address: '10.0.0.8:80' });
+    etcd.pause();
+    const started = Date.now();
+    await a.close();
+    measured('close() with etcd paused (shutdown timeout 1 s)', Date.now() - started);
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(a.status).toBe('closed');
+  });
+
+  it('a child sent SIGTERM while etcd is down still exits, within the shutdown timeout', async () => {
+    const prefix = uniquePrefix('sigterm-down');
+    const child = spawnFixture('registered-child.ts', {
+      REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl,
+      REGISTRY_KEY_PREFIX: prefix,
+      REGISTRY_SERVICE_NAME: 'worker',
+      REGISTRY_SERVICE_ADDRESS: '127.0.0.1:9996',
+      REGISTRY_LEASE_SECONDS: String(TTL),
+      REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '1',
+    });
+    try {
+      await child.line(/registered /);
+      etcd.pause();
+      const started = Date.now();
+      child.process.kill('SIGTERM');
+      expect(await child.exited()).toEqual({ code: null, signal: 'SIGTERM' });
+      measured('SIGTERM with etcd paused → child exits (shutdown timeout 1 s)', Date.now() - started);
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      child.process.kill('SIGKILL');
+    }
+    etcd.resume();
+    await eventually(async () => expect(await client.getAll().prefix(`${prefix}/`).keys()).toEqual([]), { timeout: 10_000 });
+  });
+});

@@ -1,0 +1,69 @@
+/** Shared pieces of the fault-injection suite: registries with short TTLs and end-state checks from an independent client. */
+import { Etcd3 } from 'etcd3';
+import { expect } from 'vitest';
+import { Registry, type Endpoint, type RegistryOptions } from '../../lib';
+import { eventually } from '../support/env';
+
+export const TTL = 2;
+
+export function faultRegistry(endpoints: string, prefix: string, options: RegistryOptions = {}): Registry {
+  return new Registry({
+    etcdEndpoints: endpoints,
+    keyPrefix: prefix,
+    leaseSeconds: TTL,
+    shutdownSignals: [],
+    connectTimeoutSeconds: 30,
+    env: {},
+    ...options,
+  });
+}
+
+/** Every key under `$prefix/services/`, as an independent client sees it. */
+export async function keysInEtcd(client: Etcd3, prefix: string): Promise<string[]> {
+  const keys = await client.getAll().prefix(`${prefix}/services/`).keys();
+  return keys.sort();
+}
+
+/**
+ * The end state every fault test asserts: etcd holds exactly the `owned`
+ * endpoints, each of them on its registry's live lease, and every watcher's
+ * list of each service equals what etcd holds.
+ */
+export async function expectConverged(
+  client: Etcd3,
+  prefix: string,
+  owned: readonly Endpoint[],
+  watchers: readonly Registry[],
+  timeout = 20_000,
+): Promise<void> {
+  const expected = owned.map((e) => e.key).sort();
+  const services = Array.from(new Set(owned.map((e) => e.service)));
+  await eventually(
+    async () => {
+      expect(await keysInEtcd(client, prefix)).toEqual(expected);
+      for (const watcher of watchers) {
+        for (const service of services) {
+          const inEtcd = (await client.getAll().prefix(`${prefix}/services/${service}/`).keys()).sort();
+          const seen = (await watcher.endpoints(service)).map((e) => e.key).sort();
+          expect(seen).toEqual(inEtcd);
+        }
+      }
+    },
+    { timeout, interval: 50 },
+  );
+}
+
+/** Resolves with the ms from now until `registry` emits `event`. */
+export function timeUntil(registry: Registry, event: 'reregistered' | 'lease-lost' | 'restored' | 'etcd-unreachable' | 'etcd-reachable' | 'resynced'): Promise<number> {
+  const started = Date.now();
+  return new Promise((resolve) => registry.once(event, () => resolve(Date.now() - started)));
+}
+
+export function measured(what: string, ms: number): void {
+  // Collected into the README's "Failure behaviour" section.
+  console.log(`[measure] ${what}: ${ms} ms`);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,116 @@
+/**
+ * Discovery and keepalive under connection faults: a watcher whose history was
+ * compacted while it was cut off, and connections that go silent without closing.
+ */
+import { Etcd3 } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { ChangeEvent, Registry } from '../../lib';
+import { EtcdNode } from '../support/etcd';
+import { eventually, uniquePrefix } from '../support/env';
+import { TcpProxy } from '../support/proxy';
+import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
+
+describe('watches and connections under faults', () => {
+  const etcd = new EtcdNode();
+  let client: Etcd3;
+  let proxy: TcpProxy;
+  const open: Registry[] = [];
+  const reg = (endpoints: string, prefix: string, options = {}): Registry => {
+    const r = faultRegistry(endpoints, prefix, options);
+    open.push(r);
+    return r;
+  };
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((r) => r.close()));
+    await proxy?.close();
+  });
+  afterAll(async () => {
+    client.close();
+    await etcd.stop();
+  });
+
+  async function startProxy(): Promise<TcpProxy> {
+    const url = new URL(etcd.clientUrl);
+    proxy = new TcpProxy(url.hostname, Number(url.port));
+    await proxy.start();
+    return proxy;
+  }
+
+  it('re-reads after the revision it would resume from was compacted, and reports exactly what changed meanwhile', async () => {
+    const prefix = uniquePrefix('compact');
+    await startProxy();
+    const a = reg(etcd.clientUrl, prefix);
+    const stays = await a.register({ service: 'web', address: '10.0.1.1:80' });
+    const goes = await a.register({ service: 'web', address: '10.0.1.2:80' });
+    const watcher = reg(proxy.url, prefix);
+    await expectConverged(client, prefix, [stays, goes], [watcher]);
+    const changes: ChangeEvent[] = [];
+    watcher.on('change', (e) => changes.push(e));
+    const resynced = timeUntil(watcher, 'resynced');
+
+    proxy.setMode('blackhole');
+    await a.unregister(goes);
+    const comes = await a.register({ service: 'web', address: '10.0.1.3:80' });
+    const rev = (await client.get('anything').exec()).header.revision;
+    await client.kv.compact({ revision: rev, physical: true });
+    expect(changes).toEqual([]); // cut off: saw nothing yet
+    proxy.setMode('pass');
+    proxy.resetBlackholed();
+    const reconnected = Date.now();
+    await resynced;
+    measured('watch resumed at a compacted revision → re-read', Date.now() - reconnected);
+    await expectConverged(client, prefix, [stays, comes], [watcher]);
+    expect(changes).toHaveLength(1);
+    expect(changes[0]!.added.map((e) => e.address)).toEqual(['10.0.1.3:80']);
+    expect(changes[0]!.removed.map((e) => e.address)).toEqual(['10.0.1.2:80']);
+  });
+
+  it('notices a connection that went silent, and heals lease and watch once traffic flows again', async () => {
+    const prefix = uniquePrefix('blackhole');
+    await startProxy();
+    const a = reg(proxy.url, prefix);
+    const watcher = reg(proxy.url, prefix);
+    const writer = reg(etcd.clientUrl, prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.2.1:80' })];
+    await expectConverged(client, prefix, owned, [watcher]);
+    const unreachable = timeUntil(watcher, 'etcd-unreachable');
+    const aUnreachable = timeUntil(a, 'etcd-unreachable');
+    proxy.setMode('blackhole');
+    measured('black-holed connection noticed by a watcher', await unreachable);
+    measured('black-holed connection noticed by a registrar', await aUnreachable);
+    // Meanwhile a change the watcher cannot see yet, and our lease expires in etcd.
+    owned.push(await writer.register({ service: 'web', address: '10.0.2.2:80' }));
+    await sleep(2500);
+    const reachable = timeUntil(watcher, 'etcd-reachable');
+    proxy.setMode('pass');
+    const restored = Date.now();
+    await reachable;
+    await expectConverged(client, prefix, owned, [watcher, a]);
+    measured('black hole lifted → lease and watch re-established, converged', Date.now() - restored);
+  });
+
+  it('a watch keeps its place across a connection reset (no event lost, none replayed)', async () => {
+    const prefix = uniquePrefix('reset');
+    await startProxy();
+    const writer = reg(etcd.clientUrl, prefix);
+    const watcher = reg(proxy.url, prefix);
+    await watcher.endpoints('web');
+    const seen: string[] = [];
+    watcher.on('change', (e) => {
+      for (const x of e.added) seen.push(`+${x.address}`);
+      for (const x of e.removed) seen.push(`-${x.address}`);
+    });
+    const expected: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const e = await writer.register({ service: 'web', address: `10.0.3.${i}:80` });
+      expected.push(`+${e.address}`);
+      if (i % 5 === 4) proxy.reset();
+    }
+    await eventually(() => expect(seen).toEqual(expected), { timeout: 15_000 });
+  });
+});
