@@ -2,13 +2,16 @@
  * Consistent hashing on a ring of virtual nodes.
  *
  * Each endpoint owns VIRTUAL_NODES points, `hash32(endpoint.key + '#' + i)`.
- * The ring is two parallel sorted typed arrays (point hash, owner slot),
+ * The ring is two parallel sorted typed arrays (point hash as a signed int32
+ * — the order is a rotation of the unsigned one — and owner slot),
  * ordered by (hash, owner key) so that it does not depend on the order of
- * changes. A change filters out the removed endpoints' points and merges the
- * new endpoints' (sorted) points in one linear pass — no re-sort of the ring.
- * A replace (same key) only swaps the endpoint in its slot: same points.
+ * changes. A change locates the removed endpoints' points by binary search,
+ * sorts only the new endpoints' points and merges them in, copying the rest
+ * of the ring in runs — never a re-sort of the ring: O(N + k·V·log N) for k
+ * endpoints changed out of N points. A replace (same key) only swaps the
+ * endpoint in its slot: same points, same ring.
  *
- * A key maps to the first point at or after `hash32(key)` (wrapping), found by
+ * A key maps to the first point at or after its hash (wrapping), found by
  * binary search. When that endpoint is excluded, the walk goes clockwise to the
  * next distinct non-excluded endpoint, so a marked-down endpoint's keys spread
  * over the others deterministically.
@@ -16,7 +19,7 @@
 import { RegistryError, quote } from '../errors';
 import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
-import { hash32 } from './hash';
+import { FNV_OFFSET, fnv1a, hashInt32, hashWithIndex } from './hash';
 import type { ExcludePredicate, Picker, PickOptions } from './picker';
 
 /**
@@ -26,19 +29,19 @@ import type { ExcludePredicate, Picker, PickOptions } from './picker';
  */
 export const VIRTUAL_NODES = 320;
 
-const EMPTY_POINTS = new Uint32Array(0);
+const EMPTY_POINTS = new Int32Array(0);
 const EMPTY_OWNERS = new Int32Array(0);
 
 export class ConsistentHashPicker implements Picker {
   readonly strategy = 'consistent-hash' as const;
   private _lastAllExcluded = false;
-  private points: Uint32Array = EMPTY_POINTS;
+  private points: Int32Array = EMPTY_POINTS;
   private owners: Int32Array = EMPTY_OWNERS;
   private readonly slots: (Endpoint | undefined)[] = [];
   private readonly slotByKey = new Map<string, number>();
   private readonly freeSlots: number[] = [];
   /** Per-slot visit stamps for the exclusion walk (avoids asking `exclude` twice). */
-  private seen = new Uint32Array(0);
+  private seen = new Int32Array(0);
   private stamp = 0;
 
   constructor(initial: readonly Endpoint[] = []) {
@@ -75,79 +78,111 @@ export class ConsistentHashPicker implements Picker {
       fresh.push(s);
     }
     if (dead.length === 0 && fresh.length === 0) return;
-    this.rebuildRing(dead, fresh);
+    this.spliceRing(dead, fresh);
     for (const s of dead) {
       this.slots[s] = undefined;
       this.freeSlots.push(s);
     }
     if (this.seen.length < this.slots.length) {
-      const seen = new Uint32Array(Math.max(8, this.slots.length * 2));
+      const seen = new Int32Array(Math.max(8, this.slots.length * 2));
       seen.set(this.seen);
       this.seen = seen;
     }
   }
 
-  /** Drops the points of `dead` slots and merges in the points of `fresh` ones, in one pass. */
-  private rebuildRing(dead: readonly number[], fresh: readonly number[]): void {
+  /**
+   * Drops the points of the `dead` slots and inserts those of the `fresh`
+   * ones. The dead points are located by binary search (their hashes are
+   * recomputed from their keys) and the new ones sorted on their own, so the
+   * rest of the ring is copied in runs: O(k·V·log N) plus one copy of the ring.
+   */
+  private spliceRing(dead: readonly number[], fresh: readonly number[]): void {
     const V = VIRTUAL_NODES;
     const slots = this.slots;
-
-    // The new endpoints' points, sorted by (hash, owner key).
-    const addCount = fresh.length * V;
-    const addHash = new Uint32Array(addCount);
-    const addOwner = new Int32Array(addCount);
-    let k = 0;
-    for (const s of fresh) {
-      const key = slots[s]!.key;
-      for (let i = 0; i < V; i++, k++) {
-        addHash[k] = hash32(`${key}#${i}`);
-        addOwner[k] = s;
-      }
-    }
-    const order = Array.from({ length: addCount }, (_, i) => i);
-    order.sort((a, b) => {
-      const ha = addHash[a]!;
-      const hb = addHash[b]!;
-      if (ha !== hb) return ha < hb ? -1 : 1;
-      return compareKeys(slots[addOwner[a]!]!.key, slots[addOwner[b]!]!.key);
-    });
-
-    const isDead = new Uint8Array(slots.length);
-    for (const s of dead) isDead[s] = 1;
-
     const oldHash = this.points;
     const oldOwner = this.owners;
     const oldLen = oldHash.length;
-    const total = oldLen - dead.length * V + addCount;
-    const points = new Uint32Array(total);
+
+    // Positions of the dead points in the old ring, ascending.
+    const deadCount = dead.length * V;
+    const deadPos = new Int32Array(deadCount);
+    const taken = deadCount > 0 ? new Uint8Array(oldLen) : undefined;
+    let d = 0;
+    for (const s of dead) {
+      const state = fnv1a(FNV_OFFSET, `${slots[s]!.key}#`);
+      for (let v = 0; v < V; v++) {
+        let pos = lowerBound(oldHash, hashWithIndex(state, v), 0, oldLen);
+        while (pos < oldLen && (oldOwner[pos] !== s || taken![pos] === 1)) pos++; // within the run of equal hashes
+        if (pos === oldLen) throw new Error('consistent-hash ring is inconsistent (a point of a removed endpoint is missing)');
+        taken![pos] = 1;
+        deadPos[d++] = pos;
+      }
+    }
+    deadPos.sort();
+
+    // The new points, sorted by (hash, owner key).
+    const addCount = fresh.length * V;
+    const addHash = new Int32Array(addCount);
+    const addOwner = new Int32Array(addCount);
+    let k = 0;
+    for (const s of fresh) {
+      const state = fnv1a(FNV_OFFSET, `${slots[s]!.key}#`);
+      for (let v = 0; v < V; v++, k++) {
+        addHash[k] = hashWithIndex(state, v);
+        addOwner[k] = s;
+      }
+    }
+    const order = sortedOrder(addHash, addOwner, slots);
+
+    // Merge: copy the old ring in runs, skipping dead points, inserting new ones.
+    const total = oldLen - deadCount + addCount;
+    const points = new Int32Array(total);
     const owners = new Int32Array(total);
-    let i = 0; // old ring
-    let j = 0; // new points (through `order`)
-    let o = 0;
-    while (o < total) {
-      while (i < oldLen && isDead[oldOwner[i]!] === 1) i++;
-      let takeOld: boolean;
-      if (i >= oldLen) takeOld = false;
-      else if (j >= addCount) takeOld = true;
-      else {
-        const hOld = oldHash[i]!;
-        const hNew = addHash[order[j]!]!;
-        takeOld =
-          hOld !== hNew
-            ? hOld < hNew
-            : compareKeys(slots[oldOwner[i]!]!.key, slots[addOwner[order[j]!]!]!.key) <= 0;
-      }
-      if (takeOld) {
-        points[o] = oldHash[i]!;
-        owners[o] = oldOwner[i]!;
-        i++;
-      } else {
+    let i = 0; // next old point
+    let o = 0; // next output point
+    d = 0; // next dead position
+    let nextDead = deadCount > 0 ? deadPos[0]! : oldLen;
+    for (let j = 0; j <= addCount; j++) {
+      let end = oldLen;
+      let h = 0;
+      let s = 0;
+      if (j < addCount) {
         const idx = order[j]!;
-        points[o] = addHash[idx]!;
-        owners[o] = addOwner[idx]!;
-        j++;
+        h = addHash[idx]!;
+        s = addOwner[idx]!;
+        // After every old point ordered before (h, key): hash < h, or hash = h and a smaller key.
+        end = upperBound(oldHash, h, i, oldLen);
+        if (end > i && oldHash[end - 1] === h) {
+          const key = slots[s]!.key;
+          while (end > i && oldHash[end - 1] === h && slots[oldOwner[end - 1]!]!.key > key) end--;
+        }
       }
-      o++;
+      // Copy old[i, end), skipping the dead points.
+      while (i < end) {
+        if (i === nextDead) {
+          i++;
+          d++;
+          nextDead = d < deadCount ? deadPos[d]! : oldLen;
+          continue;
+        }
+        const stop = nextDead < end ? nextDead : end;
+        if (stop - i > 64) {
+          points.set(oldHash.subarray(i, stop), o);
+          owners.set(oldOwner.subarray(i, stop), o);
+          o += stop - i;
+          i = stop;
+        } else {
+          for (; i < stop; i++, o++) {
+            points[o] = oldHash[i]!;
+            owners[o] = oldOwner[i]!;
+          }
+        }
+      }
+      if (j < addCount) {
+        points[o] = h;
+        owners[o] = s;
+        o++;
+      }
     }
     this.points = points;
     this.owners = owners;
@@ -168,15 +203,8 @@ export class ConsistentHashPicker implements Picker {
       return undefined;
     }
     // First point with hash >= h, wrapping to 0.
-    const h = hash32(key);
-    let lo = 0;
-    let hi = n;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (points[mid]! < h) lo = mid + 1;
-      else hi = mid;
-    }
-    const start = lo === n ? 0 : lo;
+    const at = lowerBound(points, hashInt32(key), 0, n);
+    const start = at === n ? 0 : at;
     const owners = this.owners;
     const primary = this.slots[owners[start]!]!;
     if (exclude === undefined || !exclude(primary)) {
@@ -192,7 +220,7 @@ export class ConsistentHashPicker implements Picker {
     const n = owners.length;
     const size = this.slotByKey.size;
     const seen = this.seen;
-    if (++this.stamp === 0xffffffff) {
+    if (++this.stamp === 0x7fffffff) {
       seen.fill(0);
       this.stamp = 1;
     }
@@ -217,6 +245,52 @@ export class ConsistentHashPicker implements Picker {
   }
 }
 
-function compareKeys(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+/** The first index in [lo, hi) whose value is ≥ h (hi if none). */
+function lowerBound(a: Int32Array, h: number, lo: number, hi: number): number {
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < h) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The first index in [lo, hi) whose value is > h (hi if none). */
+function upperBound(a: Int32Array, h: number, lo: number, hi: number): number {
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! <= h) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Indices of the points sorted by (hash, owner key). */
+function sortedOrder(hash: Int32Array, owner: Int32Array, slots: readonly (Endpoint | undefined)[]): Int32Array {
+  const n = hash.length;
+  const order = new Int32Array(n);
+  if (n < 2 ** 21) {
+    // Native numeric sort of (hash, index) packed in a double (2^32 · 2^21 ≤ 2^53).
+    const packed = new Float64Array(n);
+    for (let i = 0; i < n; i++) packed[i] = (hash[i]! + 2 ** 31) * 2 ** 21 + i;
+    packed.sort();
+    for (let i = 0; i < n; i++) order[i] = packed[i]! % 2 ** 21;
+  } else {
+    for (let i = 0; i < n; i++) order[i] = i;
+    order.sort((a, b) => hash[a]! - hash[b]!);
+  }
+  // Equal hashes (rare): order by owner key, so that the ring does not depend on history.
+  for (let i = 1; i < n; i++) {
+    if (hash[order[i]!] !== hash[order[i - 1]!]) continue;
+    let end = i + 1;
+    while (end < n && hash[order[end]!] === hash[order[i]!]) end++;
+    const run = Array.from(order.subarray(i - 1, end)).sort((a, b) => {
+      const ka = slots[owner[a]!]!.key;
+      const kb = slots[owner[b]!]!.key;
+      return ka < kb ? -1 : ka > kb ? 1 : 0;
+    });
+    order.set(run, i - 1);
+    i = end - 1;
+  }
+  return order;
 }

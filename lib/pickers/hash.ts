@@ -3,13 +3,51 @@
  * string (lone surrogates count as U+FFFD, like Buffer/TextEncoder), finished
  * with murmur3's fmix32 avalanche so that near-identical inputs ("k#1", "k#2")
  * land far apart. Allocation-free.
+ *
+ * `hashInt32` is the same hash as a signed 32-bit integer: that is what the
+ * ring stores and compares, because a signed int32 stays a small integer in V8
+ * (a uint32 ≥ 2^31 returned from a non-inlined call is boxed, i.e. allocated).
  */
 
-const FNV_OFFSET = 0x811c9dc5;
+export const FNV_OFFSET = 0x811c9dc5 | 0;
 const FNV_PRIME = 0x01000193;
 
+export function hashInt32(s: string): number {
+  return fmix32(fnv1a(FNV_OFFSET, s));
+}
+
+/** The same hash as an unsigned 32-bit integer. */
 export function hash32(s: string): number {
-  let h = FNV_OFFSET;
+  return hashInt32(s) >>> 0;
+}
+
+/**
+ * `hashInt32(prefix + String(n))` given `state = fnv1a(FNV_OFFSET, prefix)`,
+ * without building the string (n: a non-negative integer). Used for the
+ * virtual nodes `key#0`, `key#1`, …
+ */
+export function hashWithIndex(state: number, n: number): number {
+  let h = state;
+  let div = 1;
+  while (div * 10 <= n) div *= 10;
+  for (; div >= 1; div /= 10) {
+    const digit = Math.floor(n / div) % 10;
+    h = Math.imul(h ^ (0x30 + digit), FNV_PRIME);
+  }
+  return fmix32(h);
+}
+
+/** murmur3's 32-bit finalizer; returns a signed int32. */
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/** The FNV-1a state after feeding the UTF-8 bytes of `s` to state `h` (signed int32). */
+export function fnv1a(h: number, s: string): number {
   const n = s.length;
   for (let i = 0; i < n; i++) {
     let c = s.charCodeAt(i);
@@ -39,10 +77,5 @@ export function hash32(s: string): number {
     h = Math.imul(h ^ (0x80 | ((c >> 6) & 0x3f)), FNV_PRIME);
     h = Math.imul(h ^ (0x80 | (c & 0x3f)), FNV_PRIME);
   }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return h;
 }

@@ -19,10 +19,11 @@ export class RandomPicker implements Picker {
   readonly strategy = 'random' as const;
   private _lastAllExcluded = false;
   private readonly list = new EndpointList();
-  private readonly random: RandomSource;
+  /** Undefined for Math.random, which is then called directly (inlined, no boxed result). */
+  private readonly customRandom: RandomSource | undefined;
 
   constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
-    this.random = options.random ?? Math.random;
+    this.customRandom = options.random;
     if (initial.length > 0) this.update(initial, []);
   }
 
@@ -58,13 +59,14 @@ export class RandomPicker implements Picker {
       if (!exclude(e)) return e;
     }
     // Exact fallback: reservoir sampling over the non-excluded.
+    const random = this.customRandom ?? Math.random;
     let candidates = 0;
     let chosen: Endpoint | undefined;
     for (let i = 0; i < n; i++) {
       const e = this.list.at(i);
       if (exclude(e)) continue;
       candidates++;
-      if (this.random() * candidates < 1) chosen = e;
+      if (random() * candidates < 1) chosen = e;
     }
     if (chosen !== undefined) return chosen;
     this._lastAllExcluded = true;
@@ -72,7 +74,8 @@ export class RandomPicker implements Picker {
   }
 
   private draw(n: number): number {
-    const i = Math.floor(this.random() * n);
+    const r = (this.customRandom === undefined ? Math.random() : this.customRandom());
+    const i = Math.floor(r * n);
     return i >= 0 && i < n ? i : n - 1;
   }
 }

@@ -20,10 +20,10 @@ import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import type { ExcludePredicate, Picker, PickerOptions, PickOptions, RandomSource } from './picker';
 
-interface Node {
-  endpoint: Endpoint;
-  prev: Node;
-  next: Node;
+class Node {
+  prev: Node = this;
+  next: Node = this;
+  constructor(public endpoint: Endpoint) {}
 }
 
 export class RoundRobinPicker implements Picker {
@@ -67,15 +67,13 @@ export class RoundRobinPicker implements Picker {
         existing.endpoint = e;
         continue;
       }
+      const node = new Node(e);
       const cursor = this.cursor;
-      let node: Node;
       if (cursor === undefined) {
-        node = { endpoint: e } as Node;
-        node.prev = node;
-        node.next = node;
-        this.cursor = node;
+        this.cursor = node; // a ring of one
       } else {
-        node = { endpoint: e, prev: cursor.prev, next: cursor };
+        node.prev = cursor.prev;
+        node.next = cursor;
         cursor.prev.next = node;
         cursor.prev = node;
       }

@@ -39,10 +39,11 @@ export class WeightedPicker implements Picker {
   private _lastAllExcluded = false;
   private readonly list = new EndpointList();
   private readonly tree = new FenwickTree();
-  private readonly random: RandomSource;
+  /** Undefined for Math.random, which is then called directly (inlined, no boxed result). */
+  private readonly customRandom: RandomSource | undefined;
 
   constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
-    this.random = options.random ?? Math.random;
+    this.customRandom = options.random;
     if (initial.length > 0) this.update(initial, []);
   }
 
@@ -103,16 +104,18 @@ export class WeightedPicker implements Picker {
   private sample(n: number): number {
     const total = this.tree.total;
     if (total > 0) {
-      const i = this.tree.find(this.random() * total);
+      const r = (this.customRandom === undefined ? Math.random() : this.customRandom());
+      const i = this.tree.find(r * total);
       return i < n && this.tree.weight(i) > 0 ? i : -1;
     }
-    const i = Math.floor(this.random() * n);
+    const r = (this.customRandom === undefined ? Math.random() : this.customRandom());
+    const i = Math.floor(r * n);
     return i >= 0 && i < n ? i : n - 1;
   }
 
   /** Exact O(n) pick among the non-excluded: by weight, or uniform when their weights are all 0. */
   private scan(n: number, exclude: ExcludePredicate | undefined): Endpoint | undefined {
-    const random = this.random;
+    const random = this.customRandom ?? Math.random;
     let candidates = 0;
     let uniform: Endpoint | undefined;
     let weightSum = 0;
