@@ -1,5 +1,7 @@
 /**
- * Discovers a service, sends requests round-robin, and prints the endpoint list whenever it changes.
+ * Discovers a service, sends it a request every REQUEST_INTERVAL_MS with failover
+ * (an endpoint that does not answer is marked down and another one tried), and
+ * prints the endpoint list whenever it changes.
  *
  *   REGISTRY_TARGET=hello npx tsx examples/client.ts
  */
@@ -8,27 +10,22 @@ import { Registry } from '../lib';
 const target = process.env.REGISTRY_TARGET ?? 'hello';
 const intervalMs = Number(process.env.REQUEST_INTERVAL_MS ?? 500);
 
+const show = (endpoints: readonly { address: string }[]): string =>
+  `${endpoints.length} endpoint(s): ${endpoints.map((e) => e.address).join(', ') || '(none)'}`;
+
 async function main(): Promise<void> {
   const registry = new Registry();
   registry.on('change', ({ service, endpoints }) => {
-    if (service === target) console.log(`client: ${target} now has ${endpoints.length} endpoint(s): ${endpoints.map((e) => e.address).join(', ') || '(none)'}`);
+    if (service === target) console.log(`client: ${target} now has ${show(endpoints)}`);
   });
-  const list = await registry.endpoints(target);
-  console.log(`client: ${target} has ${list.length} endpoint(s): ${list.map((e) => e.address).join(', ') || '(none)'}`);
+  console.log(`client: ${target} has ${show(await registry.endpoints(target))}`);
 
   const timer = setInterval(async () => {
-    let endpoint;
     try {
-      endpoint = registry.pick(target);
+      const res = await registry.fetch(target, '/', { attemptTimeout: 1000 });
+      console.log(`client: ${res.status} ${(await res.text()).trim()}`);
     } catch (e) {
       console.log(`client: ${(e as Error).message}`);
-      return;
-    }
-    try {
-      const res = await fetch(`http://${endpoint.address}/`, { signal: AbortSignal.timeout(1000) });
-      console.log(`client: ${endpoint.address} answered: ${(await res.text()).trim()}`);
-    } catch (e) {
-      console.log(`client: ${endpoint.address} failed: ${(e as Error).message}`);
     }
   }, intervalMs);
 

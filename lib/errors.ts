@@ -19,6 +19,7 @@ export type RegistryErrorCode =
   | 'ERR_ETCD_REQUEST'
   | 'ERR_PERMISSION_DENIED'
   | 'ERR_NO_ENDPOINTS'
+  | 'ERR_REQUEST_FAILED'
   | 'ERR_NOT_SYNCED'
   | 'ERR_TIMEOUT'
   | 'ERR_ABORTED';
@@ -73,6 +74,7 @@ export function quote(value: unknown): string {
   if (value === undefined) return 'undefined';
   if (typeof value === 'bigint') return `${value}n`;
   if (typeof value === 'function') return '[function]';
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
   if (typeof value === 'symbol') return value.toString();
   try {
     const json = JSON.stringify(value);

@@ -1,4 +1,6 @@
-export { Registry, type WatchOptions } from './registry';
+export { Registry, type WatchOptions, type PickerOptions, type WaitForOptions } from './registry';
+export { fetchWithFailover, type FailoverRequestInit, type EndpointSource } from './fetch';
+export { STRATEGIES, type Strategy } from './pickers';
 export { resolveConfig, type RegistryConfig, type RegistryOptions } from './config';
 export {
   RegistryError,

@@ -8,6 +8,7 @@ import { resolveConfig, type RegistryConfig, type RegistryOptions } from './conf
 import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, RegistryTimeoutError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
+import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { LeaseKeeper, type LeaseState } from './lease';
 import { isStrategy, type PickOptions, type Strategy } from './pickers';
 import { logger } from './log';
@@ -326,6 +327,15 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const key = this.keys.endpointKey(validateServiceName(endpoint?.service), validateAddress(endpoint?.address));
     this.down.set(key, Date.now() + seconds * 1000);
     debug('%s marked down for %d s', key, seconds);
+  }
+
+  /**
+   * Node's global fetch against one endpoint of the service: on a connection
+   * error or timeout the endpoint is marked down and the request retried on
+   * another one (idempotent methods only, unless `retryNonIdempotent`).
+   */
+  fetch(service: string, path: string, init?: FailoverRequestInit): Promise<Response> {
+    return fetchWithFailover(this, service, path, init);
   }
 
   /** Resolves with the list once the service has at least `min` endpoints (at once if it already has). */

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ENV_VARIABLES, describeConfig, resolveConfig, type RegistryOptions } from '../../lib/config';
-import { RegistryConfigError, RegistryError } from '../../lib/errors';
+import { RegistryConfigError, RegistryError, quote } from '../../lib/errors';
 
 type Env = Record<string, string | undefined>;
 
@@ -21,7 +21,7 @@ function expectConfigError(run: () => unknown, variable: string, value: unknown)
   expect(e.code).toBe('ERR_REGISTRY_CONFIG');
   expect(e.variable).toBe(variable);
   expect(e.value).toStrictEqual(value);
-  expect(e.message).toContain(`${variable}=${JSON.stringify(value)} is invalid: `);
+  expect(e.message).toContain(`${variable}=${quote(value)} is invalid: `);
   return e;
 }
 
