@@ -78,6 +78,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private watchdogTimer: NodeJS.Timeout | undefined;
   private watchdogBusy = false;
   private lastRebuild = 0;
+  private rebuilding = false;
   private closed = false;
   private readonly abort = new AbortController();
 
@@ -100,8 +101,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return this.options.requestTimeoutMs;
   }
 
-  private createClient(): Etcd3 {
-    const { endpoints, requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
+  private createClient(endpoints: readonly string[] = this.options.endpoints): Etcd3 {
+    const { requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
     const many = endpoints.length > 1;
     return new Etcd3({
       ...clientOptions,
@@ -273,20 +274,63 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   /**
    * Replaces the client with a fresh one (new channels, new TCP connections).
-   * Streams opened on the old client fail and their owners reopen them on
-   * the new client. Rate-limited to once per request timeout.
+   * With several members, each is probed on its own first and the new client
+   * uses only those that answered, so it cannot land on the silent one again.
+   * Streams opened on the old client fail and their owners reopen them on the
+   * new client. Rate-limited to once per request timeout.
    */
   rebuild(reason: string): void {
-    if (this.closed) return;
+    if (this.closed || this.rebuilding) return;
     const now = Date.now();
     if (now - this.lastRebuild < this.options.requestTimeoutMs) return;
     this.lastRebuild = now;
-    const old = this.client;
-    this.client = this.createClient();
-    this.generation++;
-    debug('client rebuilt (generation %d): %s', this.generation, reason);
-    this.emit('rebuilt', this.generation);
-    old.close();
+    this.rebuilding = true;
+    void this.answeringMembers()
+      .then((members) => {
+        if (this.closed) return;
+        const old = this.client;
+        this.client = this.createClient(members);
+        this.generation++;
+        debug('client rebuilt (generation %d) on %s: %s', this.generation, members.join(','), reason);
+        this.emit('rebuilt', this.generation);
+        old.close();
+      })
+      .finally(() => {
+        this.rebuilding = false;
+      });
+  }
+
+  /** The members that answer a probe on a connection of their own; all of them if none does. */
+  private answeringMembers(): Promise<string[]> {
+    const all = this.options.endpoints;
+    if (all.length === 1) return Promise.resolve([...all]);
+    return new Promise((resolve) => {
+      const answered: string[] = [];
+      let pending = all.length;
+      let grace: NodeJS.Timeout | undefined;
+      const finish = (): void => {
+        clearTimeout(grace);
+        clearTimeout(limit);
+        resolve(answered.length > 0 ? [...answered] : [...all]);
+      };
+      const limit = setTimeout(finish, this.options.requestTimeoutMs);
+      limit.unref();
+      for (const member of all) {
+        const probe = this.createClient([member]);
+        probe.kv
+          .range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + this.options.requestTimeoutMs })
+          .then(() => {
+            answered.push(member);
+            // The first answer decides; the others get a moment to join.
+            if (answered.length === 1) grace = setTimeout(finish, 50);
+          })
+          .catch((e: Error) => debug('member %s did not answer the probe: %s', member, e.message))
+          .finally(() => {
+            probe.close();
+            if (--pending === 0) finish();
+          });
+      }
+    });
   }
 
   close(): void {

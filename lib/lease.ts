@@ -81,7 +81,8 @@ export class LeaseKeeper {
   private keepaliveOpening = false;
   private keepaliveTimer: NodeJS.Timeout | undefined;
   private lossTimer: NodeJS.Timeout | undefined;
-  private pendingSince = 0;
+  /** Armed when a keepalive is sent, cleared by its answer. */
+  private ackTimer: NodeJS.Timeout | undefined;
   private reachable = true;
 
   constructor(
@@ -317,7 +318,7 @@ export class LeaseKeeper {
   private dropKeepaliveStream(): void {
     const stream = this.keepalive;
     this.keepalive = undefined;
-    this.pendingSince = 0;
+    this.clearAckTimer();
     try {
       stream?.cancel();
     } catch {
@@ -363,25 +364,32 @@ export class LeaseKeeper {
       this.openKeepalive();
       return;
     }
-    if (this.pendingSince !== 0 && Date.now() - this.pendingSince >= this.conn.requestTimeoutMs) {
-      debug('keepalive unanswered for %d ms: rebuilding the connection', Date.now() - this.pendingSince);
-      this.conn.markUnreachable(new Error('lease keepalive unanswered'));
-      this.dropKeepaliveStream();
-      this.conn.rebuild('lease keepalive unanswered');
-      this.openKeepalive();
-      return;
-    }
-    if (this.pendingSince === 0) this.pendingSince = Date.now();
     try {
       stream.write({ ID: this.leaseId });
     } catch (e) {
       this.onKeepaliveEnd(stream, e as Error);
+      return;
     }
+    if (!this.ackTimer) {
+      // Leave time for a second attempt on a fresh connection before etcd's TTL runs out.
+      const deadline = Math.min(this.conn.requestTimeoutMs, (this.ttlSeconds * 1000) / 3);
+      this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
+      this.ackTimer.unref();
+    }
+  }
+
+  private keepaliveStalled(deadline: number): void {
+    this.ackTimer = undefined;
+    if (this.closed || this.lost) return;
+    debug('keepalive unanswered for %d ms: rebuilding the connection', deadline);
+    this.conn.markUnreachable(new Error('lease keepalive unanswered'));
+    this.dropKeepaliveStream();
+    this.conn.rebuild('lease keepalive unanswered');
   }
 
   private onKeepalive(stream: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>, res: ILeaseKeepAliveResponse): void {
     if (stream !== this.keepalive || res.ID !== this.leaseId) return;
-    this.pendingSince = 0;
+    this.clearAckTimer();
     this.conn.checkHeader(res.header, false);
     if (Number(res.TTL) <= 0) {
       this.markLost('etcd answered the keepalive with TTL 0');
@@ -390,11 +398,16 @@ export class LeaseKeeper {
     this.armLossTimer();
   }
 
+  private clearAckTimer(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+  }
+
   private onKeepaliveEnd(stream: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>, err: Error): void {
     if (stream !== this.keepalive) return;
     debug('keepalive stream closed: %s', err.message);
     this.keepalive = undefined;
-    this.pendingSince = 0;
+    this.clearAckTimer();
   }
 
   private markLost(reason: string): void {

@@ -1,0 +1,98 @@
+/**
+ * A 3-member cluster on loopback: the leader killed, and one member silently
+ * cut off behind a black-holed proxy. Registration and discovery must go on.
+ */
+import { Etcd3 } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Registry } from '../../lib';
+import { EtcdCluster } from '../support/etcd';
+import { uniquePrefix } from '../support/env';
+import { TcpProxy } from '../support/proxy';
+import { expectConverged, faultRegistry, measured, sleep } from './support';
+
+describe('a 3-member cluster under faults', () => {
+  const cluster = new EtcdCluster({ size: 3 });
+  let client: Etcd3;
+  const proxies: TcpProxy[] = [];
+  const open: Registry[] = [];
+  const reg = (endpoints: string, prefix: string): Registry => {
+    const r = faultRegistry(endpoints, prefix);
+    open.push(r);
+    return r;
+  };
+
+  beforeAll(async () => {
+    await cluster.start();
+    client = new Etcd3({ hosts: cluster.clientUrls });
+  });
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((r) => r.close()));
+    await Promise.all(proxies.splice(0).map((p) => p.close()));
+  });
+  afterAll(async () => {
+    client.close();
+    await cluster.stop();
+  });
+
+  /** Counts deletes of `keys` seen by an independent watch: a lost registration shows up here. */
+  async function deleteCounter(prefix: string): Promise<{ deletes: () => number; stop: () => Promise<void> }> {
+    let deletes = 0;
+    const watcher = await client.watch().prefix(`${prefix}/services/`).create();
+    watcher.on('delete', () => deletes++);
+    watcher.on('error', () => undefined);
+    return { deletes: () => deletes, stop: () => watcher.cancel() };
+  }
+
+  it('keeps registration and discovery through the loss of the leader', async () => {
+    const prefix = uniquePrefix('leader');
+    const a = reg(cluster.endpoints, prefix);
+    const watcher = reg(cluster.endpoints, prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.4.1:80' })];
+    await expectConverged(client, prefix, owned, [watcher]);
+    const counter = await deleteCounter(prefix);
+    const leader = await cluster.leader();
+    await leader.kill();
+    const killed = Date.now();
+    owned.push(await a.register({ service: 'web', address: '10.0.4.2:80' }));
+    measured('register() right after the leader was killed', Date.now() - killed);
+    await expectConverged(client, prefix, owned, [watcher]);
+    measured('leader killed → new registration seen by the watcher', Date.now() - killed);
+    await sleep(3000); // more than a TTL: the lease must have been kept alive through the election
+    await expectConverged(client, prefix, owned, [watcher]);
+    expect(counter.deletes()).toBe(0);
+    await counter.stop();
+    await leader.restart();
+  });
+
+  it('moves off a member that went silent (half-open connection) without losing the lease', async () => {
+    const prefix = uniquePrefix('halfopen');
+    for (const url of cluster.clientUrls) {
+      const u = new URL(url);
+      const p = new TcpProxy(u.hostname, Number(u.port));
+      await p.start();
+      proxies.push(p);
+    }
+    const endpoints = proxies.map((p) => p.url).join(',');
+    const a = reg(endpoints, prefix);
+    const watcher = reg(endpoints, prefix);
+    const writer = reg(cluster.endpoints, prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.5.1:80' })];
+    await expectConverged(client, prefix, owned, [watcher]);
+    const counter = await deleteCounter(prefix);
+    // Cut off whichever members the registries are talking to, one after the other.
+    for (const proxy of proxies) {
+      proxy.setMode('blackhole');
+      const cut = Date.now();
+      owned.push(await writer.register({ service: 'web', address: `10.0.5.${owned.length + 1}:80` }));
+      await expectConverged(client, prefix, owned, [watcher]);
+      measured('one member black-holed → change still reaches the watcher', Date.now() - cut);
+      proxy.setMode('pass');
+      proxy.resetBlackholed();
+    }
+    await sleep(3000);
+    await expectConverged(client, prefix, owned, [watcher]);
+    // A lease that lapsed would have deleted a's key at least once.
+    expect(counter.deletes()).toBe(0);
+    await counter.stop();
+  });
+});
