@@ -22,7 +22,8 @@ import type { WatchStream, WatchTarget } from './watch-stream';
 
 const debug = logger('view');
 
-export type ChangeKind = 'change' | 'resync';
+/** 'initial': the first fill of a list, not reported as a change. */
+export type ChangeKind = 'initial' | 'change' | 'resync';
 
 export interface ViewHooks {
   /** The list for a service, created if needed. */
@@ -75,7 +76,7 @@ export class PrefixView implements WatchTarget {
   /** The first read and watch; concurrent callers share it, a failure lets the next call try again. */
   sync(): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('endpoints'));
-    this.initial ??= this.load('change').catch((e: unknown) => {
+    this.initial ??= this.load('initial').catch((e: unknown) => {
       this.initial = undefined;
       throw toRegistryError(e, `read the endpoints of ${this.name}`);
     });
@@ -108,7 +109,7 @@ export class PrefixView implements WatchTarget {
     this.synced = true;
     this.stream.add(this);
     debug('%s read at revision %d: %d endpoint(s)', this.name, snapshot.revision, total);
-    for (const batch of batches) this.commit(batch, kind);
+    for (const batch of batches) this.commit(batch, batch.list.synced ? kind : 'initial');
   }
 
   onEvents(events: IEvent[]): void {
@@ -188,7 +189,9 @@ export class PrefixView implements WatchTarget {
     this.hooks.onInvalid({ service, key, reason });
   }
 
+  /** Events on a list of a synced view are changes, whether or not the list existed before. */
   private commit(batch: Batch, kind: ChangeKind): void {
+    batch.list.synced = true;
     batch.list.commit(batch.added, batch.removed);
     this.hooks.onChange(batch.list, batch.added, batch.removed, kind);
   }

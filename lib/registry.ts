@@ -265,7 +265,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   }
 
   private onListChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void {
-    const changed = added.length > 0 || removed.length > 0;
+    const changed = kind !== 'initial' && (added.length > 0 || removed.length > 0);
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
     if (changed) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
     const wantsChange = changed && this.listenerCount('change') > 0;

@@ -16,6 +16,8 @@ export class ServiceList {
   private readonly entries = new Map<string, ListEntry>();
   private snapshot: readonly Endpoint[] | undefined;
   private readonly pickers = new Map<Strategy, Picker>();
+  /** Filled from etcd at least once: later differences are changes, the first fill is not. */
+  synced = false;
 
   constructor(readonly service: string) {}
 
