@@ -20,7 +20,7 @@ import type { IDuplexStream, IEvent, ILeaseKeepAliveRequest, ILeaseKeepAliveResp
 import { EtcdLeaseInvalidError, Range } from 'etcd3';
 import { cappedBackoff } from './backoff';
 import { type Connection, isUnreachableError, toRegistryError } from './connection';
-import { RegistryClosedError, type RegistryError } from './errors';
+import { RegistryClosedError, RegistryError } from './errors';
 import type { KeySpace } from './keys';
 import { logger } from './log';
 import { delay } from './time';
@@ -135,15 +135,15 @@ export class LeaseKeeper {
   }
 
   /**
-   * Gives up an endpoint whose registration never reached etcd (its caller timed out).
-   * One that was written stays: use remove().
+   * Gives up an endpoint whose registration did not complete (its caller timed
+   * out or etcd refused it). Its put may still be in flight, so it is deleted
+   * too, like an unregistered one: nothing is left behind on our lease.
    */
   abandon(key: string, error: Error): void {
     const owned = this.owned.get(key);
     if (!owned || owned.written) return;
-    this.owned.delete(key);
-    this.dirty.delete(key);
     for (const w of owned.waiters.splice(0)) w.reject(error);
+    this.remove(key).catch(() => undefined);
     this.refreshState();
   }
 
@@ -154,7 +154,7 @@ export class LeaseKeeper {
     this.owned.delete(key);
     this.dirty.delete(key);
     this.restoring.delete(key);
-    if (owned) for (const w of owned.waiters.splice(0)) w.reject(new RegistryClosedError('register'));
+    if (owned) for (const w of owned.waiters.splice(0)) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${key} was unregistered before it reached etcd`));
     if (!this.leaseId || this.lost) return Promise.resolve(); // nothing of ours is in etcd
     let deletion = this.deletions.get(key);
     if (!deletion) {
@@ -278,22 +278,38 @@ export class LeaseKeeper {
   private async deleteRemoved(): Promise<void> {
     const leaseId = this.leaseId;
     const batch = Array.from(this.deletions.keys()).slice(0, MAX_TXN_OPS);
-    await Promise.all(
-      batch.map(async (key) => {
+    const results = await Promise.allSettled(
+      batch.map((key) => {
         const k = Buffer.from(key);
         // Delete only while the key is on our lease: a successor may have taken it over.
-        await this.conn.call((c) =>
+        return this.conn.call((c) =>
           c.kv.txn({
             compare: [{ key: k, target: 'Lease', result: 'Equal', lease: leaseId }],
             success: [{ request_delete_range: { key: k } }],
           }),
         );
-        const deletion = this.deletions.get(key);
-        this.deletions.delete(key);
-        debug('unregistered %s', key);
-        for (const w of deletion?.waiters ?? []) w.resolve();
       }),
     );
+    let retry: Error | undefined;
+    results.forEach((result, i) => {
+      const key = batch[i]!;
+      if (result.status === 'rejected' && isUnreachableError(result.reason)) {
+        retry = result.reason as Error; // stays queued
+        return;
+      }
+      const deletion = this.deletions.get(key);
+      this.deletions.delete(key);
+      if (result.status === 'fulfilled') {
+        debug('unregistered %s', key);
+        for (const w of deletion?.waiters ?? []) w.resolve();
+      } else {
+        // etcd refused: retrying will not help; the key goes with the lease.
+        const error = toRegistryError(result.reason, `delete ${JSON.stringify(key)}`);
+        debug('deleting %s failed: %s', key, error.message);
+        for (const w of deletion?.waiters ?? []) w.reject(error);
+      }
+    });
+    if (retry) throw retry;
   }
 
   // ---- keepalive -------------------------------------------------------------

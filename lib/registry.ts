@@ -173,7 +173,17 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       throw new RegistryError('ERR_NOT_REGISTERED', `${quote(key)} is not registered by this registry`);
     }
     debug('unregistering %s', key);
-    await this.keeper.remove(key);
+    // The deletion goes on in the background if this gives up: the key is no
+    // longer ours, and it goes when etcd answers again or with the lease.
+    await withDeadline(
+      this.keeper.remove(key),
+      this.config.connectTimeoutMs,
+      () =>
+        new RegistryError(
+          'ERR_ETCD_UNREACHABLE',
+          `could not unregister ${key}: etcd did not answer within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS); it is deleted when etcd answers, or expires with the lease`,
+        ),
+    );
     this.emit('unregistered', { service, address, metadata: {}, key });
   }
 
