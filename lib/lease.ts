@@ -17,7 +17,7 @@
  * of our keys, and the worker puts it back.
  */
 import type { IDuplexStream, IEvent, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, IRequestOp } from 'etcd3';
-import { EtcdLeaseInvalidError, Range } from 'etcd3';
+import { EtcdLeaseInvalidError, FilterType, Range } from 'etcd3';
 import { cappedBackoff } from './backoff';
 import { type Connection, isUnreachableError, toRegistryError } from './connection';
 import { RegistryClosedError, RegistryError } from './errors';
@@ -471,7 +471,7 @@ export class LeaseKeeper {
         name: `own keys of ${service}`,
         key: range.start,
         rangeEnd: range.end,
-        filters: ['Noput'],
+        filters: [FilterType.Noput],
         nextRevision: revision + 1,
         onEvents: (events) => this.onForeignEvents(events),
         onLost: () => this.restartSelfWatch(service),

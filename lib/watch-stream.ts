@@ -12,11 +12,14 @@
  * - A progress request with a deadline is the stream's own heartbeat: a stream
  *   that stops answering is torn down and the client rebuilt.
  * - When etcd cancels a watch (compacted revision, permission), its owner is told
- *   through `onLost` and must re-read and add it again.
+ *   through `onLost` and must re-read and add it again. etcd 3.4 answers a create
+ *   it refuses with watch id -1, so creates are matched to answers in order too.
+ *   A refusal for permission also reopens the stream: the stream keeps the auth
+ *   token it was opened with, which etcd forgets when it restarts.
  */
-import type { IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
+import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from './backoff';
-import type { Connection } from './connection';
+import { isPermissionDeniedReason, type Connection } from './connection';
 import { logger } from './log';
 
 const debug = logger('watch');
@@ -29,7 +32,7 @@ export interface WatchTarget {
   readonly name: string;
   readonly key: Buffer;
   readonly rangeEnd: Buffer;
-  readonly filters?: ('Noput' | 'Nodelete')[];
+  readonly filters?: FilterType[];
   /** The revision the watch starts (or resumes) from. */
   nextRevision: number;
   onEvents(events: IEvent[]): void;
@@ -45,6 +48,8 @@ export class WatchStream {
   private opening = false;
   private generation = -1;
   private nextId = 1;
+  /** Ids of the creates sent on the current stream and not answered yet, in order. */
+  private pendingCreates: number[] = [];
   private backoff = cappedBackoff().next();
   private reopenTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
@@ -112,6 +117,7 @@ export class WatchStream {
 
   private create(id: number, target: WatchTarget): void {
     debug('watch %d %s from revision %d', id, target.name, target.nextRevision);
+    if (this.stream) this.pendingCreates.push(id);
     this.write({
       create_request: {
         key: target.key,
@@ -137,8 +143,14 @@ export class WatchStream {
     this.pingSentAt = 0;
     this.backoff = cappedBackoff().next();
     this.conn.checkHeader(res.header, false);
-    const id = Number(res.watch_id);
+    let id = Number(res.watch_id);
     const revision = Number(res.header.revision);
+    if (res.created) {
+      // etcd answers creates in order; 3.4 answers one it refused with id -1.
+      const i = id === ALL_WATCHES ? 0 : this.pendingCreates.indexOf(id);
+      const [created] = i >= 0 ? this.pendingCreates.splice(i, 1) : [];
+      if (id === ALL_WATCHES && res.canceled && created !== undefined) id = created;
+    }
     if (id === ALL_WATCHES) {
       for (const target of this.targets.values()) target.nextRevision = Math.max(target.nextRevision, revision + 1);
       return;
@@ -154,6 +166,7 @@ export class WatchStream {
         : res.cancel_reason || 'canceled by etcd';
       debug('watch %d %s lost: %s', id, target.name, reason);
       this.guard(() => target.onLost(reason, compacted));
+      if (!compacted && isPermissionDeniedReason(reason)) this.broken(new Error(`etcd refused watch ${target.name}: ${reason}`));
       return;
     }
     if (res.created) {
@@ -193,6 +206,7 @@ export class WatchStream {
   private teardown(reason: string): void {
     const stream = this.stream;
     this.stream = undefined;
+    this.pendingCreates = [];
     this.stopPing();
     if (stream) {
       debug('stream closed: %s', reason);
