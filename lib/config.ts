@@ -6,7 +6,9 @@
 import os from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
-import { validateAddress, validateServiceName } from './keys';
+import { isWellFormed, validateAddress, validateServiceName } from './keys';
+import { REDACTED, Secret, isSecret } from './secret';
+import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
 
 export interface RegistryOptions {
   /** REGISTRY_ETCD_ENDPOINTS: a comma-separated string or a list. */
@@ -35,6 +37,24 @@ export interface RegistryOptions {
   shutdownTimeoutSeconds?: number;
   /** REGISTRY_DRAIN_SECONDS */
   drainSeconds?: number;
+  /**
+   * REGISTRY_USE_TLS: talk to etcd over TLS. Also on when an endpoint is https:// or a
+   * REGISTRY_TLS_* file is set; http:// endpoints are then switched to https://.
+   * `false` together with https:// endpoints or a TLS file is an error, never a silent downgrade.
+   */
+  useTls?: boolean;
+  /** REGISTRY_TLS_CA_PATH: PEM CA certificate(s) that etcd's certificate must chain to; the system's roots when unset. */
+  tlsCaPath?: string;
+  /** REGISTRY_TLS_CERT_PATH: PEM client certificate (chain) for etcd's --client-cert-auth; needs the key. */
+  tlsCertPath?: string;
+  /** REGISTRY_TLS_KEY_PATH: the client certificate's unencrypted PEM private key; needs the certificate. */
+  tlsKeyPath?: string;
+  /** REGISTRY_ETCD_USERNAME: etcd user (etcd's `auth enable`); needs a password. */
+  etcdUsername?: string;
+  /** REGISTRY_ETCD_PASSWORD: never printed; wrap it in a Secret to keep it out of your own logs too. */
+  etcdPassword?: string | Secret;
+  /** REGISTRY_ETCD_PASSWORD_FILE: a file holding the password (Docker and Kubernetes secrets); one trailing newline is dropped. */
+  etcdPasswordFile?: string;
   /** Where REGISTRY_* variables are read from; defaults to process.env. */
   env?: Readonly<Record<string, string | undefined>>;
 }
@@ -53,6 +73,29 @@ export interface RegistryConfig {
   readonly shutdownSignals: readonly NodeJS.Signals[];
   readonly shutdownTimeoutMs: number;
   readonly drainMs: number;
+  /** TLS towards etcd, with every file already read; undefined: plain http. */
+  readonly tls: TlsConfig | undefined;
+  /** etcd credentials; undefined: no authentication. */
+  readonly auth: AuthConfig | undefined;
+}
+
+export interface TlsConfig {
+  /** REGISTRY_TLS_CA_PATH and its PEM content; undefined: the system's root CAs. */
+  readonly caPath: string | undefined;
+  readonly ca: Buffer | undefined;
+  /** REGISTRY_TLS_CERT_PATH and its PEM content (the client certificate chain). */
+  readonly certPath: string | undefined;
+  readonly cert: Buffer | undefined;
+  /** REGISTRY_TLS_KEY_PATH and the private key, kept as a Secret. */
+  readonly keyPath: string | undefined;
+  readonly key: Secret<Buffer> | undefined;
+}
+
+export interface AuthConfig {
+  readonly username: string;
+  readonly password: Secret;
+  /** REGISTRY_ETCD_PASSWORD_FILE, when the password came from a file. */
+  readonly passwordFile: string | undefined;
 }
 
 /** The environment variable behind each option. */
@@ -70,6 +113,13 @@ export const ENV_VARIABLES = {
   shutdownSignals: 'REGISTRY_SHUTDOWN_SIGNALS',
   shutdownTimeoutSeconds: 'REGISTRY_SHUTDOWN_TIMEOUT_SECONDS',
   drainSeconds: 'REGISTRY_DRAIN_SECONDS',
+  useTls: 'REGISTRY_USE_TLS',
+  tlsCaPath: 'REGISTRY_TLS_CA_PATH',
+  tlsCertPath: 'REGISTRY_TLS_CERT_PATH',
+  tlsKeyPath: 'REGISTRY_TLS_KEY_PATH',
+  etcdUsername: 'REGISTRY_ETCD_USERNAME',
+  etcdPassword: 'REGISTRY_ETCD_PASSWORD',
+  etcdPasswordFile: 'REGISTRY_ETCD_PASSWORD_FILE',
 } as const satisfies Record<Exclude<keyof RegistryOptions, 'env'>, string>;
 
 type Key = keyof typeof ENV_VARIABLES;
@@ -90,6 +140,10 @@ export const MAX_METADATA_BYTES = 16 * 1024;
 const DEFAULT_ENDPOINTS: readonly string[] = Object.freeze(['http://127.0.0.1:2379']);
 const DEFAULT_SIGNALS: readonly NodeJS.Signals[] = Object.freeze(['SIGTERM', 'SIGINT'] as const);
 const UNCATCHABLE_SIGNALS = new Set(['SIGKILL', 'SIGSTOP']);
+const TRUE_WORDS = new Set(['1', 'true', 'yes']);
+const FALSE_WORDS = new Set(['0', 'false', 'no']);
+/** Longest etcd user name accepted. */
+export const MAX_USERNAME_LENGTH = 256;
 /** A plain decimal: no sign, exponent, hex, units or separators. */
 const DECIMAL = /^(?:\d+(?:\.\d*)?|\.\d+)$/;
 /** `host` or `[ipv6]`, then an optional `:port`. */
@@ -116,8 +170,9 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     return input === undefined ? fallback : parse(input);
   };
 
+  const { etcdEndpoints, tls } = resolveTls(read, field('etcdEndpoints', endpoints, DEFAULT_ENDPOINTS));
   return Object.freeze({
-    etcdEndpoints: Object.freeze(field('etcdEndpoints', endpoints, DEFAULT_ENDPOINTS)),
+    etcdEndpoints: Object.freeze(etcdEndpoints),
     keyPrefix: field('keyPrefix', keyPrefix, ''),
     connectTimeoutMs: field('connectTimeoutSeconds', positiveMs, 300_000),
     dialTimeoutMs: field('dialTimeoutSeconds', positiveMs, 1_000),
@@ -129,16 +184,29 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     shutdownSignals: Object.freeze(field('shutdownSignals', signals, DEFAULT_SIGNALS)),
     shutdownTimeoutMs: field('shutdownTimeoutSeconds', positiveMs, 5_000),
     drainMs: field('drainSeconds', nonNegativeMs, 0),
+    tls,
+    auth: resolveAuth(options, read),
   });
 }
 
-/** A plain, mutable copy of the configuration for debug logging (nothing to redact yet). */
+/**
+ * A plain, mutable copy of the configuration for debug logging: the password and
+ * the private key show as "<redacted>", the TLS files by their paths.
+ */
 export function describeConfig(config: RegistryConfig): Record<string, unknown> {
+  const { tls, auth } = config;
   return {
     ...config,
     etcdEndpoints: [...config.etcdEndpoints],
     shutdownSignals: [...config.shutdownSignals],
     serviceMetadata: JSON.parse(JSON.stringify(config.serviceMetadata)) as Record<string, unknown>,
+    tls: tls && {
+      caPath: tls.caPath ?? '(system roots)',
+      certPath: tls.certPath,
+      keyPath: tls.keyPath,
+      key: tls.key === undefined ? undefined : REDACTED,
+    },
+    auth: auth && { username: auth.username, password: REDACTED, passwordFile: auth.passwordFile },
   };
 }
 
@@ -236,8 +304,16 @@ function keyPrefix(input: Input): string {
   if (CONTROL_OR_SPACE.test(value)) fail(input, 'it contains white space or control characters');
   const prefix = value.replace(/^\/+|\/+$/g, '');
   if (prefix.length > MAX_KEY_PREFIX_LENGTH) fail(input, `longer than ${MAX_KEY_PREFIX_LENGTH} characters`);
-  if (prefix !== '' && prefix.split('/').some((s) => s === '' || s === '.' || s === '..')) {
+  if (!isWellFormed(prefix)) fail(input, 'it is not valid Unicode (a lone surrogate)');
+  const segments = prefix === '' ? [] : prefix.split('/');
+  if (segments.some((s) => s === '' || s === '.' || s === '..')) {
     fail(input, 'it has an empty, "." or ".." path segment');
+  }
+  // "apps/services/web" would keep its keys under "apps/services/web/services/", inside
+  // service "web" of the registry with prefix "apps".
+  const inner = segments.indexOf('services', 1);
+  if (inner > 0) {
+    fail(input, `it has a "services" segment after the first, so its keys would fall inside service ${quote(segments[inner + 1] ?? 'services')} of the registry with prefix ${quote(segments.slice(0, inner).join('/'))}`);
   }
   return prefix;
 }
@@ -294,6 +370,136 @@ function firstIPv4(): string {
     for (const info of list ?? []) if (info.family === 'IPv4' && !info.internal) return info.address;
   }
   return '127.0.0.1';
+}
+
+// ---- TLS ------------------------------------------------------------------------------------
+
+function boolean(input: Input): boolean {
+  const { value, typed } = input;
+  if (typed) return typeof value === 'boolean' ? value : fail(input, 'expected true or false');
+  const word = String(value).trim().toLowerCase();
+  if (TRUE_WORDS.has(word)) return true;
+  if (FALSE_WORDS.has(word)) return false;
+  return fail(input, 'expected 1, 0, true, false, yes or no');
+}
+
+/** A file path: a non-empty string without NUL. The path itself is not a secret and is quoted in errors. */
+function filePath(input: Input): string {
+  const { value } = input;
+  if (typeof value !== 'string' || value.trim() === '' || value.includes('\0')) return fail(input, 'expected a file path');
+  return value;
+}
+
+/** Reads a credential file once; a failure names the variable and quotes the path. */
+function readFile(input: Input, path: string): Buffer {
+  try {
+    return readCredentialFile(path);
+  } catch (e) {
+    if (!(e instanceof CredentialFileError)) throw e;
+    return fail(input, e.message, e.cause ?? e);
+  }
+}
+
+/**
+ * TLS is on when REGISTRY_USE_TLS says so, an endpoint is https://, or a TLS file is set;
+ * then http:// endpoints become https://. Turning it off explicitly while an endpoint or a
+ * file asks for it is an error: verification is never dropped silently.
+ */
+function resolveTls(read: (key: Key) => Input | undefined, urls: readonly string[]): { etcdEndpoints: string[]; tls: TlsConfig | undefined } {
+  const useTls = read('useTls');
+  const wanted = useTls && boolean(useTls);
+  const [ca, cert, key] = (['tlsCaPath', 'tlsCertPath', 'tlsKeyPath'] as const).map((k) => {
+    const input = read(k);
+    return input && { input, path: filePath(input) };
+  });
+  const https = urls.some((u) => u.startsWith('https:'));
+  const file = ca ?? cert ?? key;
+  if (wanted === false && useTls) {
+    if (https) fail(useTls, `the etcd endpoints use https:// (${urls.join(',')}), which needs TLS; use http:// endpoints or enable TLS`);
+    if (file) fail(useTls, `${file.input.variable} is set, which needs TLS; unset it or enable TLS`);
+  }
+  if (!wanted && !https && !file) return { etcdEndpoints: [...urls], tls: undefined };
+  if (cert && !key) fail(cert.input, `a client certificate needs its private key: set ${ENV_VARIABLES.tlsKeyPath} (or options.tlsKeyPath) too`);
+  if (key && !cert) fail(key.input, `a private key needs its client certificate: set ${ENV_VARIABLES.tlsCertPath} (or options.tlsCertPath) too`);
+  let caPem: Buffer | undefined;
+  if (ca) {
+    caPem = readFile(ca.input, ca.path);
+    try {
+      parseCertificates(caPem);
+    } catch (e) {
+      fail(ca.input, (e as Error).message);
+    }
+  }
+  let certPem: Buffer | undefined;
+  let keyPem: Secret<Buffer> | undefined;
+  if (cert && key) {
+    certPem = readFile(cert.input, cert.path);
+    const keyBytes = readFile(key.input, key.path);
+    const checked = checkKeyPair(certPem, keyBytes);
+    if ('problem' in checked) fail(checked.problem === 'cert' ? cert.input : key.input, checked.reason);
+    keyPem = new Secret(keyBytes);
+  }
+  const tls: TlsConfig = Object.freeze({
+    caPath: ca?.path,
+    ca: caPem,
+    certPath: cert?.path,
+    cert: certPem,
+    keyPath: key?.path,
+    key: keyPem,
+  });
+  return { etcdEndpoints: urls.map((u) => u.replace(/^http:/, 'https:')), tls };
+}
+
+// ---- authentication ---------------------------------------------------------------------
+
+function username(input: Input): string {
+  const { value } = input;
+  if (typeof value !== 'string' || value === '') return fail(input, 'expected a non-empty user name');
+  if (CONTROL_OR_SPACE.test(value)) fail(input, 'it contains white space or control characters');
+  if (value.length > MAX_USERNAME_LENGTH) fail(input, `longer than ${MAX_USERNAME_LENGTH} characters`);
+  return value;
+}
+
+/** The password as a Secret; an error shows "<redacted>" instead of the value received. */
+function password(input: Input): Secret {
+  const redacted: Input = { ...input, value: REDACTED };
+  const { value } = input;
+  const text = isSecret(value) ? value.reveal() : value;
+  if (typeof text !== 'string') return fail(redacted, 'expected a string (or a Secret holding one)');
+  if (text === '') return fail(redacted, 'expected a non-empty password');
+  return new Secret(text);
+}
+
+/** The password file's content as a Secret, without one trailing newline (echo adds one). */
+function passwordFromFile(input: Input): Secret {
+  const path = filePath(input);
+  const text = readFile(input, path).toString('utf8').replace(/\r?\n$/, '');
+  if (text === '') fail(input, 'the file holds no password');
+  return new Secret(text);
+}
+
+/**
+ * The user name and the password (given directly or as a file) come together. The
+ * password and its file are one setting: a typed option of the pair hides the environment pair.
+ */
+function resolveAuth(options: RegistryOptions, read: (key: Key) => Input | undefined): AuthConfig | undefined {
+  const user = read('etcdUsername');
+  const typed = options.etcdPassword !== undefined || options.etcdPasswordFile !== undefined;
+  const [direct, file] = [read('etcdPassword'), read('etcdPasswordFile')].map((i) => (i && i.typed === typed ? i : undefined));
+  if (direct && file) {
+    fail(file, `${direct.variable} is also set; set only one of them`);
+  }
+  const secret = direct ? password(direct) : file ? passwordFromFile(file) : undefined;
+  if (!user) {
+    const given = direct ?? file;
+    if (given) fail(direct ? { ...direct, value: REDACTED } : given, `a password needs a user name: set ${ENV_VARIABLES.etcdUsername} (or options.etcdUsername) too`);
+    return undefined;
+  }
+  const name = username(user);
+  if (!secret) {
+    fail(user, `a user name needs a password: set ${ENV_VARIABLES.etcdPassword} or ${ENV_VARIABLES.etcdPasswordFile} (or options.etcdPassword) too`);
+  }
+  return Object.freeze({ username: name, password: secret, passwordFile: file && (file.value as string) });
 }
 
 // ---- metadata ---------------------------------------------------------------------------

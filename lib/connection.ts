@@ -6,10 +6,12 @@
  * id in the answer to a linearizable read).
  */
 import { EventEmitter } from 'node:events';
+import { inspect } from 'node:util';
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, noop, retry } from 'cockatiel';
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
+  EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
   GRPCDeadlineExceededError,
   isRecoverableError,
@@ -17,9 +19,10 @@ import {
   type IResponseHeader,
 } from 'etcd3';
 import { retryForever } from './backoff';
-import { RegistryClosedError, RegistryError } from './errors';
+import { RegistryClosedError, RegistryError, quote } from './errors';
 import { logger } from './log';
 import { withDeadline } from './time';
+import { tlsFailure, tlsHint } from './tls';
 
 const debug = logger('connection');
 
@@ -32,7 +35,7 @@ export interface ConnectionOptions {
   readonly probeKey: string;
   /** How often the watchdog runs; defaults to max(250 ms, the request timeout). */
   readonly watchdogIntervalMs?: number;
-  /** Extra etcd3 options (TLS credentials, auth). */
+  /** Extra etcd3 options (TLS credentials, auth: see etcdClientOptions()). */
   readonly clientOptions?: Partial<IOptions>;
 }
 
@@ -50,15 +53,69 @@ export function isUnreachableError(e: unknown): boolean {
   return e instanceof Error && isRecoverableError(e);
 }
 
-/** Turns an etcd3 error into a RegistryError that says what was being done. */
-export function toRegistryError(e: unknown, doing: string): RegistryError {
+/** A watch that etcd refused for lack of permission or of a valid auth token (its cancel_reason). */
+export function isPermissionDeniedReason(reason: string): boolean {
+  return watchRefusal(reason) !== undefined;
+}
+
+/**
+ * Why etcd refused a watch: `permission` (the role lacks read on the prefix, or no
+ * credentials were given) is the operator's to fix; `token` (the stream's auth token is
+ * unknown, e.g. etcd restarted) heals once the stream is reopened with a fresh one.
+ */
+export function watchRefusal(reason: string): 'permission' | 'token' | undefined {
+  if (/permission denied|user name is empty/i.test(reason)) return 'permission';
+  if (/invalid auth token/i.test(reason)) return 'token';
+  return undefined;
+}
+
+/**
+ * Turns an etcd3 error into a RegistryError that says what was being done: `doing`
+ * names the operation and the key or prefix, e.g. `write "p/services/web/10.0.0.1:80"`.
+ * `username` (never the password) is named when etcd refused the credentials or the permission.
+ */
+export function toRegistryError(e: unknown, doing: string, username?: string): RegistryError {
   if (e instanceof RegistryError) return e;
   const err = e instanceof Error ? e : new Error(String(e));
+  const user = username === undefined ? 'this client (no REGISTRY_ETCD_USERNAME)' : `user ${quote(username)}`;
   if (err instanceof EtcdPermissionDeniedError) {
-    return new RegistryError('ERR_PERMISSION_DENIED', `etcd denied permission to ${doing}`, { cause: err });
+    return new RegistryError(
+      'ERR_PERMISSION_DENIED',
+      `etcd denied ${user} permission to ${doing}: grant its role readwrite (read for discovery only) on the registry's prefix`,
+      { cause: err },
+    );
   }
   if (err instanceof EtcdAuthenticationFailedError) {
-    return new RegistryError('ERR_PERMISSION_DENIED', `etcd rejected the username or password while trying to ${doing}`, { cause: err });
+    return new RegistryError(
+      'ERR_AUTHENTICATION_FAILED',
+      `etcd rejected the password of ${user} (or there is no such user) while trying to ${doing}: check REGISTRY_ETCD_USERNAME and REGISTRY_ETCD_PASSWORD (or REGISTRY_ETCD_PASSWORD_FILE)`,
+      { cause: err },
+    );
+  }
+  if (err instanceof EtcdInvalidAuthTokenError && username !== undefined) {
+    return new RegistryError(
+      'ERR_AUTHENTICATION_FAILED',
+      `etcd did not accept the auth token of ${user} while trying to ${doing} (etcd restarted, or the token expired); the next call authenticates again`,
+      { cause: err },
+    );
+  }
+  if (err instanceof EtcdInvalidAuthTokenError || /etcdserver: user name is empty/.test(err.message)) {
+    return new RegistryError(
+      'ERR_AUTHENTICATION_FAILED',
+      `etcd requires authentication and refused to ${doing} without it: set REGISTRY_ETCD_USERNAME and REGISTRY_ETCD_PASSWORD`,
+      { cause: err },
+    );
+  }
+  if (/etcdserver: authentication is not enabled/.test(err.message)) {
+    return new RegistryError(
+      'ERR_AUTHENTICATION_FAILED',
+      `REGISTRY_ETCD_USERNAME is set (${user}) but etcd has authentication disabled, so anyone can write the registry; it refused to ${doing}: enable authentication on etcd, or unset REGISTRY_ETCD_USERNAME and REGISTRY_ETCD_PASSWORD`,
+      { cause: err },
+    );
+  }
+  const tls = tlsFailure(err);
+  if (tls !== undefined) {
+    return new RegistryError('ERR_TLS', `could not ${doing}: ${tls}`, { cause: err });
   }
   if (isUnreachableError(err)) {
     return new RegistryError('ERR_ETCD_UNREACHABLE', `etcd did not answer while trying to ${doing}: ${err.message}`, { cause: err });
@@ -99,6 +156,16 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   get requestTimeoutMs(): number {
     return this.options.requestTimeoutMs;
+  }
+
+  /** The etcd user, for error messages (never the password). */
+  get username(): string | undefined {
+    return this.options.clientOptions?.auth?.username;
+  }
+
+  /** toRegistryError, naming this connection's etcd user. */
+  error(e: unknown, doing: string): RegistryError {
+    return toRegistryError(e, doing, this.username);
   }
 
   private createClient(endpoints: readonly string[] = this.options.endpoints): Etcd3 {
@@ -164,7 +231,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.abort.signal.addEventListener('abort', onClose, { once: true });
     let attempts = 0;
     let lastError: unknown;
-    const policy = retryForever((e) => isUnreachableError(e) && Date.now() - started < connectTimeoutMs);
+    /** grpc-js reports "Last error: null" after the first failure: keep the one that said why. */
+    let telling: unknown;
+    // A refused TLS handshake is unreachable for etcd3, but no retry fixes it: fail at once.
+    const policy = retryForever((e) => isUnreachableError(e) && tlsFailure(e) === undefined && Date.now() - started < connectTimeoutMs);
     try {
       await withDeadline(
         policy.execute(async () => {
@@ -173,6 +243,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
             await this.probe(this.options.dialTimeoutMs);
           } catch (e) {
             lastError = e;
+            if (!/Last error: null/.test((e as Error).message)) telling = e;
             debug('contact attempt %d failed: %s', attempts, (e as Error).message);
             throw e;
           }
@@ -186,22 +257,36 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       deadline.abort();
       if (this.closed) throw new RegistryClosedError('connect');
       const cause = lastError ?? e;
-      if (!isUnreachableError(cause)) throw toRegistryError(cause, `read ${JSON.stringify(this.options.probeKey)}`);
+      if (!isUnreachableError(cause) || tlsFailure(cause) !== undefined) {
+        throw this.error(cause, `read the key ${quote(this.options.probeKey)} (first contact with etcd at ${endpoints.join(',')})`);
+      }
+      const why = telling ?? cause;
       throw new RegistryError(
         'ERR_ETCD_UNREACHABLE',
-        `could not reach etcd at ${endpoints.join(',')} within ${connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS), ${attempts} attempt(s): ${(cause as Error).message}`,
-        { cause },
+        `could not reach etcd at ${endpoints.join(',')} within ${connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS), ${attempts} attempt(s): ${(why as Error).message}${tlsHint(why, this.options.clientOptions?.credentials !== undefined)}`,
+        { cause: why },
       );
     } finally {
       this.abort.signal.removeEventListener('abort', onClose);
     }
   }
 
-  /** A cheap linearizable read with a deadline; its header reveals data loss. */
+  /**
+   * A cheap linearizable read with a deadline; its header reveals data loss. A
+   * refusal for permission (a role limited to some services' prefixes) is an
+   * answer too: etcd is there, and the calls that need the permission will say so.
+   */
   private async probe(deadlineMs: number): Promise<void> {
-    const res = await this.call((c) =>
-      c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs }),
-    );
+    let res: Awaited<ReturnType<Etcd3['kv']['range']>>;
+    try {
+      res = await this.call((c) =>
+        c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs }),
+      );
+    } catch (e) {
+      if (!(e instanceof EtcdPermissionDeniedError)) throw e;
+      this.markReachable();
+      return;
+    }
     this.checkHeader(res.header, true);
   }
 
@@ -331,6 +416,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
           });
       }
     });
+  }
+
+  /** The options hold credentials: print none of them. */
+  [inspect.custom](): string {
+    return `Connection { etcd: ${this.options.endpoints.join(',')}, generation: ${this.generation}, closed: ${this.closed} }`;
   }
 
   close(): void {

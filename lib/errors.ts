@@ -18,6 +18,8 @@ export type RegistryErrorCode =
   | 'ERR_ETCD_UNREACHABLE'
   | 'ERR_ETCD_REQUEST'
   | 'ERR_PERMISSION_DENIED'
+  | 'ERR_AUTHENTICATION_FAILED'
+  | 'ERR_TLS'
   | 'ERR_NO_ENDPOINTS'
   | 'ERR_REQUEST_FAILED'
   | 'ERR_NOT_SYNCED'
@@ -68,9 +70,12 @@ export function isRegistryError(e: unknown): e is RegistryError {
   return typeof e === 'object' && e !== null && (e as Record<symbol, unknown>)[brand] === true;
 }
 
+/** Longest part of a value quoted in a message. */
+const MAX_QUOTED = 200;
+
 /** Quotes a value for an error message: strings in double quotes, the rest as JSON where possible. */
 export function quote(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'string') return value.length > MAX_QUOTED ? `${JSON.stringify(value.slice(0, MAX_QUOTED))}… (${value.length} characters)` : JSON.stringify(value);
   if (value === undefined) return 'undefined';
   if (typeof value === 'bigint') return `${value}n`;
   if (typeof value === 'function') return '[function]';
@@ -79,7 +84,7 @@ export function quote(value: unknown): string {
   try {
     const json = JSON.stringify(value);
     if (json === undefined) return String(value);
-    return json.length > 200 ? `${json.slice(0, 200)}…` : json;
+    return json.length > MAX_QUOTED ? `${json.slice(0, MAX_QUOTED)}…` : json;
   } catch {
     return String(value);
   }

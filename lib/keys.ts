@@ -8,15 +8,24 @@
  */
 import { RegistryError, quote } from './errors';
 
-export const SERVICE_NAME_PATTERN = /^[A-Za-z0-9._-]{1,253}$/;
+/** 1 to 253 letters, digits, ".", "_" or "-", but not "." or ".." alone. */
+export const SERVICE_NAME_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,253}$/;
 /** Largest address accepted, in characters. */
 export const MAX_ADDRESS_LENGTH = 1024;
+/** C0 and C1 controls, white space (incl. U+2028/9, U+FEFF), zero-width and text-direction characters. */
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\s\u200b-\u200f\u202a-\u202e\u2060-\u2069]/;
+
+/** True when `text` has no lone surrogate, i.e. it survives UTF-8 encoding unchanged. */
+export function isWellFormed(text: string): boolean {
+  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
+}
 
 export function validateServiceName(service: unknown, what = 'service name'): string {
   if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) {
     throw new RegistryError(
       'ERR_INVALID_SERVICE_NAME',
-      `${what} ${quote(service)} is invalid: use 1 to 253 letters, digits, ".", "_" or "-"`,
+      `${what} ${quote(service)} is invalid: use 1 to 253 letters, digits, ".", "_" or "-" (not "." or ".." alone)`,
     );
   }
   return service;
@@ -29,9 +38,17 @@ export function validateAddress(address: unknown, what = 'address'): string {
   if (address.length > MAX_ADDRESS_LENGTH) {
     throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: longer than ${MAX_ADDRESS_LENGTH} characters`);
   }
-  // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f\s]/.test(address)) {
-    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: it contains white space or control characters`);
+  if (UNPRINTABLE.test(address)) {
+    throw new RegistryError(
+      'ERR_INVALID_ADDRESS',
+      `${what} ${quote(address)} is invalid: it contains white space, control, invisible or text-direction characters`,
+    );
+  }
+  if (!isWellFormed(address)) {
+    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: it is not valid Unicode (a lone surrogate)`);
+  }
+  if (address === '.' || address === '..') {
+    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: expected a "host:port" or URL`);
   }
   return address;
 }

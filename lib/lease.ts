@@ -17,10 +17,10 @@
  * of our keys, and the worker puts it back.
  */
 import type { IDuplexStream, IEvent, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, IRequestOp } from 'etcd3';
-import { EtcdLeaseInvalidError, FilterType, Range } from 'etcd3';
+import { EtcdLeaseInvalidError, EtcdPermissionDeniedError, FilterType, Range } from 'etcd3';
 import { cappedBackoff } from './backoff';
-import { type Connection, isUnreachableError, toRegistryError } from './connection';
-import { RegistryClosedError, RegistryError } from './errors';
+import { type Connection, isUnreachableError, watchRefusal } from './connection';
+import { RegistryClosedError, RegistryError, quote } from './errors';
 import type { KeySpace } from './keys';
 import { logger } from './log';
 import { delay } from './time';
@@ -84,6 +84,11 @@ export class LeaseKeeper {
   /** Armed when a keepalive is sent, cleared by its answer. */
   private ackTimer: NodeJS.Timeout | undefined;
   private reachable = true;
+  /** What the worker's current etcd call does, for error messages: operation and keys. */
+  private doing = 'write the registry keys';
+  /** Backoff between self-watches refused for permission, and when the last refusal came. */
+  private denied = cappedBackoff(10_000).next();
+  private lastDenial = 0;
 
   constructor(
     private readonly conn: Connection,
@@ -213,7 +218,7 @@ export class LeaseKeeper {
     }
     if (isUnreachableError(e)) return;
     // etcd refused (permission, bad request): registrations that never made it fail now.
-    const error = toRegistryError(e, 'write the registry keys');
+    const error = this.conn.error(e, this.doing);
     for (const [key, owned] of this.owned) {
       if (!owned.written) this.abandon(key, error);
     }
@@ -222,6 +227,7 @@ export class LeaseKeeper {
 
   private async grant(): Promise<void> {
     const old = this.lost ? this.leaseId : undefined;
+    this.doing = `grant a lease of ${this.ttlSeconds} s`;
     const res = await this.conn.call((c) => c.leaseClient.leaseGrant({ TTL: this.ttlSeconds }));
     this.conn.checkHeader(res.header, false);
     if (this.closed) {
@@ -247,6 +253,7 @@ export class LeaseKeeper {
       const owned = this.owned.get(key);
       if (owned) ops.push({ request_put: { key: Buffer.from(key), value: owned.value, lease: leaseId } });
     }
+    this.doing = `write ${quote(batch[0])}${batch.length > 1 ? ` and ${batch.length - 1} more key(s)` : ''} on lease ${leaseId}`;
     const res = await this.conn.call((c) => c.kv.txn({ success: ops }));
     this.conn.checkHeader(res.header, false);
     const revision = Number(res.header.revision);
@@ -304,7 +311,7 @@ export class LeaseKeeper {
         for (const w of deletion?.waiters ?? []) w.resolve();
       } else {
         // etcd refused: retrying will not help; the key goes with the lease.
-        const error = toRegistryError(result.reason, `delete ${JSON.stringify(key)}`);
+        const error = this.conn.error(result.reason, `delete ${quote(key)}`);
         debug('deleting %s failed: %s', key, error.message);
         for (const w of deletion?.waiters ?? []) w.reject(error);
       }
@@ -474,12 +481,32 @@ export class LeaseKeeper {
         filters: [FilterType.Noput],
         nextRevision: revision + 1,
         onEvents: (events) => this.onForeignEvents(events),
-        onLost: () => this.restartSelfWatch(service),
+        onLost: (reason) => (watchRefusal(reason) ? this.selfWatchDenied(service, reason) : this.restartSelfWatch(service)),
       };
       this.selfWatches.set(service, target);
     }
     target.nextRevision = revision + 1;
     this.stream.add(target);
+  }
+
+  /**
+   * etcd refused to watch our own keys: try again later, with backoff. A missing
+   * permission (a role without read) is reported; a stale auth token heals by itself.
+   */
+  private selfWatchDenied(service: string, reason: string): void {
+    if (Date.now() - this.lastDenial > 60_000) this.denied = cappedBackoff(10_000).next();
+    this.lastDenial = Date.now();
+    const wait = Math.round(this.denied.duration);
+    this.denied = this.denied.next(undefined);
+    const prefix = quote(this.keys.servicePrefix(service));
+    if (watchRefusal(reason) === 'permission') {
+      this.hooks.error(this.conn.error(new EtcdPermissionDeniedError(reason), `watch the prefix ${prefix} for deletes of its own keys (retrying in ${wait} ms)`));
+    } else {
+      debug('watch of own keys of %s refused (%s): retrying in %d ms', service, reason, wait);
+    }
+    setTimeout(() => {
+      if (!this.closed) this.restartSelfWatch(service);
+    }, wait).unref();
   }
 
   /** Puts the service's keys again, then watches from that write on: no delete can fall in between. */
@@ -562,7 +589,7 @@ export class LeaseKeeper {
         const left = timeoutMs - (Date.now() - started);
         if (!isUnreachableError(e) || left <= step.duration) {
           debug('revoking lease %s failed: %s (its keys expire after the TTL)', leaseId, (e as Error).message);
-          return toRegistryError(e, `revoke lease ${leaseId}`);
+          return this.conn.error(e, `revoke lease ${leaseId} (which deletes ${this.owned.size} key(s) under ${quote(this.keys.root)})`);
         }
         await delay(step.duration, undefined, true);
         step = step.next(undefined);

@@ -8,10 +8,10 @@
  * added and removed meanwhile reported. While the view is open it always has a
  * working watch or is retrying to get one.
  */
-import { Range, type IEvent, type IKeyValue } from 'etcd3';
+import { EtcdPermissionDeniedError, Range, type IEvent, type IKeyValue } from 'etcd3';
 import { cappedBackoff } from './backoff';
-import { type Connection, isUnreachableError, toRegistryError } from './connection';
-import { RegistryClosedError } from './errors';
+import { type Connection, isUnreachableError, watchRefusal } from './connection';
+import { RegistryClosedError, quote } from './errors';
 import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from './keys';
 import { logger } from './log';
 import { readPrefix } from './read-prefix';
@@ -21,6 +21,11 @@ import type { Endpoint, InvalidEndpointEvent } from './types';
 import type { WatchStream, WatchTarget } from './watch-stream';
 
 const debug = logger('view');
+
+/** Longest wait between attempts to watch a prefix that etcd refused for permission. */
+export const DENIED_WATCH_MAX_DELAY_MS = 10_000;
+/** Keys that are not valid UTF-8 cannot be told apart once decoded: they are skipped. */
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** 'initial': the first fill of a list, not reported as a change. */
 export type ChangeKind = 'initial' | 'change' | 'resync';
@@ -53,6 +58,9 @@ export class PrefixView implements WatchTarget {
   private synced = false;
   private resyncing = false;
   private closed = false;
+  /** Backoff between watches refused for permission, and when the last refusal came. */
+  private denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
+  private lastDenial = 0;
 
   /** `service` undefined: the view covers every service under the key space's root. */
   constructor(
@@ -78,7 +86,7 @@ export class PrefixView implements WatchTarget {
     if (this.closed) return Promise.reject(new RegistryClosedError('endpoints'));
     this.initial ??= this.load('initial').catch((e: unknown) => {
       this.initial = undefined;
-      throw toRegistryError(e, `read the endpoints of ${this.name}`);
+      throw this.conn.error(e, `read the prefix ${quote(this.prefix)}`);
     });
     return this.initial;
   }
@@ -116,7 +124,9 @@ export class PrefixView implements WatchTarget {
     if (this.closed) return;
     const batches = new Map<ServiceList, Batch>();
     for (const event of events) {
-      const decoded = event.type === 'Delete' ? this.locate(event.kv.key.toString()) : this.decode(event.kv);
+      // A deleted key that has no place here was skipped (and reported) when it was put.
+      const deleted = event.type === 'Delete' ? keyString(event.kv.key) : undefined;
+      const decoded = event.type === 'Delete' ? deleted !== undefined && this.locate(deleted, false) : this.decode(event.kv);
       if (!decoded) continue;
       let batch = batches.get(decoded.list);
       if (!batch) batches.set(decoded.list, (batch = { list: decoded.list, added: [], removed: [] }));
@@ -126,17 +136,32 @@ export class PrefixView implements WatchTarget {
   }
 
   onLost(reason: string): void {
-    void this.resync(reason);
+    const refusal = watchRefusal(reason);
+    if (refusal === undefined) {
+      void this.resync(reason);
+      return;
+    }
+    // etcd refused the watch: try again later, with backoff. A missing permission is the
+    // operator's to fix (say so); a stale auth token heals on the reopened stream.
+    if (Date.now() - this.lastDenial > 6 * DENIED_WATCH_MAX_DELAY_MS) this.denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
+    this.lastDenial = Date.now();
+    const wait = Math.round(this.denied.duration);
+    this.denied = this.denied.next(undefined);
+    if (refusal === 'permission') {
+      this.hooks.onError(this.conn.error(new EtcdPermissionDeniedError(reason), `watch the prefix ${quote(this.prefix)} (retrying in ${wait} ms)`));
+    }
+    void this.resync(reason, wait);
   }
 
-  /** Reads the prefix again and restarts the watch; retried until it works or the view closes. */
-  async resync(reason: string): Promise<void> {
+  /** Reads the prefix again (after `delayMs`) and restarts the watch; retried until it works or the view closes. */
+  async resync(reason: string, delayMs = 0): Promise<void> {
     if (this.closed || this.resyncing || !this.synced) return;
     this.resyncing = true;
     this.stream.remove(this);
     debug('%s resync: %s', this.name, reason);
     let step = cappedBackoff().next();
     try {
+      if (delayMs > 0) await delay(delayMs, this.conn.signal);
       for (;;) {
         try {
           await this.load('resync');
@@ -144,7 +169,7 @@ export class PrefixView implements WatchTarget {
         } catch (e) {
           if (this.closed) return;
           debug('%s resync failed, retrying in %d ms: %s', this.name, step.duration, (e as Error).message);
-          if (!isUnreachableError(e)) this.hooks.onError(toRegistryError(e, `re-read the endpoints of ${this.name}`));
+          if (!isUnreachableError(e)) this.hooks.onError(this.conn.error(e, `re-read the prefix ${quote(this.prefix)}`));
           await delay(step.duration, this.conn.signal);
           step = step.next(undefined);
         }
@@ -156,13 +181,13 @@ export class PrefixView implements WatchTarget {
     }
   }
 
-  /** The list a key belongs to, or undefined (reported as invalid) when the key has no place. */
-  private locate(key: string): { list: ServiceList; key: string; service: string } | undefined {
+  /** The list a key belongs to, or undefined (reported as invalid if `report`) when the key has no place. */
+  private locate(key: string, report = true): { list: ServiceList; key: string; service: string } | undefined {
     let service = this.service;
     if (service === undefined) {
       service = this.keys.serviceOf(key);
       if (service === undefined || !SERVICE_NAME_PATTERN.test(service)) {
-        this.invalid(service ?? '', key, 'key is not $PREFIX/services/$SERVICE/$ENDPOINT with a valid service name');
+        if (report) this.invalid(service ?? '', key, 'key is not $PREFIX/services/$SERVICE/$ENDPOINT with a valid service name');
         return undefined;
       }
     }
@@ -170,7 +195,11 @@ export class PrefixView implements WatchTarget {
   }
 
   private decode(kv: IKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
-    const key = kv.key.toString();
+    const key = keyString(kv.key);
+    if (key === undefined) {
+      this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
+      return undefined;
+    }
     const located = this.locate(key);
     if (!located) return undefined;
     const result = decodeEndpoint(located.service, this.keys.servicePrefix(located.service), key, kv.value);
@@ -200,5 +229,14 @@ export class PrefixView implements WatchTarget {
     if (this.closed) return;
     this.closed = true;
     this.stream.remove(this);
+  }
+}
+
+/** The key as a string, or undefined when its bytes are not valid UTF-8. */
+function keyString(key: Buffer): string | undefined {
+  try {
+    return utf8.decode(key);
+  } catch {
+    return undefined;
   }
 }

@@ -5,6 +5,8 @@
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
 import { resolveConfig, type RegistryConfig, type RegistryOptions } from './config';
+import { checkOptions, checkPickOptions, checkSignal, checkTimeout } from './arguments';
+import { etcdClientOptions } from './client-options';
 import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, RegistryTimeoutError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
@@ -65,6 +67,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       requestTimeoutMs: this.config.requestTimeoutMs,
       connectTimeoutMs: this.config.connectTimeoutMs,
       probeKey: this.keys.root,
+      clientOptions: etcdClientOptions(this.config),
     });
     this.stream = new WatchStream(this.conn, (e) => this.reportError(e));
     this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {
@@ -120,6 +123,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   async register(input: EndpointInput = {}): Promise<Endpoint> {
     this.assertOpen('register');
+    checkOptions('register', input, 'the endpoint');
     if (typeof input !== 'object' || input === null) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', `register() expects an object like { service, address, metadata }, got ${quote(input)}`);
     }
@@ -293,6 +297,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   pick(service: string, options: PickerOptions = {}): Endpoint {
     this.assertOpen('pick');
+    checkPickOptions('pick', options);
     validateServiceName(service);
     if (!this.isSynced(service)) {
       this.syncedList(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
@@ -311,6 +316,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   /** pick(), after the first sync of the service. */
   async pickAsync(service: string, options: PickerOptions = {}): Promise<Endpoint> {
+    checkPickOptions('pickAsync', options);
     await this.syncedList(service, 'pickAsync');
     return this.pick(service, options);
   }
@@ -330,6 +336,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options: { seconds?: number } = {}): void {
     this.assertOpen('markDown');
+    checkOptions('markDown', options);
     const seconds = options.seconds ?? 10;
     if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 0) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', `seconds ${quote(seconds)} is invalid: expected a finite number ≥ 0`);
@@ -350,6 +357,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   /** Resolves with the list once the service has at least `min` endpoints (at once if it already has). */
   async waitFor(service: string, options: WaitForOptions = {}): Promise<readonly Endpoint[]> {
+    this.assertOpen('waitFor');
+    checkOptions('waitFor', options);
+    checkTimeout('waitFor', options.timeout);
+    checkSignal('waitFor', options.signal);
     const min = options.min ?? 1;
     if (typeof min !== 'number' || !Number.isInteger(min) || min < 0) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', `min ${quote(min)} is invalid: expected an integer ≥ 0`);
@@ -380,6 +391,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   async *watch(service: string, options: WatchOptions = {}): AsyncGenerator<readonly Endpoint[], void, undefined> {
     this.assertOpen('watch');
     validateServiceName(service);
+    checkOptions('watch', options);
+    checkSignal('watch', options.signal);
     const { signal } = options;
     if (signal?.aborted) return;
     const queue: (readonly Endpoint[])[] = [];
@@ -423,6 +436,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   async ready(options: { timeout?: number; signal?: AbortSignal } = {}): Promise<void> {
     this.assertOpen('ready');
+    checkOptions('ready', options);
+    checkTimeout('ready', options.timeout);
+    checkSignal('ready', options.signal);
     const work = (async () => {
       await this.conn.ensureContact();
       await Promise.all(Array.from(this.allViews(), (view) => this.syncView(view, 'ready')));
@@ -478,8 +494,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     await this.close();
   }
 
+  /** Never the password or the key: only whether TLS is on and which user. */
   [inspect.custom](): string {
-    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, services known: ${this.lists.size} }`;
+    const { tls, auth } = this.config;
+    const security = `tls: ${tls ? (tls.cert ? 'mutual' : 'on') : 'off'}, user: ${auth ? quote(auth.username) : 'none'}`;
+    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, ${security}, services known: ${this.lists.size} }`;
   }
 }
 

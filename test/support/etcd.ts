@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -204,15 +205,24 @@ interface HttpResult {
   body: string;
 }
 
-function httpRequest(url: string, options: { method?: string; body?: string; timeoutMs: number }): Promise<HttpResult> {
+/** PEM contents for an https:// request: the CA to trust, and a client certificate if etcd asks for one. */
+export interface HttpsTrust {
+  ca: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+function httpRequest(url: string, options: { method?: string; body?: string; timeoutMs: number; tls?: HttpsTrust }): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
-    const req = http.request(
+    const secure = url.startsWith('https:');
+    const req = (secure ? https : http).request(
       url,
       {
         method: options.method ?? 'GET',
         agent: false,
         timeout: options.timeoutMs,
         headers: options.body !== undefined ? { 'content-type': 'application/json' } : {},
+        ...(secure && options.tls),
       },
       (res) => {
         const chunks: Buffer[] = [];
@@ -228,9 +238,9 @@ function httpRequest(url: string, options: { method?: string; body?: string; tim
 }
 
 /** `GET <clientUrl>/health` answered `{"health":"true"}` within `timeoutMs`. */
-export async function isHealthy(clientUrl: string, timeoutMs = 1000): Promise<boolean> {
+export async function isHealthy(clientUrl: string, timeoutMs = 1000, tls?: HttpsTrust): Promise<boolean> {
   try {
-    const res = await httpRequest(`${clientUrl}/health`, { timeoutMs });
+    const res = await httpRequest(`${clientUrl}/health`, { timeoutMs, tls });
     if (res.status !== 200) return false;
     const parsed = JSON.parse(res.body) as { health?: unknown };
     return parsed.health === 'true' || parsed.health === true;
@@ -251,8 +261,8 @@ export interface EtcdStatus {
 }
 
 /** Maintenance status of one member through the gRPC gateway (`POST /v3/maintenance/status`). */
-export async function memberStatus(clientUrl: string, timeoutMs = 1000): Promise<EtcdStatus> {
-  const res = await httpRequest(`${clientUrl}/v3/maintenance/status`, { method: 'POST', body: '{}', timeoutMs });
+export async function memberStatus(clientUrl: string, timeoutMs = 1000, tls?: HttpsTrust): Promise<EtcdStatus> {
+  const res = await httpRequest(`${clientUrl}/v3/maintenance/status`, { method: 'POST', body: '{}', timeoutMs, tls });
   if (res.status !== 200) throw new Error(`status ${res.status} from ${clientUrl}: ${res.body}`);
   const raw = JSON.parse(res.body) as {
     header?: { cluster_id?: string; member_id?: string; revision?: string; raft_term?: string };
@@ -294,6 +304,26 @@ export interface EtcdNodeOptions {
   extraArgs?: string[];
   /** Limit for start() (default 15 000 ms). */
   startTimeoutMs?: number;
+  /** Serve clients over TLS (https:// client URL); peers stay on http://. */
+  tls?: EtcdNodeTls;
+}
+
+/** PEM file paths for an etcd member that serves its clients over TLS. */
+export interface EtcdNodeTls {
+  /** `--cert-file` / `--key-file`: the server certificate (SAN IP:127.0.0.1) and its key. */
+  certFile: string;
+  keyFile: string;
+  /** The CA that signed the server certificate: what the health check trusts. */
+  caFile: string;
+  /**
+   * `--client-cert-auth --trusted-ca-file <caFile>`: clients must present a certificate signed
+   * by `caFile`. (etcd 3.4 turns client certificate authentication on whenever
+   * --trusted-ca-file is given, so without this option that flag is left out.)
+   */
+  clientCertAuth?: boolean;
+  /** The client certificate the health check presents (required with clientCertAuth). */
+  clientCertFile?: string;
+  clientKeyFile?: string;
 }
 
 export interface RestartOptions {
@@ -344,9 +374,20 @@ export class EtcdNode {
     return this._peerPort;
   }
 
-  /** `http://127.0.0.1:<clientPort>` */
+  /** `http://127.0.0.1:<clientPort>` (`https://` with the tls option) */
   get clientUrl(): string {
-    return `http://127.0.0.1:${this.clientPort}`;
+    return `${this.options.tls ? 'https' : 'http'}://127.0.0.1:${this.clientPort}`;
+  }
+
+  /** What an https request to this member needs (undefined without the tls option). */
+  get httpsTrust(): HttpsTrust | undefined {
+    const tls = this.options.tls;
+    if (!tls) return undefined;
+    return {
+      ca: fs.readFileSync(tls.caFile),
+      ...(tls.clientCertFile !== undefined && { cert: fs.readFileSync(tls.clientCertFile) }),
+      ...(tls.clientKeyFile !== undefined && { key: fs.readFileSync(tls.clientKeyFile) }),
+    };
   }
 
   /** `http://127.0.0.1:<peerPort>` */
@@ -437,6 +478,7 @@ export class EtcdNode {
       '--election-timeout', String(this.options.electionTimeoutMs ?? 200),
       '--logger', 'zap',
       '--log-level', 'error',
+      ...tlsArgs(this.options.tls),
       ...(this.options.extraArgs ?? []),
     ];
     installExitHook();
@@ -482,7 +524,7 @@ export class EtcdNode {
       if (this.bindFailed()) {
         throw new Error(`etcd ${this.name} could not bind its ports (${this.clientUrl}, ${this.peerUrl}).\n${this.logs}`);
       }
-      if (await isHealthy(this.clientUrl, Math.max(50, Math.min(1000, deadline - Date.now())))) return;
+      if (await isHealthy(this.clientUrl, Math.max(50, Math.min(1000, deadline - Date.now())), this.httpsTrust)) return;
       if (Date.now() >= deadline) {
         throw new Error(
           `etcd ${this.name} not healthy at ${this.clientUrl}/health after ${timeoutMs} ms.\n--- etcd output ---\n${this.logs}`,
@@ -536,7 +578,7 @@ export class EtcdNode {
 
   /** Maintenance status of this member. */
   status(timeoutMs = 1000): Promise<EtcdStatus> {
-    return memberStatus(this.clientUrl, timeoutMs);
+    return memberStatus(this.clientUrl, timeoutMs, this.httpsTrust);
   }
 
   /** Kill and remove the data dir. Safe to call more than once. */
@@ -553,6 +595,15 @@ export class EtcdNode {
   private async wipeDataDir(): Promise<void> {
     if (this.baseDir !== undefined) await fsp.rm(this.dataDir, { recursive: true, force: true });
   }
+}
+
+function tlsArgs(tls: EtcdNodeTls | undefined): string[] {
+  if (!tls) return [];
+  return [
+    '--cert-file', tls.certFile,
+    '--key-file', tls.keyFile,
+    ...(tls.clientCertAuth === true ? ['--client-cert-auth', '--trusted-ca-file', tls.caFile] : []),
+  ];
 }
 
 // ---------------------------------------------------------------------------------------------

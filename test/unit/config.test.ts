@@ -1,7 +1,12 @@
+import * as fs from 'node:fs';
 import os from 'node:os';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import * as path from 'node:path';
+import { inspect } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ENV_VARIABLES, describeConfig, resolveConfig, type RegistryOptions } from '../../lib/config';
 import { RegistryConfigError, RegistryError, quote } from '../../lib/errors';
+import { Secret } from '../../lib/secret';
+import { makeTestCerts, type TestCerts } from '../support/certs';
 
 type Env = Record<string, string | undefined>;
 
@@ -50,6 +55,8 @@ describe('resolveConfig defaults', () => {
       shutdownSignals: ['SIGTERM', 'SIGINT'],
       shutdownTimeoutMs: 5_000,
       drainMs: 0,
+      tls: undefined,
+      auth: undefined,
     });
   });
 
@@ -93,6 +100,8 @@ describe('resolveConfig good values from the environment', () => {
       shutdownSignals: ['SIGTERM', 'SIGHUP'],
       shutdownTimeoutMs: 12_000,
       drainMs: 1_500,
+      tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
+      auth: undefined,
     });
   });
 
@@ -509,6 +518,8 @@ describe('options and environment', () => {
       shutdownSignals: ['SIGUSR1'],
       shutdownTimeoutMs: 6_000,
       drainMs: 8_000,
+      tls: undefined,
+      auth: undefined,
     });
   });
 
@@ -555,10 +566,292 @@ describe('the result', () => {
   it('describeConfig returns a plain mutable copy with every field', () => {
     const config = resolve({ REGISTRY_SERVICE_METADATA: '{"a":1}' });
     const described = describeConfig(config);
-    expect(described).toStrictEqual({ ...config });
+    expect(described).toStrictEqual({ ...config, tls: undefined, auth: undefined });
     expect(Object.keys(described).sort()).toStrictEqual(Object.keys(config).sort());
     expect(Object.isFrozen(described)).toBe(false);
     expect(Object.isFrozen(described.etcdEndpoints)).toBe(false);
     expect(Object.isFrozen(described.serviceMetadata)).toBe(false);
+  });
+});
+
+describe('REGISTRY_USE_TLS and https endpoints', () => {
+  it.each([
+    ['1', true],
+    ['true', true],
+    ['TRUE', true],
+    [' Yes ', true],
+    ['0', false],
+    ['false', false],
+    ['No', false],
+  ])('parses %j', (value, on) => {
+    expect(resolve({ REGISTRY_USE_TLS: value }).tls !== undefined).toBe(on);
+  });
+
+  it.each(['on', 'off', 'y', 'n', '2', '-1', 'enable', 'tru', ' '])('rejects %j', (value) => {
+    const err = rejectsEnv('REGISTRY_USE_TLS', value);
+    expect(err.message).toContain('expected 1, 0, true, false, yes or no');
+  });
+
+  it('rejects a non-boolean option', () => {
+    rejectsOption('useTls', 'true');
+    rejectsOption('useTls', 1);
+  });
+
+  it('is off by default, with the endpoints as given', () => {
+    const config = resolve({ REGISTRY_ETCD_ENDPOINTS: 'a,b' });
+    expect(config.tls).toBeUndefined();
+    expect(config.etcdEndpoints).toStrictEqual(['http://a:2379', 'http://b:2379']);
+  });
+
+  it('is implied by https:// endpoints, trusting the system roots', () => {
+    const config = resolve({ REGISTRY_ETCD_ENDPOINTS: 'https://etcd:2379' });
+    expect(config.tls).toStrictEqual({ caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined });
+    expect(Object.isFrozen(config.tls)).toBe(true);
+  });
+
+  it('switches http:// and bare endpoints (and the default one) to https://', () => {
+    expect(resolve({ REGISTRY_USE_TLS: '1', REGISTRY_ETCD_ENDPOINTS: 'http://a:2379,b,[::1]:12379' }).etcdEndpoints).toStrictEqual([
+      'https://a:2379',
+      'https://b:2379',
+      'https://[::1]:12379',
+    ]);
+    expect(resolve({ REGISTRY_USE_TLS: 'yes' }).etcdEndpoints).toStrictEqual(['https://127.0.0.1:2379']);
+    expect(resolve({}, { useTls: true, etcdEndpoints: ['http://a'] }).etcdEndpoints).toStrictEqual(['https://a:2379']);
+  });
+
+  it('refuses to turn TLS off for https:// endpoints, never downgrading silently', () => {
+    const err = rejectsEnv('REGISTRY_USE_TLS', 'false', { REGISTRY_ETCD_ENDPOINTS: 'https://etcd' });
+    expect(err.message).toContain('https://etcd:2379');
+    expectConfigError(() => resolve({ REGISTRY_ETCD_ENDPOINTS: 'https://etcd' }, { useTls: false }), 'options.useTls', false);
+  });
+
+  it('still rejects mixed http and https endpoints', () => {
+    rejectsEnv('REGISTRY_ETCD_ENDPOINTS', 'http://a,https://b', { REGISTRY_USE_TLS: '1' });
+  });
+});
+
+describe('REGISTRY_TLS_CA_PATH, REGISTRY_TLS_CERT_PATH and REGISTRY_TLS_KEY_PATH', () => {
+  let certs: TestCerts;
+  let junk: string;
+  beforeAll(async () => {
+    certs = await makeTestCerts();
+    junk = path.join(certs.dir, 'junk.pem');
+    fs.writeFileSync(junk, 'not a certificate\n');
+  });
+  afterAll(() => certs.remove());
+
+  it('reads the CA, the certificate and the key once, at resolution', () => {
+    const config = resolve({
+      REGISTRY_TLS_CA_PATH: certs.caCert,
+      REGISTRY_TLS_CERT_PATH: certs.clientCert,
+      REGISTRY_TLS_KEY_PATH: certs.clientKey,
+    });
+    expect(config.etcdEndpoints).toStrictEqual(['https://127.0.0.1:2379']);
+    expect(config.tls?.caPath).toBe(certs.caCert);
+    expect(config.tls?.ca?.equals(fs.readFileSync(certs.caCert))).toBe(true);
+    expect(config.tls?.cert?.equals(fs.readFileSync(certs.clientCert))).toBe(true);
+    expect(config.tls?.key).toBeInstanceOf(Secret);
+    expect(config.tls?.key?.reveal().equals(fs.readFileSync(certs.clientKey))).toBe(true);
+  });
+
+  it('never shows the private key in inspect(), JSON or describeConfig', () => {
+    const config = resolve({}, { tlsCertPath: certs.clientCert, tlsKeyPath: certs.clientKey });
+    const key = fs.readFileSync(certs.clientKey, 'utf8');
+    const body = key.split('\n')[1]!;
+    for (const text of [inspect(config, { depth: 10, showHidden: true }), JSON.stringify(config), JSON.stringify(describeConfig(config)), inspect(describeConfig(config))]) {
+      expect(text).not.toContain(body);
+      expect(text).not.toContain('PRIVATE KEY');
+    }
+    expect(describeConfig(config).tls).toStrictEqual({ caPath: '(system roots)', certPath: certs.clientCert, keyPath: certs.clientKey, key: '<redacted>' });
+  });
+
+  it('a CA file alone turns TLS on', () => {
+    const config = resolve({ REGISTRY_TLS_CA_PATH: certs.caCert, REGISTRY_ETCD_ENDPOINTS: 'etcd' });
+    expect(config.etcdEndpoints).toStrictEqual(['https://etcd:2379']);
+    expect(config.tls?.cert).toBeUndefined();
+  });
+
+  it('refuses a TLS file with TLS turned off', () => {
+    const err = rejectsEnv('REGISTRY_USE_TLS', '0', { REGISTRY_TLS_CA_PATH: certs.caCert });
+    expect(err.message).toContain('REGISTRY_TLS_CA_PATH');
+  });
+
+  it.each(['REGISTRY_TLS_CA_PATH', 'REGISTRY_TLS_CERT_PATH', 'REGISTRY_TLS_KEY_PATH'])('%s: a missing file names the variable and the path', (variable) => {
+    const other = variable === 'REGISTRY_TLS_CERT_PATH' ? { REGISTRY_TLS_KEY_PATH: certs.clientKey } : variable === 'REGISTRY_TLS_KEY_PATH' ? { REGISTRY_TLS_CERT_PATH: certs.clientCert } : {};
+    const missing = path.join(certs.dir, 'nope.pem');
+    const err = rejectsEnv(variable, missing, other);
+    expect(err.message).toContain(JSON.stringify(missing));
+    expect(err.message).toContain('ENOENT');
+  });
+
+  it('refuses a directory, a non-PEM CA, and a file that is too large', () => {
+    expect(rejectsEnv('REGISTRY_TLS_CA_PATH', certs.dir).message).toContain('not a regular file');
+    expect(rejectsEnv('REGISTRY_TLS_CA_PATH', junk).message).toContain('no PEM certificate');
+    const big = path.join(certs.dir, 'big.pem');
+    fs.writeFileSync(big, Buffer.alloc(1024 * 1024 + 1, 'a'));
+    expect(rejectsEnv('REGISTRY_TLS_CA_PATH', big).message).toContain('more than 1048576');
+  });
+
+  it('a certificate without its key, or a key without its certificate, names both', () => {
+    const a = rejectsEnv('REGISTRY_TLS_CERT_PATH', certs.clientCert);
+    expect(a.message).toContain('REGISTRY_TLS_KEY_PATH');
+    const b = rejectsEnv('REGISTRY_TLS_KEY_PATH', certs.clientKey);
+    expect(b.message).toContain('REGISTRY_TLS_CERT_PATH');
+    expectConfigError(() => resolve({}, { tlsCertPath: certs.clientCert }), 'options.tlsCertPath', certs.clientCert);
+  });
+
+  it('refuses a key that does not belong to the certificate, without quoting it', () => {
+    const err = rejectsEnv('REGISTRY_TLS_KEY_PATH', certs.otherClientKey, { REGISTRY_TLS_CERT_PATH: certs.clientCert });
+    expect(err.message).toContain('does not belong');
+    expect(err.message).not.toContain('PRIVATE KEY');
+  });
+
+  it('refuses a certificate file that is not a certificate, and a key file that is not a key', () => {
+    rejectsEnv('REGISTRY_TLS_CERT_PATH', junk, { REGISTRY_TLS_KEY_PATH: certs.clientKey });
+    expect(rejectsEnv('REGISTRY_TLS_KEY_PATH', junk, { REGISTRY_TLS_CERT_PATH: certs.clientCert }).message).toContain('no PEM private key');
+    rejectsEnv('REGISTRY_TLS_KEY_PATH', certs.clientCert, { REGISTRY_TLS_CERT_PATH: certs.clientCert });
+  });
+
+  it('refuses an encrypted private key', () => {
+    const encrypted = path.join(certs.dir, 'encrypted.key');
+    fs.writeFileSync(encrypted, '-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n');
+    expect(rejectsEnv('REGISTRY_TLS_KEY_PATH', encrypted, { REGISTRY_TLS_CERT_PATH: certs.clientCert }).message).toContain('encrypted');
+  });
+
+  it.each<[keyof typeof ENV_VARIABLES, unknown]>([
+    ['tlsCaPath', ''],
+    ['tlsCaPath', 42],
+    ['tlsCertPath', '  '],
+    ['tlsKeyPath', 'a\u0000b'],
+  ])('options.%s rejects %j', (name, value) => {
+    rejectsOption(name, value);
+  });
+});
+
+describe('REGISTRY_ETCD_USERNAME, REGISTRY_ETCD_PASSWORD and REGISTRY_ETCD_PASSWORD_FILE', () => {
+  const PASSWORD = 'pa55-W0rd-that-must-not-leak';
+  let dir: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'registry-config-'));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, content: string): string => {
+    const p = path.join(dir, name);
+    fs.writeFileSync(p, content);
+    return p;
+  };
+
+  /** A RegistryConfigError for the password: the value is "<redacted>" and the password appears nowhere. */
+  function rejectsPassword(run: () => unknown, variable: string): RegistryConfigError {
+    const err = expectConfigError(run, variable, '<redacted>');
+    expect(err.message).not.toContain(PASSWORD);
+    expect(inspect(err, { depth: 10 })).not.toContain(PASSWORD);
+    return err;
+  }
+
+  it('reads the user name and the password, kept as a Secret', () => {
+    const config = resolve({ REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD: PASSWORD });
+    expect(config.auth?.username).toBe('app');
+    expect(config.auth?.password).toBeInstanceOf(Secret);
+    expect(config.auth?.password.reveal()).toBe(PASSWORD);
+    expect(config.auth?.passwordFile).toBeUndefined();
+    expect(Object.isFrozen(config.auth)).toBe(true);
+  });
+
+  it('never shows the password in inspect(), JSON, string conversion or describeConfig', () => {
+    const config = resolve({ REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD: PASSWORD });
+    const texts = [
+      inspect(config, { depth: 10, showHidden: true, getters: true }),
+      JSON.stringify(config),
+      `${config.auth?.password}`,
+      String(config.auth?.password),
+      JSON.stringify(describeConfig(config)),
+      inspect(describeConfig(config)),
+      inspect({ ...config.auth }, { showHidden: true }),
+      JSON.stringify(structuredClone(config.auth?.password)),
+    ];
+    for (const text of texts) expect(text).not.toContain(PASSWORD);
+    expect(describeConfig(config).auth).toStrictEqual({ username: 'app', password: '<redacted>', passwordFile: undefined });
+    expect(JSON.stringify(config)).toContain('"password":"<redacted>"');
+  });
+
+  it('reads the password file, dropping one trailing newline', () => {
+    expect(resolve({ REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD_FILE: file('pw', `${PASSWORD}\n`) }).auth?.password.reveal()).toBe(PASSWORD);
+    expect(resolve({ REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD_FILE: file('crlf', `${PASSWORD}\r\n`) }).auth?.password.reveal()).toBe(PASSWORD);
+    expect(resolve({ REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD_FILE: file('two', ' x \n\n') }).auth?.password.reveal()).toBe(' x \n');
+    const config = resolve({}, { etcdUsername: 'app', etcdPasswordFile: file('opt', PASSWORD) });
+    expect(config.auth?.password.reveal()).toBe(PASSWORD);
+    expect(config.auth?.passwordFile).toBe(path.join(dir, 'opt'));
+  });
+
+  it('a missing or empty password file names the variable and the path', () => {
+    const missing = path.join(dir, 'missing');
+    const err = rejectsEnv('REGISTRY_ETCD_PASSWORD_FILE', missing, { REGISTRY_ETCD_USERNAME: 'app' });
+    expect(err.message).toContain(JSON.stringify(missing));
+    expect(err.message).toContain('ENOENT');
+    const empty = file('empty', '\n');
+    expect(rejectsEnv('REGISTRY_ETCD_PASSWORD_FILE', empty, { REGISTRY_ETCD_USERNAME: 'app' }).message).toContain('no password');
+  });
+
+  it('the password and the password file together: an error naming both', () => {
+    const pw = file('both', PASSWORD);
+    const err = rejectsEnv('REGISTRY_ETCD_PASSWORD_FILE', pw, { REGISTRY_ETCD_USERNAME: 'app', REGISTRY_ETCD_PASSWORD: PASSWORD });
+    expect(err.message).toContain('REGISTRY_ETCD_PASSWORD ');
+    expect(err.message).not.toContain(PASSWORD);
+  });
+
+  it('a user name without a password is an error naming the password variables', () => {
+    const err = rejectsEnv('REGISTRY_ETCD_USERNAME', 'app');
+    expect(err.message).toContain('REGISTRY_ETCD_PASSWORD');
+    expect(err.message).toContain('REGISTRY_ETCD_PASSWORD_FILE');
+  });
+
+  it('a password without a user name is an error that shows "<redacted>" for the password', () => {
+    const err = rejectsPassword(() => resolve({ REGISTRY_ETCD_PASSWORD: PASSWORD }), 'REGISTRY_ETCD_PASSWORD');
+    expect(err.message).toContain('REGISTRY_ETCD_PASSWORD="<redacted>" is invalid');
+    expect(err.message).toContain('REGISTRY_ETCD_USERNAME');
+    rejectsPassword(() => resolve({}, { etcdPassword: PASSWORD }), 'options.etcdPassword');
+  });
+
+  it('a password of the wrong type or empty is rejected as "<redacted>"', () => {
+    rejectsPassword(() => resolve({}, { etcdUsername: 'app', etcdPassword: '' }), 'options.etcdPassword');
+    rejectsPassword(() => resolve({}, { etcdUsername: 'app', etcdPassword: 42 as unknown as string }), 'options.etcdPassword');
+    rejectsPassword(() => resolve({}, { etcdUsername: 'app', etcdPassword: new Secret('') }), 'options.etcdPassword');
+  });
+
+  it('accepts the password option as a Secret', () => {
+    expect(resolve({}, { etcdUsername: 'app', etcdPassword: new Secret(PASSWORD) }).auth?.password.reveal()).toBe(PASSWORD);
+  });
+
+  it('a typed password hides the environment pair; a typed user name combines with an environment password', () => {
+    const env = { REGISTRY_ETCD_USERNAME: 'env-user', REGISTRY_ETCD_PASSWORD_FILE: path.join(dir, 'missing') };
+    expect(resolve(env, { etcdPassword: PASSWORD }).auth).toMatchObject({ username: 'env-user', passwordFile: undefined });
+    expect(resolve({ REGISTRY_ETCD_PASSWORD: PASSWORD }, { etcdUsername: 'opt-user' }).auth?.username).toBe('opt-user');
+  });
+
+  it.each(['a b', ' app', 'app\n', 'x'.repeat(257)])('rejects the user name %j', (value) => {
+    rejectsEnv('REGISTRY_ETCD_USERNAME', value, { REGISTRY_ETCD_PASSWORD: PASSWORD });
+  });
+
+  it('rejects bad user name options', () => {
+    rejectsOption('etcdUsername', '');
+    rejectsOption('etcdUsername', 42);
+  });
+});
+
+describe('REGISTRY_KEY_PREFIX and other registries', () => {
+  it.each(['services', 'services/x', 'apps/prod', 'apps/services-x', 'apps/my-services'])('accepts %j', (value) => {
+    expect(resolve({ REGISTRY_KEY_PREFIX: value }).keyPrefix).toBe(value);
+  });
+
+  it.each(['apps/services', 'apps/services/web', 'a/b/services/c', 'services/services'])(
+    'rejects %j: its keys would fall inside another registry',
+    (value) => {
+      expect(rejectsEnv('REGISTRY_KEY_PREFIX', value).message).toContain('"services" segment');
+    },
+  );
+
+  it('rejects a lone surrogate, which UTF-8 cannot carry', () => {
+    rejectsEnv('REGISTRY_KEY_PREFIX', 'a\uD800b');
   });
 });

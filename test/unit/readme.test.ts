@@ -50,5 +50,5 @@ describe('README samples', () => {
       return `${where} ${ts.flattenDiagnosticMessageText(d.messageText, '\n')}`;
     });
     expect(errors).toEqual([]);
-  });
+  }, 30_000); // a whole type-check: ~4 s alone, more beside the other unit files on 2 cores
 });

@@ -1,0 +1,214 @@
+/**
+ * Every public method of Registry checks its arguments before any I/O and throws a
+ * RegistryError with a stable code that quotes the bad value. The registry points at a
+ * closed port: a check that happened after I/O would show up as ERR_ETCD_UNREACHABLE
+ * (or a hang), not as the expected code.
+ */
+import { inspect } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Registry, RegistryError, type RegistryErrorCode } from '../../lib';
+import { MAX_METADATA_BYTES } from '../../lib/keys';
+
+const registry = new Registry({ etcdEndpoints: 'http://127.0.0.1:1', connectTimeoutSeconds: 1, shutdownSignals: [], env: {} });
+afterAll(() => registry.close());
+
+/** Runs `call` (sync or async) and returns what it threw or rejected with. */
+async function failure(call: () => unknown): Promise<unknown> {
+  try {
+    await call();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected a failure');
+}
+
+async function expectInvalid(call: () => unknown, code: RegistryErrorCode, quoted: string): Promise<RegistryError> {
+  const started = Date.now();
+  const err = await failure(call);
+  expect(err).toBeInstanceOf(RegistryError);
+  const e = err as RegistryError;
+  expect(e.code, e.message).toBe(code);
+  expect(e.message).toContain(quoted);
+  // Checked before any I/O: nothing waited for the unreachable etcd.
+  expect(Date.now() - started).toBeLessThan(500);
+  return e;
+}
+
+const consume = async (iterable: AsyncIterable<unknown>): Promise<void> => {
+  for await (const _ of iterable) break;
+};
+
+const BAD_SERVICES: [unknown, string][] = [
+  ['', '""'],
+  ['a/b', '"a/b"'],
+  ['..', '".."'],
+  ['.', '"."'],
+  ['web app', '"web app"'],
+  ['é', '"é"'],
+  ['x'.repeat(254), '"xxxx'],
+  [42, '42'],
+  [null, 'null'],
+  [undefined, 'undefined'],
+  [{ toString: () => 'web' }, '{}'],
+];
+
+describe('service names', () => {
+  it.each(BAD_SERVICES)('every method rejects %j with ERR_INVALID_SERVICE_NAME', async (service, quoted) => {
+    const s = service as string;
+    if (s == null) {
+      // register() falls back to REGISTRY_SERVICE_NAME, unset here.
+      await expectInvalid(() => registry.register({ service: s, address: '10.0.0.1:80' }), 'ERR_INVALID_ARGUMENT', 'REGISTRY_SERVICE_NAME');
+    } else {
+      await expectInvalid(() => registry.register({ service: s, address: '10.0.0.1:80' }), 'ERR_INVALID_SERVICE_NAME', quoted);
+    }
+    await expectInvalid(() => registry.unregister({ service: s, address: '10.0.0.1:80' }), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.endpoints(s), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.pick(s), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.pickAsync(s), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.markDown({ service: s, address: '10.0.0.1:80' }), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.waitFor(s), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => consume(registry.watch(s)), 'ERR_INVALID_SERVICE_NAME', quoted);
+    await expectInvalid(() => registry.fetch(s, '/'), 'ERR_INVALID_SERVICE_NAME', quoted);
+  });
+});
+
+describe('addresses', () => {
+  it.each<[unknown, string]>([
+    ['', '""'],
+    ['   ', '"   "'],
+    ['a b:80', '"a b:80"'],
+    ['10.0.0.1:80\n', '"10.0.0.1:80\\n"'],
+    ['10.0.0.1:80\u0000', '"10.0.0.1:80\\u0000"'],
+    ['10.0.0.1:80\u0085', '"10.0.0.1:80'],
+    ['evil\u202e08:1.0.0.01', '"evil'],
+    ['zero\u200bwidth:80', '"zero'],
+    ['a\uD800:80', '"a'],
+    ['..', '".."'],
+    ['x'.repeat(1025), '(1025 characters)'],
+    [8080, '8080'],
+    [null, 'null'],
+  ])('register, unregister and markDown reject %j with ERR_INVALID_ADDRESS', async (address, quoted) => {
+    const a = address as string;
+    if (a == null) {
+      // register() falls back to REGISTRY_SERVICE_ADDRESS, unset here.
+      await expectInvalid(() => registry.register({ service: 'web', address: a }), 'ERR_INVALID_ARGUMENT', 'REGISTRY_SERVICE_ADDRESS');
+    } else {
+      await expectInvalid(() => registry.register({ service: 'web', address: a }), 'ERR_INVALID_ADDRESS', quoted);
+    }
+    await expectInvalid(() => registry.unregister({ service: 'web', address: a }), 'ERR_INVALID_ADDRESS', quoted);
+    await expectInvalid(() => registry.markDown({ service: 'web', address: a }), 'ERR_INVALID_ADDRESS', quoted);
+  });
+
+  it('quotes at most 200 characters of a long value', async () => {
+    const e = await expectInvalid(() => registry.register({ service: 'web', address: 'x'.repeat(100_000) }), 'ERR_INVALID_ADDRESS', '100000 characters');
+    expect(e.message.length).toBeLessThan(500);
+  });
+});
+
+describe('metadata', () => {
+  class Box {
+    a = 1;
+  }
+  const circular: Record<string, unknown> = {};
+  circular.self = circular;
+  it.each<[string, unknown, string]>([
+    ['an array', [], '[]'],
+    ['a string', 'zone=a', '"zone=a"'],
+    ['null', null, 'null'],
+    ['a number', 5, '5'],
+    ['a Map', new Map(), '{}'],
+    ['a class instance', new Box(), '{"a":1}'],
+    ['a Date', new Date(0), '"1970-01-01T00:00:00.000Z"'],
+    ['circular', circular, 'cannot be written as JSON'],
+    ['a BigInt inside', { n: 1n }, 'cannot be written as JSON'],
+    ['larger than the limit', { k: 'x'.repeat(MAX_METADATA_BYTES) }, `larger than ${MAX_METADATA_BYTES} bytes`],
+  ])('register rejects %s with ERR_INVALID_METADATA', async (_what, metadata, quoted) => {
+    await expectInvalid(
+      () => registry.register({ service: 'web', address: '10.0.0.1:80', metadata: metadata as Record<string, unknown> }),
+      'ERR_INVALID_METADATA',
+      quoted,
+    );
+  });
+});
+
+describe('option bags, timeouts and signals', () => {
+  it.each<[string, () => unknown, string]>([
+    ['register(null)', () => registry.register(null as never), 'null'],
+    ['register([])', () => registry.register([] as never), '[]'],
+    ['register("web")', () => registry.register('web' as never), '"web"'],
+    ['unregister(null)', () => registry.unregister(null as never), 'null'],
+    ['pick options null', () => registry.pick('web', null as never), 'null'],
+    ['pick strategy', () => registry.pick('web', { strategy: 'fastest' as never }), '"fastest"'],
+    ['pick key', () => registry.pick('web', { key: 42 as never }), '42'],
+    ['pick consistent-hash without key', () => registry.pick('web', { strategy: 'consistent-hash' }), 'consistent-hash'],
+    ['pickAsync strategy', () => registry.pickAsync('web', { strategy: 'x' as never }), '"x"'],
+    ['markDown options', () => registry.markDown({ service: 'web', address: 'a:1' }, 'x' as never), '"x"'],
+    ['markDown seconds -1', () => registry.markDown({ service: 'web', address: 'a:1' }, { seconds: -1 }), '-1'],
+    ['markDown seconds NaN', () => registry.markDown({ service: 'web', address: 'a:1' }, { seconds: NaN }), 'NaN'],
+    ['markDown seconds Infinity', () => registry.markDown({ service: 'web', address: 'a:1' }, { seconds: Infinity }), 'Infinity'],
+    ['markDown seconds "5"', () => registry.markDown({ service: 'web', address: 'a:1' }, { seconds: '5' as never }), '"5"'],
+    ['waitFor options', () => registry.waitFor('web', 7 as never), '7'],
+    ['waitFor min -1', () => registry.waitFor('web', { min: -1 }), '-1'],
+    ['waitFor min 1.5', () => registry.waitFor('web', { min: 1.5 }), '1.5'],
+    ['waitFor timeout -1', () => registry.waitFor('web', { timeout: -1 }), '-1'],
+    ['waitFor timeout NaN', () => registry.waitFor('web', { timeout: NaN }), 'NaN'],
+    ['waitFor timeout Infinity', () => registry.waitFor('web', { timeout: Infinity }), 'Infinity'],
+    ['waitFor timeout 2^31', () => registry.waitFor('web', { timeout: 2 ** 31 }), '2147483648'],
+    ['waitFor timeout "100"', () => registry.waitFor('web', { timeout: '100' as never }), '"100"'],
+    ['waitFor signal', () => registry.waitFor('web', { signal: 'stop' as never }), '"stop"'],
+    ['watch options', () => consume(registry.watch('web', null as never)), 'null'],
+    ['watch signal', () => consume(registry.watch('web', { signal: {} as never })), '{}'],
+    ['ready options', () => registry.ready([] as never), '[]'],
+    ['ready timeout -5', () => registry.ready({ timeout: -5 }), '-5'],
+    ['ready timeout NaN', () => registry.ready({ timeout: NaN }), 'NaN'],
+    ['ready signal', () => registry.ready({ signal: true as never }), 'true'],
+    ['fetch init', () => registry.fetch('web', '/', null as never), 'null'],
+    ['fetch path', () => registry.fetch('web', 'no-slash'), '"no-slash"'],
+    ['fetch attemptTimeout', () => registry.fetch('web', '/', { attemptTimeout: -1 }), '-1'],
+  ])('%s → ERR_INVALID_ARGUMENT', async (_what, call, quoted) => {
+    await expectInvalid(call, 'ERR_INVALID_ARGUMENT', quoted);
+  });
+});
+
+describe('after close()', () => {
+  it('every method throws ERR_REGISTRY_CLOSED', async () => {
+    const r = new Registry({ etcdEndpoints: 'http://127.0.0.1:1', connectTimeoutSeconds: 1, shutdownSignals: [], env: {} });
+    await r.close();
+    const calls: (() => unknown)[] = [
+      () => r.register({ service: 'web', address: 'a:1' }),
+      () => r.unregister({ service: 'web', address: 'a:1' }),
+      () => r.endpoints('web'),
+      () => r.services(),
+      () => r.pick('web'),
+      () => r.pickAsync('web'),
+      () => r.markDown({ service: 'web', address: 'a:1' }),
+      () => r.waitFor('web'),
+      () => consume(r.watch('web')),
+      () => r.ready(),
+    ];
+    for (const call of calls) await expectInvalid(call, 'ERR_REGISTRY_CLOSED', 'after close()');
+    await r.close(); // idempotent
+  });
+});
+
+describe('inspect()', () => {
+  it('shows the settings that matter, and no secret', () => {
+    const r = new Registry({
+      etcdEndpoints: 'http://127.0.0.1:1',
+      etcdUsername: 'app',
+      etcdPassword: 'hunter2-secret',
+      shutdownSignals: [],
+      env: {},
+    });
+    try {
+      const text = inspect(r, { depth: 10, showHidden: true });
+      expect(text).toContain('user: "app"');
+      expect(text).toContain('tls: off');
+      expect(text).not.toContain('hunter2-secret');
+      expect(inspect(r.config, { depth: 10, showHidden: true })).not.toContain('hunter2-secret');
+      expect(JSON.stringify(r.config)).not.toContain('hunter2-secret');
+    } finally {
+      void r.close();
+    }
+  });
+});

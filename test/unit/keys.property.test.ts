@@ -1,0 +1,231 @@
+/**
+ * Property-based tests (fast-check) for key encoding and record parsing: arbitrary strings
+ * (full Unicode, lone surrogates, control characters, `/`, `%`, `.`, `..`, `services`, empty)
+ * for the prefix, the service and the address. Every accepted input round-trips, and every
+ * key produced stays inside `$PREFIX/services/$SERVICE/`, one segment deep, and outside every
+ * other registry's prefix.
+ */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { resolveConfig } from '../../lib/config';
+import { isRegistryError } from '../../lib/errors';
+import {
+  KeySpace,
+  MAX_VALUE_BYTES,
+  decodeAddress,
+  decodeEndpoint,
+  encodeAddress,
+  encodeValue,
+  validateAddress,
+  validateMetadata,
+  validateServiceName,
+} from '../../lib/keys';
+
+const RUNS = 2_000;
+
+/** Characters that matter for keys, mixed with arbitrary Unicode (and lone surrogates). */
+const tricky = fc.oneof(
+  { weight: 4, arbitrary: fc.constantFrom('/', '%', '.', '..', '%2F', '%2f', '%25', 'services', '/services/', ':', '[', ']', '@', '\\', '?', '#') },
+  { weight: 4, arbitrary: fc.constantFrom('a', 'b', 'web', 'x', '1', '-', '_', '0') },
+  { weight: 2, arbitrary: fc.string({ unit: 'binary', minLength: 1, maxLength: 3 }) },
+  { weight: 1, arbitrary: fc.constantFrom(' ', '\t', '\n', '\u0000', '\u007f', '\u0085', '\u200b', '\u202e', '\u2028', '\ufeff') },
+  { weight: 1, arbitrary: fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c)) },
+);
+const anyString = fc.oneof(fc.string({ unit: tricky, maxLength: 12 }), fc.string({ unit: 'binary', maxLength: 40 }), fc.string());
+/** Mostly near-valid service names ("." and ".." included), so that many runs get past the validator. */
+const serviceString = fc.oneof(
+  { weight: 1, arbitrary: anyString },
+  { weight: 3, arbitrary: fc.string({ unit: fc.constantFrom('a', 'Z', '0', '.', '_', '-'), maxLength: 10 }) },
+  { weight: 1, arbitrary: fc.string({ unit: fc.constantFrom('a', '.', '/', '%', ' ', 'é', '\u0000'), maxLength: 6 }) },
+  { weight: 1, arbitrary: fc.constantFrom('.', '..', 'services', 'x'.repeat(253), 'x'.repeat(254)) },
+);
+
+/** The validator's result, or undefined when it rejected the input with a RegistryError (any other throw fails the test). */
+function accepted<T>(run: () => T): T | undefined {
+  try {
+    return run();
+  } catch (e) {
+    if (!isRegistryError(e)) throw e;
+    return undefined;
+  }
+}
+
+const acceptedPrefix = (raw: string): string | undefined => accepted(() => resolveConfig({ keyPrefix: raw, env: {} }).keyPrefix);
+
+/** The bytes etcd would store decode back to the same string. */
+const utf8RoundTrips = (text: string): boolean => Buffer.from(text, 'utf8').toString('utf8') === text;
+
+describe('address encoding', () => {
+  it('decodeAddress(encodeAddress(a)) === a for every string, and the segment has no "/"', () => {
+    fc.assert(
+      fc.property(anyString, (a) => {
+        const segment = encodeAddress(a);
+        expect(segment).not.toContain('/');
+        expect(decodeAddress(segment)).toBe(a);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+});
+
+describe('accepted prefixes', () => {
+  it('are normalised, bounded, printable, valid Unicode, without empty, "." or ".." segments', () => {
+    fc.assert(
+      fc.property(anyString, (raw) => {
+        const prefix = acceptedPrefix(raw);
+        if (prefix === undefined) return;
+        expect(prefix.length).toBeLessThanOrEqual(512);
+        expect(prefix.startsWith('/') || prefix.endsWith('/')).toBe(false);
+        expect(utf8RoundTrips(prefix)).toBe(true);
+        // eslint-disable-next-line no-control-regex
+        expect(prefix).not.toMatch(/[\u0000-\u001f\u007f-\u009f\s]/);
+        if (prefix !== '') {
+          const segments = prefix.split('/');
+          for (const s of segments) expect(['', '.', '..']).not.toContain(s);
+          expect(segments.indexOf('services', 1)).toBe(-1);
+        }
+      }),
+      { numRuns: RUNS },
+    );
+  });
+});
+
+describe('keys', () => {
+  it('every accepted (prefix, service, address) gives a key inside $PREFIX/services/$SERVICE/ that round-trips', () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(anyString, serviceString, anyString, fc.dictionary(fc.string(), fc.jsonValue(), { maxKeys: 3 }), (rawPrefix, service, address, meta) => {
+        const prefix = acceptedPrefix(rawPrefix);
+        const okService = accepted(() => validateServiceName(service));
+        const okAddress = accepted(() => validateAddress(address));
+        if (prefix === undefined || okService === undefined || okAddress === undefined) return;
+        checked++;
+        const metadata = validateMetadata(meta);
+        const keys = new KeySpace(prefix);
+        const key = keys.endpointKey(service, address);
+        const servicePrefix = `${prefix}/services/${service}/`;
+
+        expect(keys.servicePrefix(service)).toBe(servicePrefix);
+        expect(key.startsWith(servicePrefix)).toBe(true);
+        const segment = key.slice(servicePrefix.length);
+        expect(segment.length).toBeGreaterThan(0);
+        expect(segment).not.toContain('/');
+        expect(['.', '..']).not.toContain(segment);
+        expect(decodeAddress(segment)).toBe(address);
+        expect(keys.serviceOf(key)).toBe(service);
+        expect(utf8RoundTrips(key)).toBe(true);
+
+        // What the registry writes is what discovery reads, from a string or from etcd's bytes.
+        const value = encodeValue(address, metadata);
+        for (const v of [value, Buffer.from(value)]) {
+          const decoded = decodeEndpoint(service, servicePrefix, key, v);
+          expect(decoded).toStrictEqual({ ok: true, endpoint: { service, address, metadata, key } });
+        }
+        // gsr's empty value: the address is the key's last segment.
+        expect(decodeEndpoint(service, servicePrefix, key, '')).toStrictEqual({ ok: true, endpoint: { service, address, metadata: {}, key } });
+      }),
+      { numRuns: RUNS },
+    );
+    // Not vacuous: a good share of the runs got past every validator.
+    expect(checked).toBeGreaterThan(RUNS / 20);
+  });
+
+  const segment = fc.constantFrom('a', 'b', 'web', 'services', 'x');
+  const layeredPrefix = fc.array(segment, { maxLength: 5 }).map((s) => s.join('/'));
+  const layeredService = fc.constantFrom('a', 'web', 'services', 'x');
+  const layeredAddress = fc.constantFrom('a', 'web', 'services', '10.0.0.1:80', 'x/services/web');
+
+  it('no key of one accepted prefix lies under the root of another, nor decodes there', () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(layeredPrefix, layeredPrefix, layeredService, layeredAddress, (rawP, rawQ, service, address) => {
+        const p = acceptedPrefix(rawP);
+        const q = acceptedPrefix(rawQ);
+        if (p === undefined || q === undefined || p === q) return;
+        checked++;
+        const key = new KeySpace(p).endpointKey(service, address);
+        const other = new KeySpace(q);
+        expect(key.startsWith(other.root)).toBe(false);
+        expect(other.serviceOf(key)).toBeUndefined();
+      }),
+      { numRuns: RUNS },
+    );
+    expect(checked).toBeGreaterThan(RUNS / 10);
+  });
+});
+
+describe('decodeEndpoint on arbitrary records', () => {
+  const keys = new KeySpace('p');
+  const servicePrefix = keys.servicePrefix('web');
+  const record = fc.oneof(
+    fc.jsonValue().map((v) => JSON.stringify(v)),
+    fc.record({ Op: fc.oneof(fc.constant(0), fc.jsonValue()), Addr: fc.oneof(anyString, fc.jsonValue()), Metadata: fc.oneof(fc.dictionary(fc.string(), fc.jsonValue()), fc.jsonValue()) }, { requiredKeys: [] }).map((v) => JSON.stringify(v)),
+    anyString,
+  );
+  const value = fc.oneof(record, record.map((r) => Buffer.from(r)), fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)));
+  const key = fc.oneof(
+    anyString.map((s) => `${servicePrefix}${s}`),
+    anyString.map((s) => `${keys.root}${s}`),
+    anyString,
+  );
+
+  it('never throws; what it accepts is one segment deep with a valid address and plain metadata', () => {
+    fc.assert(
+      fc.property(key, value, (k, v) => {
+        const result = decodeEndpoint('web', servicePrefix, k, v);
+        if (!result.ok) {
+          expect(typeof result.reason).toBe('string');
+          expect(result.reason.length).toBeLessThan(1000);
+          return;
+        }
+        expect(k.startsWith(servicePrefix)).toBe(true);
+        expect(k.slice(servicePrefix.length)).not.toContain('/');
+        expect(validateAddress(result.endpoint.address)).toBe(result.endpoint.address);
+        const { metadata } = result.endpoint;
+        expect(typeof metadata === 'object' && metadata !== null && !Array.isArray(metadata)).toBe(true);
+        expect(result.endpoint.key).toBe(k);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('rejects every listed kind of hostile value with a reason', () => {
+    const key = `${servicePrefix}10.0.0.1:80`;
+    const cases: [string | Buffer, RegExp][] = [
+      ['not json', /not JSON/],
+      ['null', /not a JSON object/],
+      ['[]', /not a JSON object/],
+      ['"10.0.0.1:80"', /not a JSON object/],
+      ['42', /not a JSON object/],
+      ['{"Addr":5}', /no string "Addr"/],
+      ['{}', /no string "Addr"/],
+      ['{"Op":1,"Addr":"10.0.0.1:80"}', /Op 1/],
+      ['{"Op":"0","Addr":"10.0.0.1:80"}', /Op "0"/],
+      ['{"Addr":""}', /non-empty/],
+      [JSON.stringify({ Addr: 'x'.repeat(5000) }), /longer than 1024/],
+      ['{"Addr":"10.0.0.1:80\\u0007"}', /control/],
+      ['{"Addr":"10.0.0.1:80\\n"}', /white space/],
+      ['{"Addr":"a\\ud800"}', /lone surrogate/],
+      ['{"Addr":"10.0.0.1:80","Metadata":"zone=a"}', /Metadata/],
+      ['{"Addr":"10.0.0.1:80","Metadata":[1]}', /Metadata/],
+      [Buffer.alloc(MAX_VALUE_BYTES + 1, 'x'), /larger than/],
+      [Buffer.alloc(1024 * 1024, '{'), /larger than/],
+    ];
+    for (const [value, reason] of cases) {
+      const result = decodeEndpoint('web', servicePrefix, key, value);
+      expect(result.ok, String(value).slice(0, 80)).toBe(false);
+      if (!result.ok) expect(result.reason).toMatch(reason);
+    }
+  });
+
+  it('rejects keys with extra segments, no segment, or outside the service prefix', () => {
+    const value = encodeValue('10.0.0.1:80', {});
+    expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}a/b`, value)).toMatchObject({ ok: false, reason: expect.stringMatching(/extra path segments/) });
+    expect(decodeEndpoint('web', servicePrefix, servicePrefix, value)).toMatchObject({ ok: false, reason: expect.stringMatching(/no endpoint segment/) });
+    expect(decodeEndpoint('web', servicePrefix, 'p/services/webapp/x', value)).toMatchObject({ ok: false, reason: expect.stringMatching(/outside/) });
+    expect(decodeEndpoint('web', servicePrefix, 'p/services/x', value)).toMatchObject({ ok: false, reason: expect.stringMatching(/outside/) });
+    expect(keys.serviceOf('p/services/x')).toBeUndefined();
+    expect(keys.serviceOf('p/services//x')).toBeUndefined();
+    expect(keys.serviceOf('q/services/web/x')).toBeUndefined();
+  });
+});
