@@ -12,24 +12,33 @@ import { afterAll, describe, expect, it } from 'vitest';
 const root = path.resolve(__dirname, '../..');
 const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
 const blocks = Array.from(readme.matchAll(/```ts\n([\s\S]*?)```/g), (m) => m[1]!);
-/** Names the samples use as stand-ins for the reader's own code. */
-const prelude = `
-declare const userId: string;
-declare function callBilling(address: string): Promise<void>;
-export {};
-`;
+/** Names the samples use as stand-ins for the reader's own code, declared where a sample uses but does not define them. */
+const standIns: Record<string, string> = {
+  userId: 'declare const userId: string;',
+  invoice: 'declare const invoice: unknown;',
+  callBilling: 'declare function callBilling(address: string): Promise<void>;',
+};
+const prelude = (code: string): string =>
+  Object.entries(standIns)
+    .filter(([name]) => new RegExp(`\\b${name}\\b`).test(code) && !new RegExp(`\\b(const|let|function) ${name}\\b`).test(code))
+    .map(([, declaration]) => declaration)
+    .concat('export {};')
+    .join('\n');
+/** A sample that uses a registry without creating one continues an earlier sample that did. */
+const continuation = `import type { Registry as __Registry } from 'etcd-service-registry';\ndeclare const registry: __Registry;\n`;
 const dir = mkdtempSync(path.join(os.tmpdir(), 'readme-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('README samples', () => {
   it('has TypeScript samples', () => {
-    expect(blocks.length).toBeGreaterThan(2);
+    expect(blocks.length).toBeGreaterThan(10);
   });
 
   it('every ```ts block type-checks against lib/', () => {
     const files = blocks.map((code, i) => {
       const file = path.join(dir, `sample-${i}.mts`);
-      writeFileSync(file, `${code}\n${prelude}`);
+      const continues = /\bregistry\b/.test(code) && !/\bconst registry\b/.test(code);
+      writeFileSync(file, `${continues ? continuation : ''}${code}\n${prelude(code)}\n`);
       return file;
     });
     const program = ts.createProgram(files, {
