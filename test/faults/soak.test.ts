@@ -12,21 +12,10 @@ import { EtcdNode } from '../support/etcd';
 import { uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
 import { expectConverged, faultRegistry, measured, sleep } from './support';
+import { seededRandom } from '../support/random';
 
 const DURATION_MS = Number(process.env.SOAK_MS ?? 30_000);
 const seed = Number(process.env.SOAK_SEED ?? Date.now() % 1_000_000);
-
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function random(seedValue: number): () => number {
-  let a = seedValue >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('randomized soak', () => {
   const etcd = new EtcdNode();
@@ -43,7 +32,7 @@ describe('randomized soak', () => {
 
   it(`stays consistent under random operations and faults (seed ${seed})`, { timeout: DURATION_MS + 90_000 }, async () => {
     console.log(`[soak] seed ${seed}, ${DURATION_MS} ms`);
-    const rand = random(seed);
+    const rand = seededRandom(seed);
     const pick = <T>(list: readonly T[]): T => list[Math.floor(rand() * list.length)]!;
     await etcd.start();
     client = new Etcd3({ hosts: etcd.clientUrl });

@@ -16,6 +16,7 @@ import {
 import { FenwickTree } from '../../lib/pickers/fenwick';
 import { FNV_OFFSET, fnv1a, hashInt32, hashWithIndex } from '../../lib/pickers/hash';
 import type { Endpoint } from '../../lib/types';
+import { seededRandom } from '../support/random';
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -37,18 +38,6 @@ const eps = (from: number, to: number, metadata: Record<string, unknown> = {}): 
   for (let i = from; i < to; i++) out.push(ep(i, metadata));
   return out;
 };
-
-/** mulberry32: a small seeded PRNG so that statistical tests are reproducible. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function expectInvalidArgument(run: () => unknown, ...fragments: string[]): void {
   let err: unknown;
@@ -111,7 +100,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
   const opts = { key: 'some-user' };
 
   it('returns undefined when there is no endpoint, before and after changes', () => {
-    const picker = createPicker(strategy, [], { random: seeded(1) });
+    const picker = createPicker(strategy, [], { random: seededRandom(1) });
     expect(picker.size).toBe(0);
     expect(picker.pick(opts)).toBeUndefined();
     expect(picker.pick(opts, () => true)).toBeUndefined();
@@ -127,7 +116,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
   });
 
   it('ignores unknown removals and de-duplicates keys (added with an existing key replaces it)', () => {
-    const picker = createPicker(strategy, eps(0, 4), { random: seeded(2) });
+    const picker = createPicker(strategy, eps(0, 4), { random: seededRandom(2) });
     picker.update([], [ep(99), ep(99)]);
     expect(picker.size).toBe(4);
     picker.update([ep(5), ep(5, { v: 2 })], [ep(1), ep(1)]);
@@ -140,7 +129,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
   });
 
   it('replaces an endpoint whose metadata changed (removed+added, or just added), returning the new object', () => {
-    const picker = createPicker(strategy, eps(0, 3, { v: 1 }), { random: seeded(3) });
+    const picker = createPicker(strategy, eps(0, 3, { v: 1 }), { random: seededRandom(3) });
     const v2 = ep(1, { v: 2 });
     picker.update([v2], [ep(1, { v: 1 })]);
     expect(picker.size).toBe(3);
@@ -155,7 +144,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
   });
 
   it('never picks an excluded endpoint while another one is available', () => {
-    const picker = createPicker(strategy, eps(0, 10), { random: seeded(4) });
+    const picker = createPicker(strategy, eps(0, 10), { random: seededRandom(4) });
     const down = new Set([ep(0).key, ep(3).key, ep(4).key, ep(9).key]);
     const exclude = (e: Endpoint) => down.has(e.key);
     const seen = new Set<string>();
@@ -183,7 +172,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
   });
 
   it('picks among all endpoints when every one is excluded, and says so', () => {
-    const picker = createPicker(strategy, eps(0, 5), { random: seeded(5) });
+    const picker = createPicker(strategy, eps(0, 5), { random: seededRandom(5) });
     const seen = new Set<string>();
     let calls = 0;
     for (let i = 0; i < 2000; i++) {
@@ -205,7 +194,7 @@ describe.each(STRATEGIES)('%s: common behaviour', (strategy) => {
 
   it('returns the registered Endpoint objects themselves', () => {
     const list = eps(0, 4);
-    const picker = createPicker(strategy, list, { random: seeded(6) });
+    const picker = createPicker(strategy, list, { random: seededRandom(6) });
     for (let i = 0; i < 100; i++) expect(list).toContain(picker.pick({ key: keyOf(i) }));
   });
 });
@@ -219,7 +208,7 @@ describe('round-robin', () => {
 
   it('is exactly fair over a fixed list: k×n picks give each endpoint exactly k', () => {
     for (const n of [1, 2, 7, 32]) {
-      const picker = createPicker('round-robin', eps(0, n), { random: seeded(n) });
+      const picker = createPicker('round-robin', eps(0, n), { random: seededRandom(n) });
       next(picker, 3); // any starting point
       const counts = countPicks(picker, 50 * n);
       expect(counts.size).toBe(n);
@@ -228,7 +217,7 @@ describe('round-robin', () => {
   });
 
   it('is exactly fair again over a fixed list reached through changes', () => {
-    const picker = createPicker('round-robin', eps(0, 6), { random: seeded(7) });
+    const picker = createPicker('round-robin', eps(0, 6), { random: seededRandom(7) });
     next(picker, 4);
     picker.update(eps(6, 9), [ep(1), ep(4)]);
     next(picker, 2);
@@ -244,14 +233,14 @@ describe('round-robin', () => {
     expect(createPicker('round-robin', list, { random: () => 0.5 }).pick()).toBe(list[4]);
     expect(createPicker('round-robin', list, { random: () => 0.999 }).pick()).toBe(list[7]);
     const firsts = new Set<Endpoint | undefined>();
-    const random = seeded(8);
+    const random = seededRandom(8);
     for (let i = 0; i < 200; i++) firsts.add(createPicker('round-robin', list, { random }).pick());
     expect(firsts.size).toBe(8);
   });
 
   it('has no burst after an add: with n+1 endpoints, the next n+1 picks are n+1 distinct ones', () => {
     for (let offset = 0; offset < 6; offset++) {
-      const picker = createPicker('round-robin', eps(0, 5), { random: seeded(offset) });
+      const picker = createPicker('round-robin', eps(0, 5), { random: seededRandom(offset) });
       next(picker, offset);
       picker.update([ep(100)], []);
       const window = next(picker, 6);
@@ -287,7 +276,7 @@ describe('round-robin', () => {
   });
 
   it('after any change, the next size picks are the whole list exactly once (random changes)', () => {
-    const random = seeded(9);
+    const random = seededRandom(9);
     const picker = createPicker('round-robin', eps(0, 4), { random });
     const live = new Map(eps(0, 4).map((e) => [e.key, e] as const));
     let nextId = 4;
@@ -313,7 +302,7 @@ describe('round-robin', () => {
   });
 
   it('skips excluded endpoints and stays exactly fair among the others', () => {
-    const picker = createPicker('round-robin', eps(0, 8), { random: seeded(10) });
+    const picker = createPicker('round-robin', eps(0, 8), { random: seededRandom(10) });
     const down = new Set([ep(2).key, ep(3).key, ep(7).key]);
     const counts = countPicks(picker, 5 * 20, (e) => down.has(e.key));
     expect(counts.size).toBe(5);
@@ -328,7 +317,7 @@ describe('round-robin', () => {
 
 describe('random', () => {
   it('is uniform (each count within ±5σ over 100k picks, and chi-square)', () => {
-    for (const random of [seeded(11), Math.random]) {
+    for (const random of [seededRandom(11), Math.random]) {
       const n = 10;
       const picks = 100_000;
       const counts = countPicks(createPicker('random', eps(0, n), { random }), picks);
@@ -344,7 +333,7 @@ describe('random', () => {
   });
 
   it('stays uniform over the current list as it changes', () => {
-    const picker = createPicker('random', eps(0, 10), { random: seeded(12) });
+    const picker = createPicker('random', eps(0, 10), { random: seededRandom(12) });
     picker.update(eps(10, 13), eps(0, 5)); // now 5..12
     const picks = 80_000;
     const counts = countPicks(picker, picks);
@@ -353,7 +342,7 @@ describe('random', () => {
   });
 
   it('is uniform among the non-excluded, including when most are excluded', () => {
-    const picker = createPicker('random', eps(0, 10), { random: seeded(13) });
+    const picker = createPicker('random', eps(0, 10), { random: seededRandom(13) });
     for (const upCount of [9, 5, 2]) {
       const up = new Set(eps(0, upCount).map((e) => e.key));
       const picks = 50_000;
@@ -367,7 +356,7 @@ describe('random', () => {
   });
 
   it('is uniform among all when all are excluded', () => {
-    const picker = createPicker('random', eps(0, 4), { random: seeded(14) });
+    const picker = createPicker('random', eps(0, 4), { random: seededRandom(14) });
     const picks = 40_000;
     const counts = countPicks(picker, picks, () => true);
     for (const c of counts.values()) expectBinomial(c, picks, 1 / 4);
@@ -393,7 +382,7 @@ describe('weighted', () => {
 
   it('picks in proportion to the weights (1,2,3,4 → within 2% absolute over 200k picks)', () => {
     const list = [w(1, 1), w(2, 2), w(3, 3), w(4, 4)];
-    for (const random of [seeded(15), Math.random]) {
+    for (const random of [seededRandom(15), Math.random]) {
       const picks = 200_000;
       const counts = countPicks(createPicker('weighted', list, { random }), picks);
       for (const e of list) {
@@ -405,7 +394,7 @@ describe('weighted', () => {
   });
 
   it('never picks weight 0 while another weight is positive', () => {
-    const picker = createPicker('weighted', [w(1, 0), w(2, 1), w(3, 0), w(4, 0.001)], { random: seeded(16) });
+    const picker = createPicker('weighted', [w(1, 0), w(2, 1), w(3, 0), w(4, 0.001)], { random: seededRandom(16) });
     const counts = countPicks(picker, 200_000);
     expect(counts.has(w(1, 0).key)).toBe(false);
     expect(counts.has(w(3, 0).key)).toBe(false);
@@ -413,14 +402,14 @@ describe('weighted', () => {
   });
 
   it('picks uniformly when all weights are 0', () => {
-    const picker = createPicker('weighted', [w(1, 0), w(2, 0), w(3, 0)], { random: seeded(17) });
+    const picker = createPicker('weighted', [w(1, 0), w(2, 0), w(3, 0)], { random: seededRandom(17) });
     const counts = countPicks(picker, 60_000);
     expect(counts.size).toBe(3);
     for (const c of counts.values()) expectBinomial(c, 60_000, 1 / 3);
   });
 
   it('updates a weight when the metadata changes (removed+added or just added)', () => {
-    const picker = createPicker('weighted', [w(1, 1), w(2, 1), w(3, 1)], { random: seeded(18) });
+    const picker = createPicker('weighted', [w(1, 1), w(2, 1), w(3, 1)], { random: seededRandom(18) });
     picker.update([w(1, 0)], [w(1, 1)]);
     expect(countPicks(picker, 20_000).has(w(1, 0).key)).toBe(false);
     picker.update([w(1, 6)], []);
@@ -435,7 +424,7 @@ describe('weighted', () => {
   });
 
   it('keeps exact proportions through many incremental changes (swap-remove + Fenwick)', () => {
-    const random = seeded(19);
+    const random = seededRandom(19);
     const picker = createPicker('weighted', [], { random });
     const live = new Map<string, Endpoint>();
     let id = 0;
@@ -458,7 +447,7 @@ describe('weighted', () => {
 
   it('applies the weights among the non-excluded; all excluded → by weight among all', () => {
     const list = [w(1, 1), w(2, 2), w(3, 3), w(4, 4)];
-    const picker = createPicker('weighted', list, { random: seeded(20) });
+    const picker = createPicker('weighted', list, { random: seededRandom(20) });
     const picks = 120_000;
     const counts = countPicks(picker, picks, (e) => e.key === list[3]!.key);
     expect(counts.has(list[3]!.key)).toBe(false);
@@ -471,7 +460,7 @@ describe('weighted', () => {
 
   it('prefers a non-excluded weight-0 endpoint (uniformly) over excluded positive ones', () => {
     const list = [w(1, 5), w(2, 0), w(3, 0)];
-    const picker = createPicker('weighted', list, { random: seeded(21) });
+    const picker = createPicker('weighted', list, { random: seededRandom(21) });
     const counts = countPicks(picker, 20_000, (e) => e.key === list[0]!.key);
     expect(picker.lastAllExcluded).toBe(false);
     expect(counts.size).toBe(2);
@@ -481,7 +470,7 @@ describe('weighted', () => {
 
 describe('FenwickTree', () => {
   it('finds the slot holding a target like a linear scan, through growth and updates', () => {
-    const random = seeded(22);
+    const random = seededRandom(22);
     const tree = new FenwickTree(2);
     const weights: number[] = [];
     for (let step = 0; step < 2000; step++) {
@@ -678,7 +667,7 @@ describe('hash32', () => {
 
   it('hashes the UTF-8 bytes (lone surrogates as U+FFFD, like Buffer)', () => {
     const samples = ['', 'a', 'user-1', 'héllo', '日本語', '😀 emoji', '\ud800', 'x\udc00y', '\ud83d', 'é\u0800\uffff'];
-    const random = seeded(23);
+    const random = seededRandom(23);
     for (let i = 0; i < 500; i++) {
       let s = '';
       const len = Math.floor(random() * 12);
