@@ -73,6 +73,8 @@ export class LeaseKeeper {
   /** Services whose self-watch must (re)start after their keys were put. */
   private readonly watchPending = new Set<string>();
   private lost = false;
+  /** Leases replaced after a loss, revoked once every key is on the new one. */
+  private readonly retiring = new Set<string>();
   private reregistering = false;
   private pumping = false;
   private closed = false;
@@ -241,7 +243,9 @@ export class LeaseKeeper {
     for (const key of this.owned.keys()) this.dirty.add(key);
     for (const service of this.selfWatches.keys()) this.restartSelfWatch(service);
     this.startKeepalive();
-    if (old) void this.revokeQuietly(old);
+    // Revoked only once every key is on the new lease: revoking it now would
+    // delete keys it still holds (etcd restores leases on restart) under every watcher.
+    if (old) this.retiring.add(old);
   }
 
   private async putDirty(): Promise<void> {
@@ -277,6 +281,8 @@ export class LeaseKeeper {
     for (const service of services) this.ensureSelfWatch(service, revision);
     if (this.reregistering && this.dirty.size === 0) {
       this.reregistering = false;
+      for (const retired of this.retiring) void this.revokeQuietly(retired);
+      this.retiring.clear();
       debug('every endpoint is back on lease %s', leaseId);
       this.hooks.reregistered(leaseId, this.endpoints);
     }
@@ -331,11 +337,16 @@ export class LeaseKeeper {
   }
 
   private stopKeepalive(): void {
+    this.stopKeepaliveTimers();
+    this.dropKeepaliveStream();
+  }
+
+  private stopKeepaliveTimers(): void {
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     if (this.lossTimer) clearTimeout(this.lossTimer);
+    this.clearAckTimer();
     this.keepaliveTimer = undefined;
     this.lossTimer = undefined;
-    this.dropKeepaliveStream();
   }
 
   private dropKeepaliveStream(): void {
@@ -411,7 +422,7 @@ export class LeaseKeeper {
   }
 
   private onKeepalive(stream: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>, res: ILeaseKeepAliveResponse): void {
-    if (stream !== this.keepalive || res.ID !== this.leaseId) return;
+    if (stream !== this.keepalive || res.ID !== this.leaseId || this.closed) return;
     this.clearAckTimer();
     this.conn.checkHeader(res.header, false);
     if (Number(res.TTL) <= 0) {
@@ -567,11 +578,18 @@ export class LeaseKeeper {
     this.conn.off('reset', this.onReset);
     this.conn.off('unreachable', this.onUnreachable);
     this.conn.off('reachable', this.onReachable);
-    this.stopKeepalive();
-    for (const target of this.selfWatches.values()) this.stream.remove(target);
+    this.stopKeepaliveTimers();
     const closedError = new RegistryClosedError('register');
     for (const owned of this.owned.values()) for (const w of owned.waiters.splice(0)) w.reject(closedError);
     for (const deletion of this.deletions.values()) for (const w of deletion.waiters.splice(0)) w.resolve();
+    // Revoke first: tearing down gRPC streams costs milliseconds of CPU the revoke would wait behind.
+    const error = await this.revokeForClose(timeoutMs);
+    this.dropKeepaliveStream();
+    for (const target of this.selfWatches.values()) this.stream.remove(target);
+    return error;
+  }
+
+  private async revokeForClose(timeoutMs: number): Promise<RegistryError | undefined> {
     const leaseId = this.leaseId;
     if (!leaseId || this.lost) return undefined;
     const started = Date.now();

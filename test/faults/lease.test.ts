@@ -66,12 +66,20 @@ describe('registration under faults', () => {
     const watcher = reg(prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.0.2:80' })];
     await expectConverged(client, prefix, owned, [watcher]);
+    // etcd restores leases on restart: moving to a new lease must not delete anything on the
+    // way. The watcher resumes from its last revision, so it sees every delete in the history.
+    const removed: string[] = [];
+    watcher.on('change', (e) => removed.push(...e.removed.map((x) => x.key)));
+    const reregistered = timeUntil(a, 'reregistered');
     await etcd.kill();
     await sleep(TTL * 1000 + 500);
     await etcd.restart();
     const restarted = Date.now();
     await expectConverged(client, prefix, owned, [watcher]);
     measured('kill -9 + restart (down past the TTL): etcd healthy → converged', Date.now() - restarted);
+    await reregistered;
+    await sleep(500); // the old lease's revoke, and its events if it deleted anything
+    expect(removed).toEqual([]);
     // Registration and discovery keep working afterwards.
     owned.push(await a.register({ service: 'web', address: '10.0.0.3:80' }));
     await expectConverged(client, prefix, owned, [watcher]);
