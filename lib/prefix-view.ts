@@ -108,7 +108,7 @@ export class PrefixView implements WatchTarget {
     const batches: Batch[] = [];
     for (const [list, entries] of fresh) {
       const batch: Batch = { list, added: [], removed: [] };
-      for (const key of Array.from(list.keys())) if (!entries.has(key)) list.set(key, undefined, batch.added, batch.removed);
+      for (const key of list.keys()) if (!entries.has(key)) list.set(key, undefined, batch.added, batch.removed);
       for (const [key, entry] of entries) list.set(key, entry, batch.added, batch.removed);
       total += entries.size;
       batches.push(batch);

@@ -3,6 +3,7 @@
  * incrementally (a Map keyed by etcd key); pickers are updated with exactly
  * what changed; the frozen array handed out stays the same until the next change.
  */
+import { ChurnMap } from './churn-map';
 import { createPicker, type Picker, type Strategy } from './pickers';
 import type { Endpoint } from './types';
 
@@ -13,7 +14,7 @@ export interface ListEntry {
 }
 
 export class ServiceList {
-  private readonly entries = new Map<string, ListEntry>();
+  private readonly entries = new ChurnMap<ListEntry>();
   private snapshot: readonly Endpoint[] | undefined;
   private readonly pickers = new Map<Strategy, Picker>();
   /** Filled from etcd at least once: later differences are changes, the first fill is not. */
@@ -27,11 +28,15 @@ export class ServiceList {
 
   /** The current list; the same frozen array until the next change. */
   get endpoints(): readonly Endpoint[] {
-    this.snapshot ??= Object.freeze(Array.from(this.entries.values(), (e) => e.endpoint));
+    if (!this.snapshot) {
+      const list: Endpoint[] = [];
+      this.entries.forEach((e) => list.push(e.endpoint));
+      this.snapshot = Object.freeze(list);
+    }
     return this.snapshot;
   }
 
-  keys(): IterableIterator<string> {
+  keys(): string[] {
     return this.entries.keys();
   }
 
@@ -53,13 +58,12 @@ export class ServiceList {
   set(key: string, entry: ListEntry | undefined, added: Endpoint[], removed: Endpoint[]): void {
     const old = this.entries.get(key);
     if (old && entry && old.value === entry.value) return;
-    if (old) {
-      this.entries.delete(key);
-      removed.push(old.endpoint);
-    }
+    if (old) removed.push(old.endpoint);
     if (entry) {
       this.entries.set(key, entry);
       added.push(entry.endpoint);
+    } else if (old) {
+      this.entries.delete(key);
     }
   }
 

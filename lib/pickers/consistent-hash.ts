@@ -21,6 +21,7 @@ import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import { FNV_OFFSET, fnv1a, hashInt32, hashWithIndex } from './hash';
 import type { ExcludePredicate, Picker, PickOptions } from './picker';
+import { ChurnMap } from '../churn-map';
 
 /**
  * Points per endpoint. Measured over 52,800 random endpoints (n = 3…50): the
@@ -38,7 +39,7 @@ export class ConsistentHashPicker implements Picker {
   private points: Int32Array = EMPTY_POINTS;
   private owners: Int32Array = EMPTY_OWNERS;
   private readonly slots: (Endpoint | undefined)[] = [];
-  private readonly slotByKey = new Map<string, number>();
+  private readonly slotByKey = new ChurnMap<number>();
   private readonly freeSlots: number[] = [];
   /** Per-slot visit stamps for the exclusion walk (avoids asking `exclude` twice). */
   private seen = new Int32Array(0);

@@ -5,10 +5,11 @@
  * the move reported by `swapRemove`.
  */
 import type { Endpoint } from '../types';
+import { ChurnMap } from '../churn-map';
 
 export class EndpointList {
   private readonly items: Endpoint[] = [];
-  private readonly indexByKey = new Map<string, number>();
+  private readonly indexByKey = new ChurnMap<number>();
 
   get size(): number {
     return this.items.length;

@@ -19,6 +19,7 @@
 import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import type { ExcludePredicate, Picker, PickerOptions, PickOptions, RandomSource } from './picker';
+import { ChurnMap } from '../churn-map';
 
 class Node {
   prev: Node = this;
@@ -30,7 +31,7 @@ export class RoundRobinPicker implements Picker {
   readonly strategy = 'round-robin' as const;
   private _lastAllExcluded = false;
   private cursor: Node | undefined = undefined;
-  private readonly nodes = new Map<string, Node>();
+  private readonly nodes = new ChurnMap<Node>();
   private readonly random: RandomSource;
 
   constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
