@@ -105,7 +105,9 @@ export function decodeEndpoint(service: string, servicePrefix: string, key: stri
   const segment = key.slice(servicePrefix.length);
   if (segment.length === 0) return { ok: false, reason: 'key has no endpoint segment' };
   if (segment.includes('/')) return { ok: false, reason: 'key has extra path segments' };
-  if (value.length > MAX_VALUE_BYTES) return { ok: false, reason: `value is larger than ${MAX_VALUE_BYTES} bytes` };
+  // A string of n UTF-16 units is at most 3n bytes of UTF-8: count bytes only when it could matter.
+  const tooLarge = typeof value === 'string' ? value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES : value.length > MAX_VALUE_BYTES;
+  if (tooLarge) return { ok: false, reason: `value is larger than ${MAX_VALUE_BYTES} bytes` };
   const text = typeof value === 'string' ? value : value.toString('utf8');
   if (text.length === 0) {
     const address = decodeAddress(segment);
@@ -136,7 +138,7 @@ function checked(service: string, key: string, address: string, metadata: Record
   } catch (e) {
     return { ok: false, reason: (e as Error).message };
   }
-  return { ok: true, endpoint: { service, address, metadata, key } };
+  return { ok: true, endpoint: Object.freeze({ service, address, metadata: Object.freeze(metadata), key }) };
 }
 
 export function encodeValue(address: string, metadata: Readonly<Record<string, unknown>>): string {

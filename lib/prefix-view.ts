@@ -93,17 +93,19 @@ export class PrefixView implements WatchTarget {
 
   /** Reads the whole prefix, replaces the lists with it and (re)starts the watch after it. */
   private async load(kind: ChangeKind): Promise<void> {
-    const snapshot = await readPrefix(this.conn, this.prefix);
-    if (this.closed) return;
     const fresh = new Map<ServiceList, Map<string, ListEntry>>();
     for (const list of this.hooks.lists()) fresh.set(list, new Map());
-    for (const kv of snapshot.kvs) {
-      const decoded = this.decode(kv);
-      if (!decoded?.entry) continue;
-      let entries = fresh.get(decoded.list);
-      if (!entries) fresh.set(decoded.list, (entries = new Map()));
-      entries.set(decoded.key, decoded.entry);
-    }
+    // Each page is decoded as it arrives, while the next one is on its way.
+    const snapshot = await readPrefix(this.conn, this.prefix, (kvs) => {
+      for (const kv of kvs) {
+        const decoded = this.decode(kv);
+        if (!decoded?.entry) continue;
+        let entries = fresh.get(decoded.list);
+        if (!entries) fresh.set(decoded.list, (entries = new Map()));
+        entries.set(decoded.key, decoded.entry);
+      }
+    });
+    if (this.closed) return;
     let total = 0;
     const batches: Batch[] = [];
     for (const [list, entries] of fresh) {
@@ -202,11 +204,9 @@ export class PrefixView implements WatchTarget {
     }
     const located = this.locate(key);
     if (!located) return undefined;
-    const result = decodeEndpoint(located.service, this.keys.servicePrefix(located.service), key, kv.value);
-    if (result.ok) {
-      const endpoint = Object.freeze({ ...result.endpoint, metadata: Object.freeze(result.endpoint.metadata) });
-      return { list: located.list, key, entry: { endpoint, value: kv.value.toString() } };
-    }
+    const value = kv.value.toString();
+    const result = decodeEndpoint(located.service, this.keys.servicePrefix(located.service), key, value);
+    if (result.ok) return { list: located.list, key, entry: { endpoint: result.endpoint, value } };
     this.invalid(located.service, key, result.reason);
     // An unusable record replaces whatever the key held before.
     return { list: located.list, key, entry: undefined };

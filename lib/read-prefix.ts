@@ -9,25 +9,36 @@ import type { Connection } from './connection';
 export const PAGE_SIZE = 5000;
 
 export interface PrefixSnapshot {
-  readonly kvs: IKeyValue[];
   /** The store revision the snapshot was read at. */
   readonly revision: number;
 }
 
-export async function readPrefix(conn: Connection, prefix: string, pageSize = PAGE_SIZE): Promise<PrefixSnapshot> {
+/**
+ * Reads every key under `prefix` at one revision and hands each page to
+ * `onPage` as it arrives (the next page is requested first, so decoding
+ * overlaps the round trip).
+ */
+export async function readPrefix(
+  conn: Connection,
+  prefix: string,
+  onPage: (kvs: IKeyValue[]) => void,
+  pageSize = PAGE_SIZE,
+): Promise<PrefixSnapshot> {
   const range = Range.prefix(prefix);
-  const kvs: IKeyValue[] = [];
-  let start = range.start;
   let revision = 0;
+  let request = conn.call((c) => c.kv.range({ key: range.start, range_end: range.end, limit: pageSize }));
   for (;;) {
-    const res = await conn.call((c) =>
-      c.kv.range({ key: start, range_end: range.end, limit: pageSize, revision: revision || undefined }),
-    );
+    const res = await request;
     conn.checkHeader(res.header, revision === 0);
     if (revision === 0) revision = Number(res.header.revision);
-    kvs.push(...res.kvs);
-    if (!res.more || res.kvs.length === 0) return { kvs, revision };
-    // The next page starts right after the last key read.
-    start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
+    const more = res.more && res.kvs.length > 0;
+    if (more) {
+      // The next page starts right after the last key read, at the same revision.
+      const start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
+      request = conn.call((c) => c.kv.range({ key: start, range_end: range.end, limit: pageSize, revision }));
+      request.catch(() => undefined); // observed on the next turn of the loop
+    }
+    onPage(res.kvs);
+    if (!more) return { revision };
   }
 }

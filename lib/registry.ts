@@ -295,9 +295,20 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * Synchronous: the service must have been synced (by endpoints(), waitFor()
    * or pickAsync()); otherwise this starts the sync and throws ERR_NOT_SYNCED.
    */
-  pick(service: string, options: PickerOptions = {}): Endpoint {
+  pick(service: string, options?: PickerOptions): Endpoint {
+    // The hot path: a service already synced, default options. Nothing to validate:
+    // only valid names ever get a list.
+    if (options === undefined && this.down.size === 0 && this.closing === undefined) {
+      const endpoint = this.lists.get(service)?.pickDefault();
+      if (endpoint !== undefined) return endpoint;
+    }
+    return this.pickChecked(service, options);
+  }
+
+  private pickChecked(service: string, given: PickerOptions | undefined): Endpoint {
     this.assertOpen('pick');
-    checkPickOptions('pick', options);
+    checkPickOptions('pick', given);
+    const options = given ?? {};
     validateServiceName(service);
     if (!this.isSynced(service)) {
       this.syncedList(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));

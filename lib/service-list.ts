@@ -54,6 +54,11 @@ export class ServiceList {
     return picker;
   }
 
+  /** A round-robin pick once the list was filled from etcd; undefined otherwise (or when empty). */
+  pickDefault(): Endpoint | undefined {
+    return this.synced ? this.picker('round-robin').pick() : undefined;
+  }
+
   /** Puts (entry) or deletes (undefined) one key; records what changed in `added` / `removed`. */
   set(key: string, entry: ListEntry | undefined, added: Endpoint[], removed: Endpoint[]): void {
     const old = this.entries.get(key);

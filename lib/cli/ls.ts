@@ -61,9 +61,9 @@ async function run(args: Parsed): Promise<number> {
   const conn = await contact(config);
   try {
     const prefix = service === undefined ? keys.root : keys.servicePrefix(service);
-    let kvs: IKeyValue[];
+    const kvs: IKeyValue[] = [];
     try {
-      kvs = (await readPrefix(conn, prefix)).kvs;
+      await readPrefix(conn, prefix, (page) => kvs.push(...page));
     } catch (e) {
       throw explain(e, config, `read ${quote(prefix)}`);
     }
