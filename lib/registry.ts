@@ -12,7 +12,7 @@ import { RegistryClosedError, RegistryError, RegistryTimeoutError, isRegistryErr
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { LeaseKeeper, type LeaseState } from './lease';
-import { isStrategy, type PickOptions, type Strategy } from './pickers';
+import { isStrategy, type Picker, type PickOptions, type Strategy } from './pickers';
 import { logger } from './log';
 import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
 import { ServiceList } from './service-list';
@@ -296,11 +296,16 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * or pickAsync()); otherwise this starts the sync and throws ERR_NOT_SYNCED.
    */
   pick(service: string, options?: PickerOptions): Endpoint {
-    // The hot path: a service already synced, default options. Nothing to validate:
-    // only valid names ever get a list.
-    if (options === undefined && this.down.size === 0 && this.closing === undefined) {
-      const endpoint = this.lists.get(service)?.pickDefault();
-      if (endpoint !== undefined) return endpoint;
+    // The hot path: a synced service and a strategy already in use. Nothing to
+    // validate: only valid names get a list, only valid strategies get a picker,
+    // and the consistent-hash picker checks its key itself.
+    if (this.down.size === 0 && this.closing === undefined) {
+      const list = this.lists.get(service);
+      if (list !== undefined && list.synced) {
+        const picker = options === undefined ? list.existingPicker('round-robin') : fastPicker(list, options);
+        const endpoint = picker?.pick(options);
+        if (endpoint !== undefined) return endpoint;
+      }
     }
     return this.pickChecked(service, options);
   }
@@ -511,6 +516,14 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const security = `tls: ${tls ? (tls.cert ? 'mutual' : 'on') : 'off'}, user: ${auth ? quote(auth.username) : 'none'}`;
     return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, ${security}, services known: ${this.lists.size} }`;
   }
+}
+
+/** The picker for well-formed pick options whose strategy is already in use; undefined sends the caller down the checked path. */
+function fastPicker(list: ServiceList, options: PickerOptions): Picker | undefined {
+  if (typeof options !== 'object' || options === null) return undefined;
+  const { key } = options;
+  if (key !== undefined && typeof key !== 'string') return undefined;
+  return list.existingPicker(options.strategy ?? 'round-robin');
 }
 
 /** Races `work` against an optional timeout (ms) and AbortSignal. */

@@ -54,9 +54,9 @@ export class ServiceList {
     return picker;
   }
 
-  /** A round-robin pick once the list was filled from etcd; undefined otherwise (or when empty). */
-  pickDefault(): Endpoint | undefined {
-    return this.synced ? this.picker('round-robin').pick() : undefined;
+  /** The picker of a strategy already in use, or undefined: never creates one. */
+  existingPicker(strategy: Strategy): Picker | undefined {
+    return this.pickers.get(strategy);
   }
 
   /** Puts (entry) or deletes (undefined) one key; records what changed in `added` / `removed`. */
