@@ -66,6 +66,8 @@ export class LeaseKeeper {
   leaseId: string | undefined;
   private readonly owned = new Map<string, Owned>();
   private readonly dirty = new Set<string>();
+  /** Owned keys not yet written once: the state is 'registering' while there are any. */
+  private readonly unwritten = new Set<string>();
   private readonly deletions = new Map<string, Deletion>();
   /** Keys a foreign delete removed: reported as restored once put back. */
   private readonly restoring = new Set<string>();
@@ -135,6 +137,7 @@ export class LeaseKeeper {
       waiters: previous?.waiters ?? [],
     };
     this.owned.set(endpoint.key, owned);
+    this.unwritten.add(endpoint.key);
     this.dirty.add(endpoint.key);
     const done = new Promise<void>((resolve, reject) => owned.waiters.push({ resolve, reject }));
     this.pump();
@@ -159,6 +162,7 @@ export class LeaseKeeper {
     if (this.closed) return Promise.reject(new RegistryClosedError('unregister'));
     const owned = this.owned.get(key);
     this.owned.delete(key);
+    this.unwritten.delete(key);
     this.dirty.delete(key);
     this.restoring.delete(key);
     if (owned) for (const w of owned.waiters.splice(0)) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${key} was unregistered before it reached etcd`));
@@ -221,9 +225,7 @@ export class LeaseKeeper {
     if (isUnreachableError(e)) return;
     // etcd refused (permission, bad request): registrations that never made it fail now.
     const error = this.conn.error(e, this.doing);
-    for (const [key, owned] of this.owned) {
-      if (!owned.written) this.abandon(key, error);
-    }
+    for (const key of Array.from(this.unwritten)) this.abandon(key, error);
     this.hooks.error(error);
   }
 
@@ -271,6 +273,7 @@ export class LeaseKeeper {
       services.add(owned.endpoint.service);
       const first = !owned.written;
       owned.written = true;
+      this.unwritten.delete(key);
       for (const w of owned.waiters.splice(0)) w.resolve();
       if (this.restoring.delete(key)) {
         debug('restored %s after a foreign delete', key);
@@ -552,7 +555,7 @@ export class LeaseKeeper {
     let state: LeaseState;
     if (this.owned.size === 0) state = 'idle';
     else if (this.lost || this.reregistering || (!this.reachable && this.leaseId)) state = 'recovering';
-    else if (!this.leaseId || Array.from(this.owned.values()).some((o) => !o.written)) state = 'registering';
+    else if (!this.leaseId || this.unwritten.size > 0) state = 'registering';
     else state = 'registered';
     if (state === this.currentState) return;
     debug('state %s -> %s', this.currentState, state);
