@@ -1,0 +1,163 @@
+/**
+ * `npm run bench [-- --quick] [-- --only 1,4]`: measures the registry against raw
+ * etcd3 calls doing the same work, in the same run, against one etcd started the way
+ * the tests start it; prints one table and writes bench/results.json.
+ *
+ * Exit status 0 whether or not targets are met (the bench reports, it never fails
+ * a build); 1 only when a figure could not be measured at all (it crashed).
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import path from 'node:path';
+import { EtcdNode } from '../test/support/etcd';
+import { fig1 } from './fig1-propagation';
+import { fig2 } from './fig2-sigterm';
+import { fig3 } from './fig3-sigkill';
+import { fig4 } from './fig4-lookup';
+import { fig5 } from './fig5-cold-sync';
+import { fig6 } from './fig6-apply';
+import { fig7 } from './fig7-register-many';
+import { fig8 } from './fig8-restart';
+import { renderTable } from './table';
+import { killAllChildren, type Context, type Figure, type Row } from './support';
+
+const FIGURES: Record<string, { name: string; run: Figure }> = {
+  '1': { name: 'propagation', run: fig1 },
+  '2': { name: 'SIGTERM deregistration', run: fig2 },
+  '3': { name: 'SIGKILL expiry', run: fig3 },
+  '4': { name: 'local lookups', run: fig4 },
+  '5': { name: 'cold sync of 100k keys', run: fig5 },
+  '6': { name: 'cost of one change', run: fig6 },
+  '7': { name: 'registering many endpoints', run: fig7 },
+  '8': { name: 'etcd restart', run: fig8 },
+};
+
+interface Args {
+  quick: boolean;
+  only: string[];
+  out: string;
+}
+
+function usage(message: string): never {
+  process.stderr.write(`${message}\nusage: npm run bench -- [--quick] [--only 1,4] [--out FILE]\n`);
+  process.exit(2);
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  const args: Args = { quick: false, only: Object.keys(FIGURES), out: path.join(__dirname, 'results.json') };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    const valueOf = (): string => inline ?? argv[++i] ?? usage(`${flag} needs a value`);
+    switch (flag) {
+      case '--quick':
+        args.quick = true;
+        break;
+      case '--only': {
+        const only = valueOf()
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s !== '');
+        for (const f of only) if (!(f in FIGURES)) usage(`unknown figure ${JSON.stringify(f)}: expected 1 to 8`);
+        args.only = Object.keys(FIGURES).filter((f) => only.includes(f));
+        break;
+      }
+      case '--out':
+        args.out = path.resolve(valueOf());
+        break;
+      case '--help':
+      case '-h':
+        usage('');
+        break;
+      default:
+        usage(`unknown argument ${JSON.stringify(arg)}`);
+    }
+  }
+  return args;
+}
+
+function etcdVersion(): string {
+  try {
+    return execFileSync('etcd', ['--version'], { encoding: 'utf8' }).split('\n')[0]!.trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const started = Date.now();
+  const log = (message: string): void => {
+    process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s] ${message}\n`);
+  };
+  log(`bench ${args.quick ? '--quick ' : ''}figures ${args.only.join(',')}: node ${process.version}, ${os.cpus().length} cpu(s)`);
+  const etcd = new EtcdNode({ name: 'bench' });
+  const rows: Row[] = [];
+  const notes: string[] = [];
+  const figures: Record<string, unknown> = {};
+  let crashed = false;
+  let activeResources: string[] = [];
+  try {
+    await etcd.start();
+    log(`etcd at ${etcd.clientUrl} (data dir ${etcd.dataDir})`);
+    const ctx: Context = { etcd, endpoint: etcd.clientUrl, quick: args.quick, log };
+    for (const id of args.only) {
+      const figure = FIGURES[id]!;
+      const t0 = Date.now();
+      log(`figure ${id}: ${figure.name}`);
+      try {
+        const result = await figure.run(ctx);
+        rows.push(...result.rows);
+        for (const note of result.notes ?? []) notes.push(`[${id}] ${note}`);
+        figures[id] = { name: figure.name, seconds: (Date.now() - t0) / 1000, rows: result.rows, ...result.data };
+      } catch (e) {
+        crashed = true;
+        const message = (e as Error).stack ?? String(e);
+        log(`figure ${id} FAILED: ${message}`);
+        rows.push({ figure: id, what: `${figure.name}: FAILED (${(e as Error).message.split('\n')[0]})`, ours: '—', baseline: '—', ratio: '—', target: '—', met: false });
+        figures[id] = { name: figure.name, error: message };
+      } finally {
+        await killAllChildren();
+      }
+      log(`figure ${id} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    }
+    // Anything a closed registry left running would show up here (a leak).
+    activeResources = process.getActiveResourcesInfo();
+  } finally {
+    await killAllChildren();
+    await etcd.stop();
+  }
+  const table = renderTable(rows);
+  process.stdout.write(`\n${table}\n`);
+  if (notes.length > 0) process.stdout.write(`\n${notes.join('\n')}\n`);
+  const seconds = (Date.now() - started) / 1000;
+  process.stdout.write(`\n${args.quick ? 'quick run' : 'full run'} in ${seconds.toFixed(1)} s; results in ${path.relative(process.cwd(), args.out)}\n`);
+  const results = {
+    date: new Date().toISOString(),
+    quick: args.quick,
+    figuresRun: args.only,
+    seconds,
+    node: process.version,
+    etcd: etcdVersion(),
+    platform: `${os.type()} ${os.release()} ${os.arch()}`,
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    totalMemoryBytes: os.totalmem(),
+    loadAverage: os.loadavg(),
+    table,
+    notes,
+    activeResourcesAfterFigures: activeResources,
+    figures,
+  };
+  fs.writeFileSync(args.out, `${JSON.stringify(results, null, 2)}\n`);
+  return crashed ? 1 : 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench failed: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  },
+);
