@@ -8,7 +8,7 @@ import { resolveConfig, type RegistryConfig, type RegistryOptions } from './conf
 import { checkOptions, checkPickOptions, checkSignal, checkTimeout } from './arguments';
 import { etcdClientOptions } from './client-options';
 import { Connection } from './connection';
-import { RegistryClosedError, RegistryError, RegistryTimeoutError, isRegistryError, quote } from './errors';
+import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { LeaseKeeper, type LeaseState } from './lease';
@@ -17,7 +17,7 @@ import { logger } from './log';
 import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
 import { ServiceList } from './service-list';
 import { enroll } from './shutdown';
-import { delay, withDeadline } from './time';
+import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
 import { WatchStream } from './watch-stream';
 
@@ -524,38 +524,4 @@ function fastPicker(list: ServiceList, options: PickerOptions): Picker | undefin
   const { key } = options;
   if (key !== undefined && typeof key !== 'string') return undefined;
   return list.existingPicker(options.strategy ?? 'round-robin');
-}
-
-/** Races `work` against an optional timeout (ms) and AbortSignal. */
-export async function abortable<T>(work: Promise<T>, options: { timeout?: number; signal?: AbortSignal }, what: string): Promise<T> {
-  const { timeout, signal } = options;
-  if (timeout !== undefined && (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout < 0)) {
-    throw new RegistryError('ERR_INVALID_ARGUMENT', `timeout ${quote(timeout)} is invalid: expected a finite number of milliseconds ≥ 0`);
-  }
-  work.catch(() => undefined);
-  const races: Promise<T>[] = [work];
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort: (() => void) | undefined;
-  if (timeout !== undefined) {
-    races.push(
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new RegistryTimeoutError(`timed out after ${timeout} ms waiting for ${what}`)), timeout);
-      }),
-    );
-  }
-  if (signal) {
-    races.push(
-      new Promise<never>((_, reject) => {
-        onAbort = () => reject(new RegistryError('ERR_ABORTED', `aborted while waiting for ${what}`, { cause: signal.reason }));
-        if (signal.aborted) onAbort();
-        else signal.addEventListener('abort', onAbort, { once: true });
-      }),
-    );
-  }
-  try {
-    return await Promise.race(races);
-  } finally {
-    clearTimeout(timer);
-    if (onAbort) signal?.removeEventListener('abort', onAbort);
-  }
 }

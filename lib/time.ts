@@ -1,4 +1,5 @@
 /** Timer helpers that never keep the process alive on their own and honour an AbortSignal. */
+import { RegistryError, RegistryTimeoutError } from './errors';
 
 /** Resolves after `ms`, or rejects with the signal's reason when it aborts first. */
 export function delay(ms: number, signal?: AbortSignal, ref = false): Promise<void> {
@@ -31,4 +32,35 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () =
     if (!ref) timer.unref();
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Races `work` against an optional timeout (ms, already validated) and AbortSignal. */
+export async function abortable<T>(work: Promise<T>, options: { timeout?: number; signal?: AbortSignal }, what: string): Promise<T> {
+  const { timeout, signal } = options;
+  work.catch(() => undefined);
+  const races: Promise<T>[] = [work];
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  if (timeout !== undefined) {
+    races.push(
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new RegistryTimeoutError(`timed out after ${timeout} ms waiting for ${what}`)), timeout);
+      }),
+    );
+  }
+  if (signal) {
+    races.push(
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(new RegistryError('ERR_ABORTED', `aborted while waiting for ${what}`, { cause: signal.reason }));
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      }),
+    );
+  }
+  try {
+    return await Promise.race(races);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  }
 }
