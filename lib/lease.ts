@@ -115,8 +115,9 @@ export class LeaseKeeper {
     return Array.from(this.owned.values(), (o) => o.endpoint);
   }
 
-  owns(key: string): boolean {
-    return this.owned.has(key);
+  /** The owned endpoint with this key, if any. */
+  endpoint(key: string): Endpoint | undefined {
+    return this.owned.get(key)?.endpoint;
   }
 
   /** Owns the endpoint and resolves once it is in etcd on this registry's lease. */

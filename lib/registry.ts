@@ -124,9 +124,6 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   async register(input: EndpointInput = {}): Promise<Endpoint> {
     this.assertOpen('register');
     checkOptions('register', input, 'the endpoint');
-    if (typeof input !== 'object' || input === null) {
-      throw new RegistryError('ERR_INVALID_ARGUMENT', `register() expects an object like { service, address, metadata }, got ${quote(input)}`);
-    }
     const service = input.service ?? this.config.serviceName;
     if (service === undefined) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', 'register() needs a service: pass { service } or set REGISTRY_SERVICE_NAME');
@@ -173,7 +170,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const service = validateServiceName(endpoint.service);
     const address = validateAddress(endpoint.address);
     const key = this.keys.endpointKey(service, address);
-    if (!this.keeper.owns(key)) {
+    const owned = this.keeper.endpoint(key);
+    if (!owned) {
       throw new RegistryError('ERR_NOT_REGISTERED', `${quote(key)} is not registered by this registry`);
     }
     debug('unregistering %s', key);
@@ -188,7 +186,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
           `could not unregister ${key}: etcd did not answer within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS); it is deleted when etcd answers, or expires with the lease`,
         ),
     );
-    this.emit('unregistered', { service, address, metadata: {}, key });
+    this.emit('unregistered', owned);
   }
 
   /**

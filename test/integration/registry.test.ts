@@ -40,12 +40,15 @@ describe('Registry against a real etcd', () => {
     expect(a.status).toBe('registered');
     expect(changes).toEqual([]); // the first read is not a change
 
-    const second = await a.register({ service: 'data-access', address: '10.0.0.6:8080' });
+    const second = await a.register({ service: 'data-access', address: '10.0.0.6:8080', metadata: { zone: 'b' } });
     await eventually(() => expect(addresses(changes.at(-1)?.endpoints ?? [])).toEqual(['10.0.0.5:8080', '10.0.0.6:8080']));
     expect(changes).toHaveLength(1);
     expect(changes[0]?.added).toEqual([second]);
 
+    const unregistered: unknown[] = [];
+    a.on('unregistered', (e) => unregistered.push(e));
     await a.unregister(second);
+    expect(unregistered).toEqual([second]);
     await eventually(() => expect(changes.at(-1)?.removed).toEqual([second]));
     expect(addresses(await b.endpoints('data-access'))).toEqual(['10.0.0.5:8080']);
     expect(await etcd.get(second.key).string()).toBeNull();
