@@ -222,11 +222,14 @@ describe('fetchWithFailover: requests', () => {
     const a = await serve((_req, res) => {
       res.writeHead(200);
       res.write('first ');
-      setTimeout(() => res.end('last'), 300);
+      // The body ends well after both timeouts; the headers get ample time even on a loaded machine.
+      setTimeout(() => res.end('last'), 2500);
     });
     const source = fakeSource([a.address]);
-    const res = await fetchWithFailover(source, 'svc', '/', { attemptTimeout: 100, totalTimeout: 150 });
+    const started = Date.now();
+    const res = await fetchWithFailover(source, 'svc', '/', { attemptTimeout: 1000, totalTimeout: 1500 });
     expect(await res.text()).toBe('first last');
+    expect(Date.now() - started).toBeGreaterThan(1500); // read past every timeout
   });
 
   it('rejects ERR_REQUEST_FAILED naming every endpoint tried when every attempt fails', async () => {
