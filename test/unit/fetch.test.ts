@@ -310,16 +310,17 @@ describe('fetchWithFailover: requests', () => {
     const [x, y] = [await hanging(), await hanging()];
     const source = fakeSource([x.address, y.address]);
     const started = Date.now();
-    const e = await rejection(fetchWithFailover(source, 'svc', '/slow', { attempts: 10, attemptTimeout: 150, totalTimeout: 400 }));
+    // Attempts of 300 ms within 1 s: 2 to 4 of them, with room for timer lag on a loaded machine.
+    const e = await rejection(fetchWithFailover(source, 'svc', '/slow', { attempts: 10, attemptTimeout: 300, totalTimeout: 1000 }));
     const elapsed = Date.now() - started;
     expect(e).toBeInstanceOf(RegistryTimeoutError);
     expect(e).toMatchObject({ code: 'ERR_TIMEOUT' });
-    expect((e as Error).message).toMatch(/^GET \/slow to service "svc" timed out after 400 ms and \d attempts \(tried /);
+    expect((e as Error).message).toMatch(/^GET \/slow to service "svc" timed out after 1000 ms and \d attempts \(tried /);
     expect((e as Error).message).toContain(`and ${source.picks.length} attempts`);
     expect(source.picks.length).toBeGreaterThanOrEqual(2);
-    expect(source.picks.length).toBeLessThanOrEqual(3);
-    expect(elapsed).toBeGreaterThanOrEqual(390);
-    expect(elapsed).toBeLessThan(1500);
+    expect(source.picks.length).toBeLessThanOrEqual(4);
+    expect(elapsed).toBeGreaterThanOrEqual(990);
+    expect(elapsed).toBeLessThan(5000);
   });
 
   it('times out while pickAsync() is still waiting, with 0 attempts', async () => {
