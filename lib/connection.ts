@@ -277,17 +277,23 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * answer too: etcd is there, and the calls that need the permission will say so.
    */
   private async probe(deadlineMs: number): Promise<void> {
-    let res: Awaited<ReturnType<Etcd3['kv']['range']>>;
+    const header = await this.call((c) => this.probeWith(c, deadlineMs));
+    if (header) this.checkHeader(header, true);
+  }
+
+  /**
+   * A count-only read of the probe key with a deadline. A refusal for permission
+   * (a role limited to one service) still proves etcd answers: it resolves
+   * without a header then.
+   */
+  private async probeWith(client: Etcd3, deadlineMs: number): Promise<IResponseHeader | undefined> {
     try {
-      res = await this.call((c) =>
-        c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs }),
-      );
+      const res = await client.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs });
+      return res.header;
     } catch (e) {
-      if (!(e instanceof EtcdPermissionDeniedError)) throw e;
-      this.markReachable();
-      return;
+      if (e instanceof EtcdPermissionDeniedError) return undefined;
+      throw e;
     }
-    this.checkHeader(res.header, true);
   }
 
   /**
@@ -402,8 +408,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       limit.unref();
       for (const member of all) {
         const probe = this.createClient([member]);
-        probe.kv
-          .range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + this.options.requestTimeoutMs })
+        this.probeWith(probe, this.options.requestTimeoutMs)
           .then(() => {
             answered.push(member);
             // The first answer decides; the others get a moment to join.
