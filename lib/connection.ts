@@ -53,11 +53,6 @@ export function isUnreachableError(e: unknown): boolean {
   return e instanceof Error && isRecoverableError(e);
 }
 
-/** A watch that etcd refused for lack of permission or of a valid auth token (its cancel_reason). */
-export function isPermissionDeniedReason(reason: string): boolean {
-  return watchRefusal(reason) !== undefined;
-}
-
 /**
  * Why etcd refused a watch: `permission` (the role lacks read on the prefix, or no
  * credentials were given) is the operator's to fix; `token` (the stream's auth token is

@@ -19,7 +19,7 @@
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from './backoff';
-import { isPermissionDeniedReason, type Connection } from './connection';
+import { watchRefusal, type Connection } from './connection';
 import { logger } from './log';
 
 const debug = logger('watch');
@@ -166,7 +166,7 @@ export class WatchStream {
         : res.cancel_reason || 'canceled by etcd';
       debug('watch %d %s lost: %s', id, target.name, reason);
       this.guard(() => target.onLost(reason, compacted));
-      if (!compacted && isPermissionDeniedReason(reason)) this.broken(new Error(`etcd refused watch ${target.name}: ${reason}`));
+      if (!compacted && watchRefusal(reason) !== undefined) this.broken(new Error(`etcd refused watch ${target.name}: ${reason}`));
       return;
     }
     if (res.created) {
