@@ -80,6 +80,8 @@ export class LeaseKeeper {
   private reregistering = false;
   private pumping = false;
   private closed = false;
+  /** The one close: every caller waits for the same revoke. */
+  private closing: Promise<RegistryError | undefined> | undefined;
   private currentState: LeaseState = 'idle';
   private keepalive: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse> | undefined;
   private keepaliveOpening = false;
@@ -577,8 +579,12 @@ export class LeaseKeeper {
    * Stops all background work and revokes the lease so every owned key vanishes
    * in one round trip. Bounded by `timeoutMs`; resolves (never rejects) with the error if it failed.
    */
-  async close(timeoutMs: number): Promise<RegistryError | undefined> {
-    if (this.closed) return undefined;
+  close(timeoutMs: number): Promise<RegistryError | undefined> {
+    this.closing ??= this.doClose(timeoutMs);
+    return this.closing;
+  }
+
+  private async doClose(timeoutMs: number): Promise<RegistryError | undefined> {
     this.closed = true;
     this.conn.off('rebuilt', this.onRebuilt);
     this.conn.off('reset', this.onReset);
