@@ -11,7 +11,7 @@ import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
-import { LeaseKeeper, type LeaseState } from './lease';
+import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
 import { isStrategy, type Picker, type PickOptions, type Strategy } from './pickers';
 import { logger } from './log';
 import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
@@ -75,7 +75,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       leaseLost: (leaseId, reason) => this.emit('lease-lost', { leaseId, reason }),
       reregistered: (leaseId, endpoints) => this.emit('reregistered', { leaseId, endpoints }),
       restored: (endpoint) => this.emit('restored', endpoint),
-      state: (state) => this.setStatus(state),
+      status: (state) => this.setStatus(state),
       error: (e) => this.reportError(e),
     });
     this.conn.on('unreachable', (error) => this.emit('etcd-unreachable', { error }));
@@ -100,11 +100,28 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     return this.closing !== undefined;
   }
 
-  private setStatus(state: LeaseState | 'closed'): void {
+  private setStatus(state: KeeperStatus | 'closed'): void {
     if (state === this.currentStatus) return;
     debug('status %s -> %s', this.currentStatus, state);
     this.currentStatus = state;
     this.emit('status', state);
+  }
+
+  /**
+   * Every event leaves through here. A listener that throws cannot change the
+   * registry's state (each event is emitted once that state is complete); its
+   * exception is rethrown on the next tick, where it reaches the process's
+   * 'uncaughtException' as an exception thrown from any Node callback does.
+   */
+  override emit<K extends keyof RegistryEvents>(event: K, ...args: RegistryEvents[K]): boolean {
+    try {
+      return EventEmitter.prototype.emit.call(this, event, ...args);
+    } catch (e) {
+      process.nextTick(() => {
+        throw e;
+      });
+      return true;
+    }
   }
 
   private reportError(error: Error): void {
@@ -143,7 +160,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
     this.enrollSignals();
     debug('registering %s', endpoint.key);
-    const written = this.keeper.add(endpoint, encodeValue(address, metadata));
+    const { token, done: written } = this.keeper.add(endpoint, encodeValue(address, metadata));
     try {
       await withDeadline(
         Promise.all([this.conn.ensureContact(), written]),
@@ -155,7 +172,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
           ),
       );
     } catch (e) {
-      this.keeper.abandon(endpoint.key, e as Error);
+      // Unless a newer call on the key came meanwhile, it falls back to what it was before this call.
+      this.keeper.abandon(endpoint.key, token, e as Error);
       throw e;
     }
     return endpoint;

@@ -1,0 +1,410 @@
+/**
+ * What this registry publishes: its endpoints on one kept-alive lease.
+ *
+ * - `Intents` holds what each key should be; every call is an intent with a
+ *   token, and a write settles only the intents as old as the one it was built
+ *   from (a stale write can neither clear nor abandon a newer call).
+ * - `LeaseSession` grants the lease and keeps it alive; a lost lease makes every
+ *   owned key owed again on a new lease, and the old one is revoked once every
+ *   key is on the new one.
+ * - `OwnershipGuard` puts back a key someone else deleted.
+ * - One writer (`drain`) does every etcd write, one step at a time, retried by
+ *   one cockatiel policy for as long as the keeper is open. Recovery writes
+ *   (after a lost lease, a data loss, a foreign delete) are paced by a
+ *   `RecoveryLimiter`, so no misdetection can become a write loop.
+ * - The status changes in one method (`setStatus`), and events wait in an
+ *   outbox until the state they describe is complete: a listener sees a
+ *   consistent keeper, and nothing it does (or throws) can break a write.
+ */
+import { EtcdLeaseInvalidError, type IKeyValue, type IRequestOp } from 'etcd3';
+import { handleWhen, retry } from 'cockatiel';
+import { cappedBackoff } from '../backoff';
+import { type Connection, isUnreachableError } from '../connection';
+import { RegistryClosedError, type RegistryError, quote } from '../errors';
+import type { KeySpace } from '../keys';
+import { logger } from '../log';
+import { delay } from '../time';
+import type { Endpoint } from '../types';
+import type { WatchStream } from '../watch-stream';
+import { Intents, type Write } from './intents';
+import { LeaseSession } from './lease-session';
+import { OwnershipGuard } from './ownership-guard';
+import { RecoveryLimiter } from './recovery-limiter';
+
+const debug = logger('lease');
+
+/** etcd's default limit on operations in one transaction (--max-txn-ops). */
+export const MAX_TXN_OPS = 128;
+
+export type KeeperStatus = 'idle' | 'registering' | 'registered' | 'recovering';
+
+export interface KeeperHooks {
+  registered(endpoint: Endpoint): void;
+  leaseLost(leaseId: string, reason: string): void;
+  reregistered(leaseId: string, endpoints: readonly Endpoint[]): void;
+  restored(endpoint: Endpoint): void;
+  status(status: KeeperStatus): void;
+  error(error: Error): void;
+}
+
+export class LeaseKeeper {
+  private readonly intents = new Intents();
+  private readonly session: LeaseSession;
+  private readonly guard: OwnershipGuard;
+  private readonly limiter = new RecoveryLimiter();
+  /** Retries a failed writer step with capped backoff until the keeper closes. */
+  private readonly policy = retry(handleWhen(() => !this.closed), { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff() }).dangerouslyUnref();
+  private readonly abort = new AbortController();
+  /** Events whose state is complete, delivered by flush(). */
+  private readonly outbox: (() => void)[] = [];
+  private writing = false;
+  /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
+  private regranting = false;
+  /** A recovery episode is open (its writes not all done): later causes join it. */
+  private recovering = false;
+  /** No recovery write before this time (ms since epoch). */
+  private recoverAt = 0;
+  private reachable = true;
+  private currentStatus: KeeperStatus = 'idle';
+  private closed = false;
+  private closing: Promise<RegistryError | undefined> | undefined;
+
+  constructor(
+    private readonly conn: Connection,
+    stream: WatchStream,
+    private readonly keys: KeySpace,
+    private readonly ttlSeconds: number,
+    private readonly hooks: KeeperHooks,
+  ) {
+    this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
+    this.guard = new OwnershipGuard(conn, stream, keys, {
+      deleted: (key, revision) => this.onForeignDelete(key, revision),
+      restart: (service) => this.onWatchRestart(service),
+      error: (e) => this.outbox.push(() => this.hooks.error(e)),
+    });
+    conn.on('reset', this.onReset);
+    conn.on('unreachable', this.onUnreachable);
+    conn.on('reachable', this.onReachable);
+  }
+
+  get status(): KeeperStatus {
+    return this.currentStatus;
+  }
+
+  get leaseId(): string | undefined {
+    return this.session.leaseId;
+  }
+
+  get endpoints(): Endpoint[] {
+    return this.intents.endpoints;
+  }
+
+  /** The owned endpoint with this key, if any. */
+  endpoint(key: string): Endpoint | undefined {
+    return this.intents.endpoint(key);
+  }
+
+  /**
+   * Owns the endpoint (replacing what this registry had under its key). `done`
+   * resolves once it is in etcd on this registry's lease; `token` names the call
+   * for abandon().
+   */
+  add(endpoint: Endpoint, value: string): { token: number; done: Promise<void> } {
+    if (this.closed) return { token: 0, done: Promise.reject(new RegistryClosedError('register')) };
+    const intent = this.intents.intend(endpoint.key, { endpoint, value: Buffer.from(value) });
+    this.kick();
+    return intent;
+  }
+
+  /**
+   * The call `token` gave up (timed out, or etcd refused it). Unless a newer call
+   * on the key came meanwhile, the key falls back to what was last confirmed: the
+   * previous registration stays (a failed update never removes a healthy
+   * endpoint), and a key that was never registered is deleted in case the put landed.
+   */
+  abandon(key: string, token: number, error: Error): void {
+    if (this.closed) return;
+    if (this.intents.withdraw(key, token, 'put', error)) debug('registration of %s abandoned: %s', key, error.message);
+    this.kick();
+  }
+
+  /** Stops owning the endpoint and deletes its key (only while the key is on a lease of ours). */
+  remove(key: string): Promise<void> {
+    if (this.closed) return Promise.reject(new RegistryClosedError('unregister'));
+    const { done } = this.intents.intend(key, undefined);
+    this.kick();
+    return done;
+  }
+
+  // ---- the writer -------------------------------------------------------------
+
+  /** Starts the writer if there is work; brings the status and the events up to date. */
+  private kick(): void {
+    if (!this.writing && !this.closed && this.intents.dirty) {
+      this.writing = true;
+      void this.drain().finally(() => {
+        this.writing = false;
+        this.kick();
+      });
+    }
+    this.updateStatus();
+    this.flush();
+  }
+
+  private async drain(): Promise<void> {
+    while (!this.closed && this.intents.dirty) {
+      try {
+        await this.policy.execute(() => this.step(), this.abort.signal);
+      } catch (e) {
+        if (!this.closed) debug('writer stopped: %s', (e as Error).message);
+        return;
+      }
+    }
+  }
+
+  /** One round of writes: a lease if needed, then up to MAX_TXN_OPS puts and deletes. */
+  private async step(): Promise<void> {
+    if (this.closed) return;
+    try {
+      const wait = this.recoverAt - Date.now();
+      if (wait > 0 && this.recovering) {
+        debug('recovery writes paced: waiting %d ms', wait);
+        await delay(wait, this.abort.signal);
+      }
+      if (this.intents.putsOwed && !this.session.isAlive) await this.grant();
+      const { puts, deletes } = this.intents.owed(MAX_TXN_OPS);
+      let failure: unknown;
+      if (puts.length > 0) failure = await this.put(puts);
+      if (deletes.length > 0) failure = (await this.deleteAll(deletes)) ?? failure;
+      if (failure !== undefined && !this.closed) {
+        debug('write failed, retrying: %s', (failure as Error).message);
+        throw failure;
+      }
+    } finally {
+      this.updateStatus();
+      this.flush();
+    }
+  }
+
+  private async grant(): Promise<void> {
+    let leaseId: string;
+    try {
+      leaseId = await this.session.grant();
+    } catch (e) {
+      if (!(e instanceof RegistryClosedError)) this.refused(e, this.intents.owed(MAX_TXN_OPS).puts, `grant a lease of ${this.ttlSeconds} s`);
+      throw e;
+    }
+    debug('lease %s granted, TTL %d s', leaseId, this.ttlSeconds);
+    // Keys move to the new lease; each service's watch restarts after its keys are written.
+    this.intents.staleAll();
+    this.guard.restartAll();
+  }
+
+  /** Puts the writes on the current lease; resolves with the error if it failed. */
+  private async put(writes: Write[]): Promise<unknown> {
+    const leaseId = this.session.leaseId;
+    if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
+    const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
+    const doing = `write ${quote(writes[0]!.key)}${writes.length > 1 ? ` and ${writes.length - 1} more key(s)` : ''} on lease ${leaseId}`;
+    this.intents.sending(writes);
+    let revision: number;
+    try {
+      // One key: a plain put (etcd's transaction path costs more for nothing).
+      const single = ops.length === 1 ? ops[0]!.request_put : undefined;
+      const res = single ? await this.conn.call((c) => c.kv.put(single)) : await this.conn.call((c) => c.kv.txn({ success: ops }));
+      this.conn.checkHeader(res.header, false);
+      revision = Number(res.header.revision);
+    } catch (e) {
+      if (e instanceof EtcdLeaseInvalidError) this.session.markLost('etcd no longer knows the lease');
+      else this.refused(e, writes, doing);
+      return e;
+    }
+    if (this.closed) return undefined;
+    const services = new Set<string>();
+    for (const w of writes) {
+      const settled = this.intents.confirm(w, revision);
+      if (!settled) continue;
+      const endpoint = w.want!.endpoint;
+      services.add(endpoint.service);
+      if (settled.restored) {
+        debug('restored %s after a foreign delete', w.key);
+        this.outbox.push(() => this.hooks.restored(endpoint));
+      } else if (settled.first) {
+        debug('registered %s on lease %s', w.key, leaseId);
+        this.outbox.push(() => this.hooks.registered(endpoint));
+      }
+    }
+    for (const service of services) this.guard.watchFrom(service, revision);
+    if (!this.intents.putsOwed) this.recovered(leaseId);
+    return undefined;
+  }
+
+  /** Every owned key is written on the current lease: close the recovery episode. */
+  private recovered(leaseId: string): void {
+    this.recovering = false;
+    if (!this.regranting) return;
+    this.regranting = false;
+    this.session.revokeRetired();
+    debug('every endpoint is back on lease %s', leaseId);
+    const endpoints = this.intents.endpoints;
+    this.outbox.push(() => this.hooks.reregistered(leaseId, endpoints));
+  }
+
+  /** Deletes each key while it is on a lease of ours; resolves with an error if any failed. */
+  private async deleteAll(writes: Write[]): Promise<unknown> {
+    const results = await Promise.allSettled(writes.map((w) => this.deleteOne(w)));
+    let failure: unknown;
+    results.forEach((result, i) => {
+      const w = writes[i]!;
+      if (result.status === 'fulfilled') {
+        this.intents.confirm(w);
+        debug('unregistered %s%s', w.key, result.value);
+        return;
+      }
+      failure = result.reason;
+      this.refused(result.reason, [w], `delete ${quote(w.key)}`);
+    });
+    return failure;
+  }
+
+  /**
+   * Deletes the key only while it is on a lease of ours (a successor may have
+   * taken it over). The transaction reads the key when the compare fails, so a
+   * key left on an older lease of ours is found and deleted there. Resolves with
+   * a note for the log.
+   */
+  private async deleteOne(w: Write): Promise<string> {
+    const key = Buffer.from(w.key);
+    let lease = this.session.leaseId;
+    if (lease === undefined) return ' (no lease of ours ever held it)';
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const res = await this.conn.call((c) =>
+        c.kv.txn({
+          compare: [{ key, target: 'Lease', result: 'Equal', lease }],
+          success: [{ request_delete_range: { key } }],
+          failure: [{ request_range: { key } }],
+        }),
+      );
+      if (res.succeeded) return '';
+      const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];
+      if (!kv) return ' (it was not in etcd)';
+      const holder = String(kv.lease);
+      if (!this.session.known.has(holder)) return ` (left alone: it is on lease ${holder}, not ours)`;
+      lease = holder;
+    }
+    throw new Error(`the key ${quote(w.key)} kept moving between leases of ours`);
+  }
+
+  /** etcd refused these writes (not a matter of reachability): the calls that asked for them fail. */
+  private refused(e: unknown, writes: readonly Write[], doing: string): void {
+    if (isUnreachableError(e) || e instanceof RegistryClosedError) return;
+    const error = this.conn.error(e, doing);
+    for (const w of writes) this.intents.refuse(w, error);
+    this.outbox.push(() => this.hooks.error(error));
+  }
+
+  // ---- recovery ---------------------------------------------------------------
+
+  /** Opens a recovery episode (paced), or joins the one that is open. */
+  private startRecovery(reason: string): void {
+    if (this.recovering) return;
+    this.recovering = true;
+    const wait = this.limiter.take();
+    this.recoverAt = Date.now() + wait;
+    debug('recovery (%s)%s', reason, wait > 0 ? `: paced, writes in ${wait} ms` : '');
+  }
+
+  private onLeaseLost(leaseId: string, reason: string): void {
+    debug('lease %s lost: %s', leaseId, reason);
+    if (this.closed) return;
+    this.outbox.push(() => this.hooks.leaseLost(leaseId, reason));
+    if (this.intents.staleAll() > 0) {
+      this.regranting = true;
+      this.startRecovery(`lease lost: ${reason}`);
+    }
+    this.kick();
+  }
+
+  private onReset = (reason: string): void => {
+    if (this.closed || this.intents.staleAll() === 0) return;
+    debug('etcd lost its data (%s): putting every endpoint back', reason);
+    this.startRecovery(`etcd lost its data: ${reason}`);
+    this.guard.restartAll();
+    this.kick();
+  };
+
+  private onForeignDelete(key: string, revision: number): void {
+    if (this.closed || !this.intents.deletedByOther(key, revision)) return;
+    debug('%s was deleted by someone else at revision %d: putting it back', key, revision);
+    this.startRecovery(`foreign delete of ${key}`);
+    this.kick();
+  }
+
+  private onWatchRestart(service: string): void {
+    if (this.closed || this.intents.staleAll((e) => e.service === service) === 0) return;
+    this.startRecovery(`watch of own keys of ${service} restarted`);
+    this.kick();
+  }
+
+  private onUnreachable = (): void => {
+    this.reachable = false;
+    this.kick();
+  };
+
+  private onReachable = (): void => {
+    this.reachable = true;
+    this.kick();
+  };
+
+  // ---- status and events --------------------------------------------------------
+
+  private updateStatus(): void {
+    if (this.closed) return;
+    let next: KeeperStatus;
+    if (this.intents.ownedCount === 0) next = 'idle';
+    else if (this.regranting || this.session.state === 'lost' || (!this.reachable && this.session.leaseId !== undefined)) next = 'recovering';
+    else if (!this.session.isAlive || this.intents.pending) next = 'registering';
+    else next = 'registered';
+    this.setStatus(next);
+  }
+
+  /** The one place the status changes. */
+  private setStatus(next: KeeperStatus): void {
+    if (next === this.currentStatus) return;
+    debug('status %s -> %s', this.currentStatus, next);
+    this.currentStatus = next;
+    this.outbox.push(() => this.hooks.status(next));
+  }
+
+  /** Delivers the events whose state is complete, in order. Hooks never throw (the registry's dispatch). */
+  private flush(): void {
+    while (this.outbox.length > 0) this.outbox.shift()!();
+  }
+
+  // ---- close ------------------------------------------------------------------
+
+  /**
+   * Stops all background work and revokes every lease of ours, so every owned key
+   * vanishes in one round trip. Bounded by `timeoutMs`; resolves (never rejects)
+   * with the error if it failed. Every caller gets the same promise, settled only
+   * once the revoke is done.
+   */
+  close(timeoutMs: number): Promise<RegistryError | undefined> {
+    this.closing ??= this.doClose(timeoutMs);
+    return this.closing;
+  }
+
+  private async doClose(timeoutMs: number): Promise<RegistryError | undefined> {
+    this.closed = true;
+    this.abort.abort(new RegistryClosedError('close'));
+    this.conn.off('reset', this.onReset);
+    this.conn.off('unreachable', this.onUnreachable);
+    this.conn.off('reachable', this.onReachable);
+    const what = `which deletes this registry's ${this.intents.ownedCount} key(s) under ${quote(this.keys.root)}`;
+    this.intents.closeAll(new RegistryClosedError('register'));
+    const error = await this.session.close(timeoutMs, what);
+    this.guard.close();
+    this.flush();
+    return error;
+  }
+}

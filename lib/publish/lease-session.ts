@@ -1,0 +1,300 @@
+/**
+ * One etcd lease at a time, kept alive on our own keepalive stream, and the
+ * leases it replaced until they are revoked.
+ *
+ *   none ──grant()──► granting ──► alive ──(no ack for a TTL, TTL 0, not found)──► lost
+ *     ▲                  │                                                         │
+ *     └──── failed ──────┘                          grant() again: the lost lease ─┘
+ *                                                   is retired, revoked later
+ *   any ──close()──► closed (current and retired leases revoked, bounded)
+ *
+ * Keepalive: a request every TTL/3 on one stream; an ack deadline of
+ * min(request timeout, TTL/3) per request (unanswered: the connection is
+ * rebuilt, so a second try on a fresh connection fits in the TTL); no ack for a
+ * whole TTL (etcd has expired the lease by then), a TTL of 0, or "lease not
+ * found" make the lease lost. The session knows nothing of keys.
+ */
+import { EtcdLeaseInvalidError, type IDuplexStream, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse } from 'etcd3';
+import { handleWhen, retry } from 'cockatiel';
+import { cappedBackoff } from '../backoff';
+import { type Connection, isUnreachableError } from '../connection';
+import { RegistryClosedError, type RegistryError } from '../errors';
+import { logger } from '../log';
+
+const debug = logger('lease');
+
+export type LeaseSessionState = 'none' | 'granting' | 'alive' | 'lost' | 'closed';
+
+type KeepaliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>;
+
+export interface LeaseSessionHooks {
+  /** The alive lease was lost; `leaseId` is retired and revoked once replaced. */
+  lost(leaseId: string, reason: string): void;
+}
+
+export class LeaseSession {
+  private currentState: LeaseSessionState = 'none';
+  /** The current lease: alive, or lost and not yet replaced. */
+  private current: string | undefined;
+  /** Leases replaced after a loss: etcd may still hold them (it restores leases on restart). */
+  private readonly retired = new Set<string>();
+  private keepalive: KeepaliveStream | undefined;
+  private keepaliveOpening = false;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+  private lossTimer: NodeJS.Timeout | undefined;
+  /** Armed when a keepalive is sent, cleared by its answer. */
+  private ackTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<RegistryError | undefined> | undefined;
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly ttlSeconds: number,
+    private readonly hooks: LeaseSessionHooks,
+  ) {
+    conn.on('rebuilt', this.onRebuilt);
+  }
+
+  get state(): LeaseSessionState {
+    return this.currentState;
+  }
+
+  /** The current lease id (alive or lost), once granted. */
+  get leaseId(): string | undefined {
+    return this.current;
+  }
+
+  /** Every lease of ours etcd may still hold: the current one and the retired ones. */
+  get known(): ReadonlySet<string> {
+    const all = new Set(this.retired);
+    if (this.current) all.add(this.current);
+    return all;
+  }
+
+  get isAlive(): boolean {
+    return this.currentState === 'alive';
+  }
+
+  private setState(next: LeaseSessionState, why: string): void {
+    if (next === this.currentState) return;
+    debug('lease session %s -> %s (%s%s)', this.currentState, next, why, this.current ? `, lease ${this.current}` : '');
+    this.currentState = next;
+  }
+
+  /** A fresh lease, kept alive from now on; a lost one is retired. */
+  async grant(): Promise<string> {
+    if (this.currentState === 'closed') throw new RegistryClosedError('register');
+    if (this.currentState === 'alive' && this.current) return this.current;
+    this.setState('granting', 'granting');
+    let res;
+    try {
+      res = await this.conn.call((c) => c.leaseClient.leaseGrant({ TTL: this.ttlSeconds }));
+    } catch (e) {
+      if (this.currentState === 'granting') this.setState(this.current ? 'lost' : 'none', 'grant failed');
+      throw e;
+    }
+    this.conn.checkHeader(res.header, false);
+    if (this.closing) {
+      void this.revokeQuietly(res.ID, 'granted after close');
+      throw new RegistryClosedError('register');
+    }
+    if (this.current) this.retired.add(this.current);
+    this.current = res.ID;
+    this.setState('alive', `granted with TTL ${this.ttlSeconds} s`);
+    this.startKeepalive();
+    return res.ID;
+  }
+
+  /** Revokes the retired leases: call once every key is on the current one. */
+  revokeRetired(): void {
+    for (const id of this.retired) void this.revokeQuietly(id, 'replaced');
+    this.retired.clear();
+  }
+
+  /** The lease is gone (etcd said so, or it cannot have survived). */
+  markLost(reason: string): void {
+    if (this.currentState !== 'alive' || !this.current) return;
+    this.setState('lost', reason);
+    this.stopKeepalive();
+    this.hooks.lost(this.current, reason);
+  }
+
+  private async revokeQuietly(leaseId: string, why: string): Promise<void> {
+    try {
+      await this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId }));
+      debug('lease %s revoked (%s)', leaseId, why);
+    } catch (e) {
+      debug('revoking lease %s (%s) failed, it expires by itself: %s', leaseId, why, (e as Error).message);
+    }
+  }
+
+  // ---- keepalive -------------------------------------------------------------
+
+  private startKeepalive(): void {
+    this.stopKeepalive();
+    this.armLossTimer();
+    const interval = Math.max(50, (this.ttlSeconds * 1000) / 3);
+    this.keepaliveTimer = setInterval(() => this.keepaliveTick(), interval);
+    this.keepaliveTimer.unref();
+    this.openKeepalive();
+  }
+
+  private stopKeepalive(): void {
+    this.stopKeepaliveTimers();
+    this.dropKeepaliveStream();
+  }
+
+  private stopKeepaliveTimers(): void {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.lossTimer) clearTimeout(this.lossTimer);
+    this.clearAckTimer();
+    this.keepaliveTimer = undefined;
+    this.lossTimer = undefined;
+  }
+
+  private dropKeepaliveStream(): void {
+    const stream = this.keepalive;
+    this.keepalive = undefined;
+    this.clearAckTimer();
+    try {
+      stream?.cancel();
+    } catch {
+      // already gone
+    }
+  }
+
+  /** etcd expires the lease one TTL after the last renewal it saw: so do we. */
+  private armLossTimer(): void {
+    if (this.lossTimer) clearTimeout(this.lossTimer);
+    this.lossTimer = setTimeout(() => this.markLost(`no keepalive answer for ${this.ttlSeconds} s`), this.ttlSeconds * 1000);
+    this.lossTimer.unref();
+  }
+
+  private openKeepalive(): void {
+    if (this.keepalive || this.keepaliveOpening || !this.isAlive) return;
+    this.keepaliveOpening = true;
+    const generation = this.conn.generation;
+    this.conn.client.leaseClient
+      .leaseKeepAlive()
+      .then((stream) => {
+        this.keepaliveOpening = false;
+        if (!this.isAlive || generation !== this.conn.generation) {
+          stream.cancel();
+          if (this.isAlive) this.openKeepalive();
+          return;
+        }
+        this.keepalive = stream;
+        stream.on('data', (res) => this.onKeepalive(stream, res));
+        stream.on('error', (err) => this.onKeepaliveEnd(stream, err));
+        stream.on('end', () => this.onKeepaliveEnd(stream, new Error('keepalive stream ended')));
+        this.keepaliveTick();
+      })
+      .catch((err: Error) => {
+        this.keepaliveOpening = false;
+        debug('opening the keepalive stream failed: %s', err.message);
+      });
+  }
+
+  private keepaliveTick(): void {
+    if (!this.isAlive || !this.current) return;
+    const stream = this.keepalive;
+    if (!stream) {
+      this.openKeepalive();
+      return;
+    }
+    try {
+      stream.write({ ID: this.current });
+    } catch (e) {
+      this.onKeepaliveEnd(stream, e as Error);
+      return;
+    }
+    if (!this.ackTimer) {
+      // Leave time for a second attempt on a fresh connection before etcd's TTL runs out.
+      const deadline = Math.min(this.conn.requestTimeoutMs, (this.ttlSeconds * 1000) / 3);
+      this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
+      this.ackTimer.unref();
+    }
+  }
+
+  private keepaliveStalled(deadline: number): void {
+    this.ackTimer = undefined;
+    if (!this.isAlive) return;
+    debug('keepalive unanswered for %d ms: rebuilding the connection', deadline);
+    this.conn.markUnreachable(new Error('lease keepalive unanswered'));
+    this.dropKeepaliveStream();
+    this.conn.rebuild('lease keepalive unanswered');
+  }
+
+  private onKeepalive(stream: KeepaliveStream, res: ILeaseKeepAliveResponse): void {
+    if (stream !== this.keepalive || res.ID !== this.current || !this.isAlive) return;
+    this.clearAckTimer();
+    this.conn.checkHeader(res.header, false);
+    if (Number(res.TTL) <= 0) {
+      this.markLost('etcd answered the keepalive with TTL 0');
+      return;
+    }
+    this.armLossTimer();
+  }
+
+  private clearAckTimer(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+  }
+
+  private onKeepaliveEnd(stream: KeepaliveStream, err: Error): void {
+    if (stream !== this.keepalive) return;
+    debug('keepalive stream closed: %s', err.message);
+    this.keepalive = undefined;
+    this.clearAckTimer();
+  }
+
+  private onRebuilt = (): void => {
+    this.dropKeepaliveStream();
+    this.openKeepalive();
+  };
+
+  // ---- close -----------------------------------------------------------------
+
+  /**
+   * Revokes every lease of ours etcd may hold (the current one even if we think it
+   * lost, and the retired ones), so every key on them vanishes in one round trip
+   * each. Bounded by `timeoutMs`; resolves (never rejects) with the first error.
+   * One shared promise for every caller.
+   */
+  close(timeoutMs: number, what: string): Promise<RegistryError | undefined> {
+    this.closing ??= this.doClose(timeoutMs, what);
+    return this.closing;
+  }
+
+  private async doClose(timeoutMs: number, what: string): Promise<RegistryError | undefined> {
+    const leases = Array.from(this.known);
+    this.setState('closed', 'closing');
+    this.stopKeepaliveTimers();
+    this.conn.off('rebuilt', this.onRebuilt);
+    // Revoke first: tearing down the keepalive stream costs CPU the revoke would wait behind.
+    const errors = await Promise.all(leases.map((id) => this.revokeForClose(id, timeoutMs, what)));
+    this.dropKeepaliveStream();
+    this.retired.clear();
+    return errors.find((e) => e !== undefined);
+  }
+
+  private async revokeForClose(leaseId: string, timeoutMs: number, what: string): Promise<RegistryError | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    // Retried while etcd does not answer and a pause and another attempt fit before the deadline.
+    const maxDelay = 250;
+    const policy = retry(
+      handleWhen((e) => isUnreachableError(e) && deadline - Date.now() > maxDelay),
+      { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff(maxDelay) },
+    );
+    try {
+      await policy.execute(() =>
+        this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Math.min(deadline, Date.now() + this.conn.requestTimeoutMs) })),
+      );
+      debug('lease %s revoked on close', leaseId);
+      return undefined;
+    } catch (cause) {
+      if (cause instanceof EtcdLeaseInvalidError) return undefined; // already gone
+      debug('revoking lease %s failed: %s (its keys expire after the TTL)', leaseId, (cause as Error).message);
+      return this.conn.error(cause, `revoke lease ${leaseId} (${what})`);
+    }
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Watches the services this registry publishes in for deletes (puts filtered
+ * out by etcd), so a key of ours that someone else deletes is put back.
+ *
+ * A service's watch starts after a confirmed write of its keys, from that
+ * write's revision on: no delete can fall between the write and the watch.
+ * When etcd ends the watch, the keeper writes the service's keys again and the
+ * watch restarts after that write; a watch refused for permission is retried
+ * with backoff, and a missing permission is reported.
+ */
+import { EtcdPermissionDeniedError, FilterType, Range, type IEvent } from 'etcd3';
+import { cappedBackoff } from '../backoff';
+import { type Connection, watchRefusal } from '../connection';
+import { quote } from '../errors';
+import type { KeySpace } from '../keys';
+import { logger } from '../log';
+import type { WatchStream, WatchTarget } from '../watch-stream';
+
+const debug = logger('lease');
+
+export interface OwnershipHooks {
+  /** `key` was deleted at `revision` by someone else. */
+  deleted(key: string, revision: number): void;
+  /** The service's watch ended: write its keys again, then call watchFrom(). */
+  restart(service: string): void;
+  error(error: Error): void;
+}
+
+export class OwnershipGuard {
+  private readonly watches = new Map<string, WatchTarget>();
+  /** Services whose watch must (re)start after their keys were written. */
+  private readonly pending = new Set<string>();
+  /** Backoff between watches refused for permission, and when the last refusal came. */
+  private denied = cappedBackoff(10_000).next();
+  private lastDenial = 0;
+  private closed = false;
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly stream: WatchStream,
+    private readonly keys: KeySpace,
+    private readonly hooks: OwnershipHooks,
+  ) {}
+
+  /** Keys of `service` were written at `revision`: watch from there, unless already watching. */
+  watchFrom(service: string, revision: number): void {
+    if (this.closed || (this.watches.has(service) && !this.pending.has(service))) return;
+    this.pending.delete(service);
+    let target = this.watches.get(service);
+    if (!target) {
+      const range = Range.prefix(this.keys.servicePrefix(service));
+      target = {
+        name: `own keys of ${service}`,
+        key: range.start,
+        rangeEnd: range.end,
+        filters: [FilterType.Noput],
+        nextRevision: revision + 1,
+        onEvents: (events) => this.onEvents(events),
+        onLost: (reason) => (watchRefusal(reason) ? this.refused(service, reason) : this.restart(service)),
+      };
+      this.watches.set(service, target);
+    }
+    target.nextRevision = revision + 1;
+    this.stream.add(target);
+  }
+
+  /** Every watch restarts after the next write of its service's keys (new lease, data loss). */
+  restartAll(): void {
+    for (const service of this.watches.keys()) this.restart(service);
+  }
+
+  /** Stops the watch; it starts again from the next confirmed write of the service's keys. */
+  restart(service: string): void {
+    if (this.closed) return;
+    const target = this.watches.get(service);
+    if (target) this.stream.remove(target);
+    this.pending.add(service);
+    this.hooks.restart(service);
+  }
+
+  /** etcd refused the watch: a missing permission is reported; a stale auth token heals by itself. */
+  private refused(service: string, reason: string): void {
+    if (Date.now() - this.lastDenial > 60_000) this.denied = cappedBackoff(10_000).next();
+    this.lastDenial = Date.now();
+    const wait = Math.round(this.denied.duration);
+    this.denied = this.denied.next(undefined);
+    const prefix = quote(this.keys.servicePrefix(service));
+    if (watchRefusal(reason) === 'permission') {
+      this.hooks.error(this.conn.error(new EtcdPermissionDeniedError(reason), `watch the prefix ${prefix} for deletes of its own keys (retrying in ${wait} ms)`));
+    } else {
+      debug('watch of own keys of %s refused (%s): retrying in %d ms', service, reason, wait);
+    }
+    setTimeout(() => this.restart(service), wait).unref();
+  }
+
+  private onEvents(events: IEvent[]): void {
+    if (this.closed) return;
+    for (const event of events) {
+      if (event.type === 'Delete') this.hooks.deleted(event.kv.key.toString(), Number(event.kv.mod_revision));
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const target of this.watches.values()) this.stream.remove(target);
+    this.watches.clear();
+    this.pending.clear();
+  }
+}
