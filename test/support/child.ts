@@ -13,8 +13,10 @@ export interface Child {
 
 const root = path.resolve(__dirname, '../..');
 
-export function spawnFixture(fixture: string, env: Record<string, string>): Child {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'test/fixtures', fixture)], {
+/** `wrapper`: a command that runs node, e.g. `['unshare', '--pid', '--fork', '--kill-child']`. */
+export function spawnFixture(fixture: string, env: Record<string, string>, wrapper: readonly string[] = []): Child {
+  const command = [...wrapper, process.execPath, '--import', 'tsx', path.join(root, 'test/fixtures', fixture)];
+  const child = spawn(command[0]!, command.slice(1), {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
