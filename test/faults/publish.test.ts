@@ -1,0 +1,161 @@
+/**
+ * Calls that overlap, fail or race a fault must never lose or resurrect a
+ * registration: a failed update keeps the endpoint, a stale write never wins,
+ * a rejected older call cannot abandon a newer one, and close() revokes every
+ * lease of ours etcd may still hold, even one we took for lost.
+ */
+import { Etcd3 } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Registry } from '../../lib';
+import { spawnFixture } from '../support/child';
+import { EtcdNode } from '../support/etcd';
+import { eventually, uniquePrefix } from '../support/env';
+import { faultRegistry, sleep } from './support';
+
+describe('overlapping and failing calls on one key', () => {
+  const etcd = new EtcdNode();
+  let client: Etcd3;
+  const open: Registry[] = [];
+  const reg = (prefix: string, options = {}): Registry => {
+    const r = faultRegistry(etcd.clientUrl, prefix, options);
+    r.on('error', () => undefined);
+    open.push(r);
+    return r;
+  };
+  /** The value etcd holds under the key, parsed, or undefined. */
+  const valueOf = async (key: string): Promise<{ Addr: string; Metadata: unknown } | undefined> => {
+    const raw = await client.get(key).string();
+    return raw === null ? undefined : (JSON.parse(raw) as { Addr: string; Metadata: unknown });
+  };
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterEach(async () => {
+    if (etcd.isPaused) etcd.resume();
+    if (!etcd.isRunning) await etcd.restart();
+    await Promise.all(open.splice(0).map((r) => r.close()));
+  });
+  afterAll(async () => {
+    client.close();
+    await etcd.stop();
+  });
+
+  it('a metadata update that times out keeps the registered endpoint, owned and on a live lease', async () => {
+    const prefix = uniquePrefix('update-timeout');
+    // TTL well above the stall, so only the library could remove the key.
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.5 });
+    const v1 = await a.register({ service: 'web', address: '10.0.0.1:80', metadata: { v: 1 } });
+    const lease = a.leaseId;
+    etcd.pause();
+    const error = await a.register({ service: 'web', address: '10.0.0.1:80', metadata: { v: 2 } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    etcd.resume();
+    // Either value may be in etcd, but the key must stay, and stay for good.
+    await eventually(async () => expect(a.status).toBe('registered'), { timeout: 10_000 });
+    await sleep(1500);
+    const value = await valueOf(v1.key);
+    expect(value?.Addr).toBe('10.0.0.1:80');
+    expect([{ v: 1 }, { v: 2 }]).toContainEqual(value?.Metadata);
+    expect(a.leaseId).toBe(lease);
+    expect(String((await client.get(v1.key).exec()).kvs[0]?.lease)).toBe(lease);
+    // Still owned: unregister works and removes it.
+    await a.unregister(v1);
+    expect(await valueOf(v1.key)).toBeUndefined();
+  });
+
+  it('register(v1) in flight, unregister(), register(v2): etcd ends with v2', async () => {
+    const prefix = uniquePrefix('stale-write');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    await a.register({ service: 'other', address: '10.0.0.9:80' }); // the lease exists: v1's put goes out at once
+    const endpoint = { service: 'web', address: '10.0.0.2:80' };
+    const first = a.register({ ...endpoint, metadata: { v: 1 } });
+    const removed = a.unregister(endpoint);
+    const last = a.register({ ...endpoint, metadata: { v: 2 } });
+    const outcomes = await Promise.allSettled([first, removed, last]);
+    expect(outcomes[2]).toMatchObject({ status: 'fulfilled' });
+    const key = (await last).key;
+    await eventually(async () => expect((await valueOf(key))?.Metadata).toEqual({ v: 2 }), { timeout: 5000 });
+    await eventually(async () => expect((await watcher.endpoints('web')).map((e) => e.metadata)).toEqual([{ v: 2 }]), { timeout: 5000 });
+    await sleep(500);
+    expect((await valueOf(key))?.Metadata).toEqual({ v: 2 });
+  });
+
+  it('an older register() that times out does not abandon a newer one of the same key', async () => {
+    const prefix = uniquePrefix('older-rejects');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1.5, requestTimeoutSeconds: 0.5 });
+    await a.register({ service: 'other', address: '10.0.0.9:80' });
+    const endpoint = { service: 'web', address: '10.0.0.3:80' };
+    etcd.pause();
+    const older = a.register({ ...endpoint, metadata: { v: 1 } }).catch((e: unknown) => e);
+    await sleep(1000);
+    const newer = a.register({ ...endpoint, metadata: { v: 2 } });
+    // The older call gives up at 1.5 s; etcd answers again at 1.8 s, before the newer one's deadline (2.5 s).
+    await sleep(800);
+    etcd.resume();
+    expect(await older).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    const registered = await newer;
+    expect(registered.metadata).toEqual({ v: 2 });
+    await sleep(500);
+    expect((await valueOf(registered.key))?.Metadata).toEqual({ v: 2 });
+    expect(a.status).toBe('registered');
+  });
+
+  it('close() revokes a lease it took for lost that etcd restored on restart', async () => {
+    const prefix = uniquePrefix('close-lost');
+    const a = reg(prefix, { shutdownTimeoutSeconds: 10 });
+    const endpoint = await a.register({ service: 'web', address: '10.0.0.4:80' });
+    const lost = new Promise<void>((resolve) => a.once('lease-lost', () => resolve()));
+    await etcd.kill();
+    await lost; // no keepalive answer for a TTL: lost, as far as we can tell
+    const closed = a.close();
+    await etcd.restart(); // etcd restores the lease, and the key with it
+    await closed;
+    // Right after close(): gone, not a TTL later.
+    expect(await valueOf(endpoint.key)).toBeUndefined();
+  });
+});
+
+describe('listeners that throw', () => {
+  const etcd = new EtcdNode();
+  let client: Etcd3;
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterAll(async () => {
+    client.close();
+    await etcd.stop();
+  });
+
+  it('change nothing in the registry, and their exceptions reach uncaughtException', async () => {
+    const prefix = uniquePrefix('throwing');
+    const child = spawnFixture('throwing-listeners.ts', {
+      REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl,
+      REGISTRY_KEY_PREFIX: prefix,
+      REGISTRY_LEASE_SECONDS: '30',
+      REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS: '5',
+    });
+    try {
+      const [, json] = await child.line(/^result (.*)$/m);
+      const result = JSON.parse(json!) as { together: string[]; later: string; status: string; caught: string[] };
+      const key = (address: string): string => `${prefix}/services/web/${address}`;
+      expect(result.together).toEqual([key('10.0.0.1:80'), key('10.0.0.2:80'), key('10.0.0.3:80')]);
+      expect(result.later).toBe(key('10.0.0.4:80'));
+      expect(result.status).toBe('registered');
+      expect(result.caught).toEqual(['registered listener broke', 'status listener broke']);
+      expect(await client.getAll().prefix(`${prefix}/services/`).keys()).toHaveLength(4);
+      // close() (through the library's SIGTERM handler) still revokes, and nothing rejects unhandled.
+      child.process.kill('SIGTERM');
+      const exit = await child.exited();
+      expect(exit.signal ?? exit.code).toBe('SIGTERM');
+      expect(await client.getAll().prefix(`${prefix}/services/`).keys()).toEqual([]);
+      expect(child.output()).not.toMatch(/Unhandled|child failed/);
+    } finally {
+      child.process.kill('SIGKILL');
+    }
+  });
+});
