@@ -237,6 +237,26 @@ describe('authentication and a role limited to one prefix', () => {
     await eventually(async () => expect(await b.endpoints('web')).toEqual([]));
   });
 
+  it('an unregister() etcd refuses is reported, and the endpoint stays registered and owned', async () => {
+    const role = 'mover-rw';
+    const prefix = `${PREFIX}/services/mover/`;
+    await root('role', 'add', role);
+    await root('role', 'grant-permission', '--prefix=true', role, 'readwrite', prefix);
+    await root('user', 'add', `mover:${PASSWORD}`);
+    await root('user', 'grant-role', 'mover', role);
+    const mover = registry(as('mover', PASSWORD));
+    const endpoint = await mover.register({ service: 'mover', address: '10.0.0.7:80' });
+    // The operator takes the write permission away: the delete is refused.
+    await root('role', 'revoke-permission', '--prefix=true', role, prefix);
+    await root('role', 'grant-permission', '--prefix=true', role, 'read', prefix);
+    await expectFailure(mover.unregister(endpoint), 'ERR_PERMISSION_DENIED', 5_000, /user "mover"/, /delete "sec\/services\/mover\/10\.0\.0\.7:80"/);
+    expect(await root('get', '--print-value-only', endpoint.key)).toContain('10.0.0.7:80');
+    // Still owned: once the permission is back, unregister() removes it.
+    await root('role', 'grant-permission', '--prefix=true', role, 'readwrite', prefix);
+    await eventually(() => mover.unregister(endpoint), { timeout: 10_000 });
+    expect(await root('get', endpoint.key)).toBe('');
+  });
+
   it('a read-only role discovers; its register() fails naming the user, the operation and the key', async () => {
     const writer = registry(as('app', PASSWORD));
     await writer.register({ service: 'web', address: '10.0.0.5:80' });
