@@ -40,6 +40,7 @@ const config: ViteUserConfig = {
         test: {
           name: 'faults',
           include: ['test/faults/**/*.test.ts'],
+          globalSetup: ['test/support/etcd-version-setup.ts'],
           testTimeout: 120_000,
           hookTimeout: 120_000,
           // one file at a time (fileParallelism is a global-only option in vitest 3)

@@ -288,7 +288,8 @@ async function authentication(config: RegistryConfig, answering: readonly string
   const root = new KeySpace(config.keyPrefix).root;
   const { auth } = config;
   if (auth) {
-    // etcd3 logs in before its first call; Status needs no permission, so it tests the login alone.
+    // etcd3 logs in before its first call, so Status tests the login. etcd 3.4 answers Status to
+    // any user; 3.5 refuses it to a role without the permission, after a successful login.
     const conn = connection(config, answering);
     try {
       await conn.call((c) => c.maintenance.status());

@@ -87,6 +87,67 @@ function etcdctlBinary(): string {
   return found;
 }
 
+/** `etcd Version: 3.4.23` → `3.4.23`; undefined when the text has no version line. */
+function versionIn(text: string): string | undefined {
+  return /Version:\s*(\d+\.\d+\.\d+\S*)/i.exec(text)?.[1];
+}
+
+/** The wanted version matches `found` exactly or as a prefix at a dot (`3.4` matches `3.4.23`). */
+function versionMatches(found: string, wanted: string): boolean {
+  return found === wanted || found.startsWith(`${wanted}.`);
+}
+
+function firstLineOf(file: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${file} ${args.join(' ')} failed: ${stderr.trim() || err.message}`));
+      else resolve(stdout.split('\n')[0]?.trim() ?? '');
+    });
+  });
+}
+
+/** What checkEtcdVersion() found: the binaries the harness runs and their `--version` first lines. */
+export interface EtcdVersionInfo {
+  etcd: string;
+  etcdVersion: string;
+  etcdctl: string | undefined;
+  etcdctlVersion: string | undefined;
+}
+
+/**
+ * The etcd (and etcdctl) binaries that EtcdNode and etcdctl() run (ETCD_BIN / ETCDCTL_BIN, else
+ * PATH) and their versions. With REGISTRY_TEST_ETCD_VERSION set (`3.5.30`, or `3.5` for any 3.5.x),
+ * throws when either binary is another version or etcd is missing, so a wrong PATH cannot quietly
+ * run the suite against the wrong etcd. Without it, a missing etcd is not an error here (the tests
+ * that need it say so).
+ */
+export async function checkEtcdVersion(): Promise<EtcdVersionInfo | undefined> {
+  const wanted = process.env.REGISTRY_TEST_ETCD_VERSION?.trim() || undefined;
+  const etcd = process.env.ETCD_BIN ?? findOnPath('etcd');
+  if (etcd === undefined) {
+    if (wanted !== undefined) {
+      throw new Error(`REGISTRY_TEST_ETCD_VERSION=${JSON.stringify(wanted)} but no \`etcd\` binary is on PATH. ${INSTALL_HINT}`);
+    }
+    return undefined;
+  }
+  const etcdVersion = await firstLineOf(etcd, ['--version']);
+  const etcdctl = process.env.ETCDCTL_BIN ?? findOnPath('etcdctl');
+  const etcdctlVersion = etcdctl === undefined ? undefined : await firstLineOf(etcdctl, ['version']);
+  if (wanted !== undefined) {
+    for (const [file, line] of [[etcd, etcdVersion], [etcdctl, etcdctlVersion]] as const) {
+      if (file === undefined || line === undefined) continue;
+      const found = versionIn(line);
+      if (found === undefined || !versionMatches(found, wanted)) {
+        throw new Error(
+          `REGISTRY_TEST_ETCD_VERSION=${JSON.stringify(wanted)} but ${file} is ${JSON.stringify(line)}: ` +
+            'put the wanted etcd first on PATH (or set ETCD_BIN / ETCDCTL_BIN), or unset REGISTRY_TEST_ETCD_VERSION',
+        );
+      }
+    }
+  }
+  return { etcd, etcdVersion, etcdctl, etcdctlVersion };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Orphan protection
 
@@ -774,18 +835,34 @@ export const ETCD_IMAGE = 'quay.io/coreos/etcd:v3.5.17';
 /**
  * (1) REGISTRY_TEST_ETCD_ENDPOINTS as-is; (2) a container when a Docker engine answers;
  * (3) an EtcdNode from the `etcd` binary. Throws with install instructions if none works.
+ * With REGISTRY_TEST_ETCD_VERSION set, (2) is skipped and (1) must report that version.
  */
 export async function startEtcd(): Promise<StartedEtcd> {
   const external = process.env.REGISTRY_TEST_ETCD_ENDPOINTS?.trim();
+  const wanted = process.env.REGISTRY_TEST_ETCD_VERSION?.trim() || undefined;
   if (external !== undefined && external !== '') {
+    if (wanted !== undefined) {
+      // The first endpoint's own account of its version (the gRPC gateway's status; plain http only).
+      const first = external.split(',')[0]!.trim();
+      const { version } = await memberStatus(first, 5000);
+      if (!versionMatches(version, wanted)) {
+        throw new Error(
+          `REGISTRY_TEST_ETCD_VERSION=${JSON.stringify(wanted)} but REGISTRY_TEST_ETCD_ENDPOINTS (${first}) runs etcd ${JSON.stringify(version)}`,
+        );
+      }
+    }
     return { endpoints: external, kind: 'external', stop: async () => undefined };
   }
 
-  let dockerError: unknown;
-  const docker = await startDockerEtcd().catch((err: unknown) => {
-    dockerError = err;
-    return undefined;
-  });
+  // A pinned version means the binary (the container image is a fixed version of its own).
+  let dockerError: unknown = 'not tried: REGISTRY_TEST_ETCD_VERSION asks for the etcd binary';
+  const docker =
+    wanted !== undefined
+      ? undefined
+      : await startDockerEtcd().catch((err: unknown) => {
+          dockerError = err;
+          return undefined;
+        });
   if (docker !== undefined) return docker;
 
   if (findOnPath('etcd') === undefined && process.env.ETCD_BIN === undefined) {

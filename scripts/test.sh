@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `npm test`: the typecheck, the unit tests, then the integration and fault suites twice:
+#   1. against the etcd on PATH, which must be a 3.4 (Debian's etcd-server: 3.4.23);
+#   2. against etcd 3.5.30, fetched by scripts/etcd-3.5.sh into .etcd/ and put first on PATH.
+# REGISTRY_TEST_ETCD_VERSION tells the harness which version each run must find (it fails the run
+# otherwise). Every step runs even when an earlier one failed; the summary at the end lists them
+# all, and the exit status is non-zero when any failed.
+# Arguments are passed to every vitest run as filters: `npm test -- test/integration/cli.test.ts`.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+reports=$(mktemp -d)
+trap 'rm -rf "$reports"' EXIT
+filters=("$@")
+summary=()
+failed=0
+
+# step NAME COMMAND...: run it, note "ok"/"FAILED" and the test counts of its vitest JSON report.
+step() {
+  local name=$1 started=$SECONDS status counts=''
+  shift
+  echo
+  echo "== $name"
+  "$@"
+  status=$?
+  if [ -f "$reports/$name.json" ]; then
+    counts=$(node -e 'const r = require(process.argv[1]);
+      console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped of ${r.numTotalTests}`)' \
+      "$reports/$name.json")
+  fi
+  if [ "$status" -eq 0 ]; then
+    summary+=("ok      $name (${counts:+$counts, }$((SECONDS - started)) s)")
+  else
+    summary+=("FAILED  $name (exit $status${counts:+, $counts}, $((SECONDS - started)) s)")
+    failed=1
+  fi
+}
+
+# run_vitest REPORT ARGS...: `vitest run ARGS FILTERS`, also writing the JSON report the summary reads.
+run_vitest() {
+  local report=$1
+  shift
+  npx vitest run --reporter=default --reporter=json --outputFile.json="$reports/$report.json" "$@" "${filters[@]}"
+}
+
+etcd34() {
+  REGISTRY_TEST_ETCD_VERSION=3.4 run_vitest "etcd 3.4" --project integration --project faults
+}
+
+etcd35() {
+  local bin
+  bin=$(bash scripts/etcd-3.5.sh) || return 1
+  PATH="$bin:$PATH" REGISTRY_TEST_ETCD_VERSION=3.5.30 run_vitest "etcd 3.5.30" --project integration --project faults
+}
+
+step "typecheck" npx tsc -p tsconfig.json --noEmit
+step "unit" run_vitest "unit" --project unit
+step "etcd 3.4" etcd34
+step "etcd 3.5.30" etcd35
+
+echo
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+exit "$failed"
