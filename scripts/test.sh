@@ -14,6 +14,9 @@ trap 'rm -rf "$reports"' EXIT
 filters=("$@")
 summary=()
 failed=0
+total_passed=0
+total_failed=0
+total_skipped=0
 
 # step NAME COMMAND...: run it, note "ok"/"FAILED" and the test counts of its vitest JSON report.
 step() {
@@ -27,6 +30,8 @@ step() {
     counts=$(node -e 'const r = require(process.argv[1]);
       console.log(`${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped of ${r.numTotalTests}`)' \
       "$reports/$name.json")
+    read -r p f k < <(node -e 'const r = require(process.argv[1]); console.log(r.numPassedTests, r.numFailedTests, r.numPendingTests + r.numTodoTests)' "$reports/$name.json")
+    total_passed=$((total_passed + p)) total_failed=$((total_failed + f)) total_skipped=$((total_skipped + k))
   fi
   if [ "$status" -eq 0 ]; then
     summary+=("ok      $name (${counts:+$counts, }$((SECONDS - started)) s)")
@@ -61,4 +66,5 @@ step "etcd 3.5.30" etcd35
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+echo "tests: $total_passed passed, $total_failed failed, $total_skipped skipped"
 exit "$failed"
