@@ -38,6 +38,9 @@ export const MAX_TXN_OPS = 128;
 
 export type KeeperStatus = 'idle' | 'registering' | 'registered' | 'recovering';
 
+/** What made keys owed again; each cause is paced on its own, so one incident seen two ways is not slowed. */
+type RecoveryCause = 'lease lost' | 'data loss' | 'foreign delete' | 'watch ended';
+
 export interface KeeperHooks {
   registered(endpoint: Endpoint): void;
   leaseLost(leaseId: string, reason: string): void;
@@ -51,7 +54,7 @@ export class LeaseKeeper {
   private readonly intents = new Intents();
   private readonly session: LeaseSession;
   private readonly guard: OwnershipGuard;
-  private readonly limiter = new RecoveryLimiter();
+  private readonly limiters = new Map<RecoveryCause, RecoveryLimiter>();
   /** Retries a failed writer step with capped backoff until the keeper closes. */
   private readonly policy = retry(handleWhen(() => !this.closed), { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff() }).dangerouslyUnref();
   private readonly abort = new AbortController();
@@ -60,10 +63,8 @@ export class LeaseKeeper {
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
   private regranting = false;
-  /** A recovery episode is open (its writes not all done): later causes join it. */
-  private recovering = false;
-  /** No recovery write before this time (ms since epoch). */
-  private recoverAt = 0;
+  /** Causes of recovery that came since the last recovery round began: the next round is paced by them. */
+  private readonly recoveryDue = new Set<RecoveryCause>();
   private reachable = true;
   private currentStatus: KeeperStatus = 'idle';
   private closed = false;
@@ -160,17 +161,14 @@ export class LeaseKeeper {
         return;
       }
     }
+    this.recoveryDue.clear(); // nothing left to recover
   }
 
   /** One round of writes: a lease if needed, then up to MAX_TXN_OPS puts and deletes. */
   private async step(): Promise<void> {
     if (this.closed) return;
     try {
-      const wait = this.recoverAt - Date.now();
-      if (wait > 0 && this.recovering) {
-        debug('recovery writes paced: waiting %d ms', wait);
-        await delay(wait, this.abort.signal);
-      }
+      if (this.recoveryDue.size > 0) await this.paceRecovery();
       if (this.intents.putsOwed && !this.session.isAlive) await this.grant();
       const { puts, deletes } = this.intents.owed(MAX_TXN_OPS);
       let failure: unknown;
@@ -239,9 +237,8 @@ export class LeaseKeeper {
     return undefined;
   }
 
-  /** Every owned key is written on the current lease: close the recovery episode. */
+  /** Every owned key is written on the current lease. */
   private recovered(leaseId: string): void {
-    this.recovering = false;
     if (!this.regranting) return;
     this.regranting = false;
     this.session.revokeRetired();
@@ -305,13 +302,29 @@ export class LeaseKeeper {
 
   // ---- recovery ---------------------------------------------------------------
 
-  /** Opens a recovery episode (paced), or joins the one that is open. */
-  private startRecovery(reason: string): void {
-    if (this.recovering) return;
-    this.recovering = true;
-    const wait = this.limiter.take();
-    this.recoverAt = Date.now() + wait;
-    debug('recovery (%s)%s', reason, wait > 0 ? `: paced, writes in ${wait} ms` : '');
+  /** A cause of recovery: the writes it needs go out in the next recovery round. */
+  private startRecovery(cause: RecoveryCause, detail: string): void {
+    debug('recovery needed (%s): %s', cause, detail);
+    this.recoveryDue.add(cause);
+  }
+
+  /**
+   * A recovery round waits its turn (the first after a quiet spell goes at once).
+   * Causes that come while it waits are covered by it; one that comes while its
+   * writes are in flight makes the next round, paced again.
+   */
+  private async paceRecovery(): Promise<void> {
+    let wait = 0;
+    for (const cause of this.recoveryDue) {
+      let limiter = this.limiters.get(cause);
+      if (!limiter) this.limiters.set(cause, (limiter = new RecoveryLimiter()));
+      wait = Math.max(wait, limiter.take());
+    }
+    if (wait > 0) {
+      debug('recovery writes paced (%s repeating): waiting %d ms', Array.from(this.recoveryDue).join(', '), wait);
+      await delay(wait, this.abort.signal);
+    }
+    this.recoveryDue.clear();
   }
 
   private onLeaseLost(leaseId: string, reason: string): void {
@@ -320,7 +333,7 @@ export class LeaseKeeper {
     this.outbox.push(() => this.hooks.leaseLost(leaseId, reason));
     if (this.intents.staleAll() > 0) {
       this.regranting = true;
-      this.startRecovery(`lease lost: ${reason}`);
+      this.startRecovery('lease lost', reason);
     }
     this.kick();
   }
@@ -328,7 +341,7 @@ export class LeaseKeeper {
   private onReset = (reason: string): void => {
     if (this.closed || this.intents.staleAll() === 0) return;
     debug('etcd lost its data (%s): putting every endpoint back', reason);
-    this.startRecovery(`etcd lost its data: ${reason}`);
+    this.startRecovery('data loss', reason);
     this.guard.restartAll();
     this.kick();
   };
@@ -336,13 +349,13 @@ export class LeaseKeeper {
   private onForeignDelete(key: string, revision: number): void {
     if (this.closed || !this.intents.deletedByOther(key, revision)) return;
     debug('%s was deleted by someone else at revision %d: putting it back', key, revision);
-    this.startRecovery(`foreign delete of ${key}`);
+    this.startRecovery('foreign delete', key);
     this.kick();
   }
 
   private onWatchRestart(service: string): void {
     if (this.closed || this.intents.staleAll((e) => e.service === service) === 0) return;
-    this.startRecovery(`watch of own keys of ${service} restarted`);
+    this.startRecovery('watch ended', `own keys of ${service}`);
     this.kick();
   }
 

@@ -64,18 +64,25 @@ export class OwnershipGuard {
     this.stream.add(target);
   }
 
-  /** Every watch restarts after the next write of its service's keys (new lease, data loss). */
+  /**
+   * Every watch restarts after the next write of its service's keys: the caller
+   * (a new lease, a data loss) has already made every key owed.
+   */
   restartAll(): void {
-    for (const service of this.watches.keys()) this.restart(service);
+    for (const service of this.watches.keys()) this.stop(service);
   }
 
-  /** Stops the watch; it starts again from the next confirmed write of the service's keys. */
-  restart(service: string): void {
+  /** etcd ended the watch: the keeper writes the service's keys again, and it restarts after that write. */
+  private restart(service: string): void {
     if (this.closed) return;
+    this.stop(service);
+    this.hooks.restart(service);
+  }
+
+  private stop(service: string): void {
     const target = this.watches.get(service);
     if (target) this.stream.remove(target);
     this.pending.add(service);
-    this.hooks.restart(service);
   }
 
   /** etcd refused the watch: a missing permission is reported; a stale auth token heals by itself. */
