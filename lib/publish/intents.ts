@@ -10,6 +10,11 @@
  * that intent and older ones, so a write overtaken by a newer call can neither
  * clear the newer intent nor abandon it.
  *
+ * An owned key can be withheld from etcd without being given up: paused (by
+ * the application) or not healthy (its health check fails, or has not passed
+ * yet). Its target in etcd is then "absent", while the registry keeps owning
+ * it and its lease stays alive; it is written again once listed.
+ *
  * The sets of owed and pending keys are kept as entries change, so every
  * question the writer asks per call is O(1) however many keys there are.
  */
@@ -35,11 +40,15 @@ interface Entry {
   readonly key: string;
   /** The latest intent: a registration, or undefined for "absent". */
   want: Registration | undefined;
+  /** Taken out of etcd by the application (pause()), still owned. */
+  paused: boolean;
+  /** Its health check passes (true when it has none). */
+  healthy: boolean;
   /** Token of the latest intent. */
   token: number;
   /** Token of the latest intent etcd confirmed; below `token` (or 0 after a loss) means a write is owed. */
   applied: number;
-  /** The registration last confirmed in etcd: what a failed newer call falls back to. */
+  /** The registration last confirmed in etcd (or accepted while paused): what a failed newer call falls back to. */
   registered: Registration | undefined;
   /** A put of this key was sent at least once (it may be in etcd, on some lease of ours). */
   sent: boolean;
@@ -112,21 +121,87 @@ export class Intents {
     return this.entries.get(key)?.want?.endpoint;
   }
 
-  /** A new intent; `done` settles when etcd confirms it (or a newer intent that supersedes it). */
-  intend(key: string, want: Registration | undefined): { token: number; done: Promise<void> } {
+  /** The owned key is paused. */
+  isPaused(key: string): boolean {
+    return this.entries.get(key)?.paused === true;
+  }
+
+  /**
+   * A new intent; `done` settles when etcd confirms it (or a newer intent that
+   * supersedes it). `healthy` false: a registration held back until
+   * setHealthy(true) (a health check that has not passed yet); a new key only.
+   */
+  intend(key: string, want: Registration | undefined, healthy = true): { token: number; done: Promise<void> } {
     const token = ++this.clock;
     let entry = this.entries.get(key);
     if (!entry) {
-      entry = { key, want, token, applied: 0, registered: undefined, sent: false, putRevision: 0, restoring: false, staleSince: 0, waiters: [] };
+      entry = {
+        key,
+        want,
+        paused: false,
+        healthy,
+        token,
+        applied: 0,
+        registered: undefined,
+        sent: false,
+        putRevision: 0,
+        restoring: false,
+        staleSince: 0,
+        waiters: [],
+      };
       this.entries.set(key, entry);
+    }
+    // A key given up and taken again starts over: listed unless its new check says otherwise.
+    if (!entry.want && want) {
+      entry.paused = false;
+      entry.healthy = healthy;
     }
     entry.want = want;
     entry.token = token;
     const e = entry;
     const kind: IntentKind = want ? 'put' : 'delete';
     const done = new Promise<void>((resolve, reject) => e.waiters.push({ token, kind, resolve, reject }));
+    // Registered while paused: accepted now, written on resume().
+    if (want && entry.paused) {
+      entry.registered = want;
+      this.release(entry, token, 'put');
+    }
     this.update(entry);
     return { token, done };
+  }
+
+  /**
+   * Takes an owned key out of etcd (`paused`) or puts it back; undefined if the
+   * key is not owned. `done` settles once etcd holds the result (at once when
+   * nothing changes, or when the key waits for its health check).
+   */
+  setPaused(key: string, paused: boolean): Promise<void> | undefined {
+    const entry = this.entries.get(key);
+    if (!entry?.want) return undefined;
+    return this.relist(entry, () => (entry.paused = paused));
+  }
+
+  /** The key's health check passes or fails: it is listed only while it passes (and is not paused). */
+  setHealthy(key: string, healthy: boolean): void {
+    const entry = this.entries.get(key);
+    if (!entry?.want || entry.healthy === healthy) return;
+    this.relist(entry, () => (entry.healthy = healthy)).catch(() => undefined);
+  }
+
+  private relist(entry: Entry, change: () => void): Promise<void> {
+    const before = target(entry);
+    change();
+    const after = target(entry);
+    if (before === after && entry.applied >= entry.token) return Promise.resolve();
+    const token = ++this.clock;
+    entry.token = token;
+    // Nothing to wait for while the key waits for its health check: it is written when that passes.
+    const kind: IntentKind = after ? 'put' : 'delete';
+    const done = !after && entry.want && !entry.healthy && !entry.paused
+      ? Promise.resolve()
+      : new Promise<void>((resolve, reject) => entry.waiters.push({ token, kind, resolve, reject }));
+    this.update(entry);
+    return done;
   }
 
   /**
@@ -158,8 +233,9 @@ export class Intents {
     const issued = ++this.clock;
     for (const key of this.owedKeys) {
       const e = this.entries.get(key)!;
-      const list = e.want ? puts : deletes;
-      if (list.length < max) list.push({ key, token: e.token, issued, want: e.want });
+      const want = target(e);
+      const list = want ? puts : deletes;
+      if (list.length < max) list.push({ key, token: e.token, issued, want });
       if (puts.length >= max && deletes.length >= max) break;
     }
     return { puts, deletes };
@@ -185,14 +261,9 @@ export class Intents {
     if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
     if (restored) entry.restoring = false;
     if (current) entry.applied = write.token;
-    entry.registered = write.want;
-    const kept: Waiter[] = [];
-    for (const w of entry.waiters) {
-      if (w.token > write.token) kept.push(w);
-      else if (w.kind === 'put' && !write.want) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
-      else w.resolve();
-    }
-    entry.waiters = kept;
+    // A key withheld (paused, unhealthy) is still registered: only an unregistration forgets it.
+    if (write.want || !entry.want) entry.registered = write.want;
+    this.release(entry, write.token, write.want ? 'put' : 'delete');
     this.update(entry);
     return { first: first && !restored, restored };
   }
@@ -226,7 +297,7 @@ export class Intents {
    */
   deletedByOther(key: string, revision: number): boolean {
     const entry = this.entries.get(key);
-    if (!entry?.want || !entry.registered || revision <= entry.putRevision) return false;
+    if (!entry || !target(entry) || !entry.registered || revision <= entry.putRevision) return false;
     entry.restoring = true;
     entry.applied = 0;
     entry.staleSince = ++this.clock;
@@ -245,26 +316,43 @@ export class Intents {
     }
   }
 
+  /**
+   * Settles the waiters as old as `token` once etcd holds `written`: a put answers
+   * every call (an unregister it superseded included); a delete answers
+   * unregistrations and pauses, and fails a registration only if the key was
+   * given up (a withheld key's registrations wait for it to be listed).
+   */
+  private release(entry: Entry, token: number, written: IntentKind): void {
+    const kept: Waiter[] = [];
+    for (const w of entry.waiters) {
+      if (w.token > token || (written === 'delete' && w.kind === 'put' && entry.want)) kept.push(w);
+      else if (written === 'delete' && w.kind === 'put') w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
+      else w.resolve();
+    }
+    entry.waiters = kept;
+  }
+
   /** Brings the sets up to date with one entry, and forgets it once absent and settled. */
   private update(entry: Entry): void {
     const { key } = entry;
     // A delete of a key never sent anywhere has nothing to do in etcd.
-    if (!entry.want && !entry.sent && entry.applied < entry.token) {
+    if (!target(entry) && !entry.sent && entry.applied < entry.token) {
       entry.applied = entry.token;
-      entry.registered = undefined;
-      for (const w of entry.waiters) {
-        if (w.kind === 'put') w.reject(new RegistryError('ERR_NOT_REGISTERED', `${key} was unregistered before it reached etcd`));
-        else w.resolve();
-      }
-      entry.waiters = [];
+      if (!entry.want) entry.registered = undefined;
+      this.release(entry, entry.token, 'delete');
     }
     const owed = entry.applied < entry.token;
     toggle(this.owned, key, entry.want !== undefined);
     toggle(this.owedKeys, key, owed);
     toggle(this.pendingKeys, key, entry.want !== undefined && entry.registered !== entry.want);
-    toggle(this.putsOwedKeys, key, entry.want !== undefined && owed);
+    toggle(this.putsOwedKeys, key, target(entry) !== undefined && owed);
     if (!entry.want && !owed && entry.waiters.length === 0) this.entries.delete(key);
   }
+}
+
+/** What etcd should hold under the key: the registration while it is listed, else nothing. */
+function target(entry: Entry | undefined): Registration | undefined {
+  return entry?.want && !entry.paused && entry.healthy ? entry.want : undefined;
 }
 
 function toggle(set: Set<string>, key: string, on: boolean): void {
