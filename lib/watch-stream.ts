@@ -7,10 +7,22 @@
  * - Each watch carries its own `nextRevision`, advanced only by events it
  *   received (and by progress notifications, which etcd sends only when synced),
  *   so a reconnect resumes exactly where it left off.
+ * - A watch is created one revision early, at `nextRevision - 1` (a revision
+ *   already seen, never in the future), and the events below `nextRevision` are
+ *   dropped here: etcd ≥ 3.4.38 / 3.5.22 / 3.6.2 (PR #20229) answers no progress
+ *   request while a watch's start revision is in the future, and "snapshot
+ *   revision + 1" stays in the future until the next write.
  * - Watch ids are chosen by the client (etcd ≥ 3.4), so responses match without
- *   relying on creation order.
- * - A progress request with a deadline is the stream's own heartbeat: a stream
- *   that stops answering is torn down and the client rebuilt.
+ *   relying on creation order. etcd's grpc-proxy ignores them and numbers the
+ *   watches of a stream itself from 0: once a server answers with an id of its
+ *   own, the stream is reopened with one create in flight at a time, and each
+ *   answer tells the server's id of that create.
+ * - The stream's sign of life is any response on it. When none came within a
+ *   request timeout of a progress request, a canary watch (created, then
+ *   cancelled) asks again: etcd answers a create at once whatever its watches'
+ *   state, and so does the grpc-proxy, which drops progress requests. Only a
+ *   canary left unanswered for a request timeout tears the stream down and
+ *   rebuilds the client. A progress answer only fences revisions.
  * - When etcd cancels a watch (compacted revision, permission), its owner is told
  *   through `onLost` and must re-read and add it again. etcd 3.4 answers a create
  *   it refuses with watch id -1, so creates are matched to answers in order too.
@@ -26,6 +38,19 @@ const debug = logger('watch');
 
 /** etcd's id for a progress response that covers every watch on the stream. */
 const ALL_WATCHES = -1;
+/**
+ * Our watch ids start far above the ids a grpc-proxy gives a stream's watches (0, 1, 2…),
+ * so that an answer of the proxy cannot be taken for one of ours before the stream
+ * notices that the server picks the ids.
+ */
+const FIRST_ID = 2 ** 31;
+/**
+ * After this many probes in a row whose progress request went unanswered (a grpc-proxy
+ * drops them, logging an error each time), probes start with the canary and a progress
+ * request goes out only every PROGRESS_RETRY_PROBES probes.
+ */
+const PROGRESS_MISSES = 3;
+const PROGRESS_RETRY_PROBES = 60;
 
 export interface WatchTarget {
   /** For logs. */
@@ -40,6 +65,32 @@ export interface WatchTarget {
   onLost(reason: string, compacted: boolean): void;
 }
 
+/** A create sent on the current stream. */
+interface Sent {
+  /** undefined: the canary. */
+  readonly target: WatchTarget | undefined;
+  /** Events below this revision were seen before: the watch starts one revision early. */
+  readonly skipBelow: number;
+  /** The revision the create asked for. */
+  readonly startRevision: number;
+  /** Progress requests written before this create: an answer to a later one covers it. */
+  readonly progressSeq: number;
+  /** The server's id for it, once its create was answered. */
+  serverId?: number;
+  /** Removed (or a canary answered) before its create was answered: cancel it then. */
+  cancelOnCreate?: boolean;
+}
+
+interface Probe {
+  readonly sentAt: number;
+  /** A canary create went with it (a progress request alone may go unanswered). */
+  readonly canary: boolean;
+  /** Responses received before it was sent: one more answers it. */
+  readonly heard: number;
+  /** Progress answers received before its progress request was sent (undefined: none was). */
+  readonly progressAnswers: number | undefined;
+}
+
 export class WatchStream {
   private readonly conn: Connection;
   private readonly ids = new Map<WatchTarget, number>();
@@ -47,13 +98,36 @@ export class WatchStream {
   private stream: IDuplexStream<IWatchRequest, IWatchResponse> | undefined;
   private opening = false;
   private generation = -1;
-  private nextId = 1;
+  private nextId = FIRST_ID;
+  /**
+   * The server picks the watch ids (a grpc-proxy): one create in flight at a time, so
+   * that each answer tells the server's id of that create. Once seen, kept.
+   */
+  private serialCreates = false;
+  // ---- state of the current stream
+  /** Creates written on the current stream, by our id, until etcd ends the watch or it is cancelled. */
+  private sent = new Map<number, Sent>();
+  /** Our id of each watch the server answered for, by the server's id. */
+  private byServer = new Map<number, number>();
   /** Ids of the creates sent on the current stream and not answered yet, in order. */
   private pendingCreates: number[] = [];
+  /** With serialCreates: creates waiting for the one in flight to be answered. */
+  private createQueue: { id: number; target: WatchTarget | undefined }[] = [];
+  /** Progress requests written on the current stream, and that count when the last answer came. */
+  private progressSeq = 0;
+  private progressFrom = 0;
+  /** Responses, and answers to progress requests, received on the current stream. */
+  private heard = 0;
+  private progressAnswers = 0;
+  private probe: Probe | undefined;
+  private probes = 0;
+  /** Probes in a row whose progress request went unanswered while something else answered. */
+  private progressMisses = 0;
+  /** Targets whose next create asks for `nextRevision` itself (the revision before it was compacted). */
+  private readonly exactStart = new WeakSet<WatchTarget>();
   private backoff = cappedBackoff().next();
   private reopenTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
-  private pingSentAt = 0;
   private closed = false;
 
   constructor(conn: Connection, private readonly onError: (e: Error) => void) {
@@ -75,7 +149,7 @@ export class WatchStream {
     if (id === undefined) return;
     this.ids.delete(target);
     this.targets.delete(id);
-    this.write({ cancel_request: { watch_id: id } });
+    this.cancel(id);
     if (this.targets.size === 0) this.teardown('no watches left');
   }
 
@@ -105,7 +179,7 @@ export class WatchStream {
         stream.on('data', (res) => this.onResponse(stream, res));
         stream.on('error', (err) => this.onStreamEnd(stream, err));
         stream.on('end', () => this.onStreamEnd(stream, new Error('watch stream ended')));
-        debug('stream open (generation %d), %d watch(es)', generation, this.targets.size);
+        debug('stream open (generation %d), %d watch(es)%s', generation, this.targets.size, this.serialCreates ? ', one create at a time' : '');
         for (const [id, target] of this.targets) this.create(id, target);
         this.startPing();
       })
@@ -115,19 +189,67 @@ export class WatchStream {
       });
   }
 
-  private create(id: number, target: WatchTarget): void {
-    debug('watch %d %s from revision %d', id, target.name, target.nextRevision);
-    if (this.stream) this.pendingCreates.push(id);
+  /** Sends a create now, or (with serialCreates, while another is in flight) queues it. */
+  private create(id: number, target: WatchTarget | undefined): void {
+    if (!this.stream) return;
+    if (this.serialCreates && this.pendingCreates.length > 0) this.createQueue.push({ id, target });
+    else this.sendCreate(id, target);
+  }
+
+  private sendQueued(): void {
+    while (this.stream && this.pendingCreates.length === 0) {
+      const next = this.createQueue.shift();
+      if (!next) return;
+      // A target removed (or re-created under a new id) while it waited is not sent.
+      if (next.target === undefined || this.targets.get(next.id) === next.target) this.sendCreate(next.id, next.target);
+    }
+  }
+
+  /** `target` undefined: the canary, a watch of one key from now, cancelled as soon as it is created. */
+  private sendCreate(id: number, target: WatchTarget | undefined): void {
+    const canaryKey = target === undefined ? this.targets.values().next().value?.key : undefined;
+    if (target === undefined && canaryKey === undefined) return;
+    const next = target?.nextRevision ?? 0;
+    const exact = target !== undefined && this.exactStart.has(target);
+    if (target) this.exactStart.delete(target);
+    // One revision early (seen already, so never in the future); its events are dropped on arrival.
+    const startRevision = target === undefined ? 0 : exact || next <= 1 ? next : next - 1;
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, progressSeq: this.progressSeq });
+    this.pendingCreates.push(id);
+    if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
-      create_request: {
-        key: target.key,
-        range_end: target.rangeEnd,
-        start_revision: target.nextRevision,
-        watch_id: id,
-        filters: target.filters,
-        progress_notify: true,
-      },
+      create_request: target
+        ? {
+            key: target.key,
+            range_end: target.rangeEnd,
+            start_revision: startRevision,
+            watch_id: id,
+            filters: target.filters,
+            progress_notify: true,
+          }
+        : { key: canaryKey, start_revision: 0, watch_id: id },
     });
+  }
+
+  /** Cancels a watch of ours on the server, now or once its create is answered. */
+  private cancel(id: number): void {
+    const sent = this.sent.get(id);
+    if (!sent) {
+      this.createQueue = this.createQueue.filter((q) => q.id !== id);
+      return;
+    }
+    if (sent.serverId === undefined && this.serialCreates) {
+      sent.cancelOnCreate = true;
+      return;
+    }
+    this.forget(id);
+    this.write({ cancel_request: { watch_id: sent.serverId ?? id } });
+  }
+
+  private forget(id: number): void {
+    const sent = this.sent.get(id);
+    this.sent.delete(id);
+    if (sent?.serverId !== undefined && this.byServer.get(sent.serverId) === id) this.byServer.delete(sent.serverId);
   }
 
   private write(req: IWatchRequest): void {
@@ -140,27 +262,74 @@ export class WatchStream {
 
   private onResponse(stream: IDuplexStream<IWatchRequest, IWatchResponse>, res: IWatchResponse): void {
     if (stream !== this.stream) return;
-    this.pingSentAt = 0;
+    this.heard++;
     this.backoff = cappedBackoff().next();
     this.conn.checkHeader(res.header, false);
-    let id = Number(res.watch_id);
+    const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
+    let id: number | undefined;
     if (res.created) {
-      // etcd answers creates in order; 3.4 answers one it refused with id -1.
-      const i = id === ALL_WATCHES ? 0 : this.pendingCreates.indexOf(id);
-      const [created] = i >= 0 ? this.pendingCreates.splice(i, 1) : [];
-      if (id === ALL_WATCHES && res.canceled && created !== undefined) id = created;
+      // etcd answers creates in order; 3.4 answers one it refused with id -1. With
+      // serialCreates only one is in flight, whatever id the server gave it.
+      if (this.pendingCreates.length === 0) return;
+      const i = serverId === ALL_WATCHES || this.serialCreates ? 0 : this.pendingCreates.indexOf(serverId);
+      if (i < 0) {
+        // An id we never sent: the server numbers the watches itself (etcd's grpc-proxy).
+        // The ids of the other answers cannot be trusted: start again, one create at a time.
+        if (!this.serialCreates) {
+          this.serialCreates = true;
+          debug('the server answered a create with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
+          this.broken(new Error(`watch id ${serverId} chosen by the server`), 0);
+        }
+        return;
+      }
+      [id] = this.pendingCreates.splice(i, 1) as [number];
+      const sent = this.sent.get(id);
+      if (sent && !res.canceled) {
+        sent.serverId = serverId;
+        this.byServer.set(serverId, id);
+        if (sent.cancelOnCreate) {
+          this.forget(id);
+          this.write({ cancel_request: { watch_id: serverId } });
+        }
+      }
+      if (this.serialCreates) this.sendQueued();
+      if (!sent || sent.cancelOnCreate) return;
+    } else if (serverId === ALL_WATCHES) {
+      id = ALL_WATCHES;
+    } else {
+      id = this.byServer.get(serverId) ?? (this.serialCreates ? undefined : serverId);
     }
     if (id === ALL_WATCHES) {
-      for (const target of this.targets.values()) target.nextRevision = Math.max(target.nextRevision, revision + 1);
+      this.onProgress(revision);
+      return;
+    }
+    if (id === undefined) return;
+    const sent = this.sent.get(id);
+    if (sent && sent.target === undefined) {
+      this.onCanary(id, sent, res);
       return;
     }
     const target = this.targets.get(id);
     if (!target) return; // removed while the response was in flight
     if (res.canceled) {
+      this.forget(id);
+      const compacted = Number(res.compact_revision) > 0;
+      if (compacted && sent && sent.startRevision < sent.skipBelow && Number(res.compact_revision) <= sent.skipBelow) {
+        // Asked for one revision early, and that one was just compacted: the revision the
+        // watch needs is still there. Ask for it exactly (under a new id: etcd may hold the old one).
+        debug('watch %d %s: revision %d compacted, asking for %d exactly', id, target.name, sent.startRevision, sent.skipBelow);
+        this.write({ cancel_request: { watch_id: sent.serverId ?? id } });
+        this.targets.delete(id);
+        const fresh = this.nextId++;
+        this.ids.set(target, fresh);
+        this.targets.set(fresh, target);
+        this.exactStart.add(target);
+        this.create(fresh, target);
+        return;
+      }
       this.targets.delete(id);
       this.ids.delete(target);
-      const compacted = Number(res.compact_revision) > 0;
       const reason = compacted
         ? `revision ${target.nextRevision} was compacted (etcd keeps history from ${res.compact_revision})`
         : res.cancel_reason || 'canceled by etcd';
@@ -178,10 +347,39 @@ export class WatchStream {
       return;
     }
     if (res.events.length > 0) {
-      target.nextRevision = Number(res.events[res.events.length - 1]!.kv.mod_revision) + 1;
-      this.guard(() => target.onEvents(res.events));
+      // The watch started one revision early: what is below skipBelow was delivered before.
+      const skip = sent?.skipBelow ?? 0;
+      const events = res.events.filter((e) => Number(e.kv.mod_revision) >= skip);
+      if (events.length === 0) return;
+      target.nextRevision = Number(events[events.length - 1]!.kv.mod_revision) + 1;
+      this.guard(() => target.onEvents(events));
     } else {
       target.nextRevision = Math.max(target.nextRevision, revision + 1);
+    }
+  }
+
+  /**
+   * An answer to a progress request: every watch created before the request was sent
+   * has seen everything up to `revision` (the answer may belong to any request sent
+   * since the last answer, so only the watches created before the first of those count).
+   */
+  private onProgress(revision: number): void {
+    this.progressAnswers++;
+    this.progressMisses = 0;
+    for (const sent of this.sent.values()) {
+      if (sent.target && sent.serverId !== undefined && sent.progressSeq <= this.progressFrom) {
+        sent.target.nextRevision = Math.max(sent.target.nextRevision, revision + 1);
+      }
+    }
+    this.progressFrom = this.progressSeq;
+  }
+
+  private onCanary(id: number, sent: Sent, res: IWatchResponse): void {
+    if (res.canceled) {
+      this.forget(id);
+    } else if (res.created && sent.serverId !== undefined) {
+      this.forget(id);
+      this.write({ cancel_request: { watch_id: sent.serverId } });
     }
   }
 
@@ -206,7 +404,14 @@ export class WatchStream {
   private teardown(reason: string): void {
     const stream = this.stream;
     this.stream = undefined;
+    this.sent = new Map();
+    this.byServer = new Map();
     this.pendingCreates = [];
+    this.createQueue = [];
+    this.progressSeq = 0;
+    this.progressFrom = 0;
+    this.heard = 0;
+    this.progressAnswers = 0;
     this.stopPing();
     if (stream) {
       debug('stream closed: %s', reason);
@@ -230,30 +435,65 @@ export class WatchStream {
     this.reopenTimer.unref();
   }
 
+  /**
+   * Every request timeout: a probe that went unanswered for a request timeout is
+   * followed by a canary if it had none; an unanswered canary means the stream is dead.
+   * Any response on the stream answers a probe.
+   */
   private startPing(): void {
     this.stopPing();
     const timeout = this.conn.requestTimeoutMs;
-    this.pingTimer = setInterval(() => {
-      if (!this.stream) return;
-      if (this.pingSentAt !== 0 && Date.now() - this.pingSentAt >= timeout) {
-        debug('no answer to a progress request within %d ms: stream is dead', timeout);
+    this.pingTimer = setInterval(() => this.tick(timeout), timeout);
+    this.pingTimer.unref();
+  }
+
+  private tick(timeout: number): void {
+    if (!this.stream) return;
+    const now = Date.now();
+    const probe = this.probe;
+    if (probe) {
+      if (this.heard > probe.heard) {
+        if (probe.progressAnswers !== undefined && this.progressAnswers === probe.progressAnswers) this.progressMisses++;
+        this.probe = undefined;
+      } else if (now - probe.sentAt < timeout) {
+        return;
+      } else if (!probe.canary) {
+        debug('no answer to a progress request within %d ms: asking with a canary watch', timeout);
+        this.sendProbe(now, true, probe.progressAnswers);
+        return;
+      } else {
+        debug('no answer on the watch stream within %d ms of a canary watch: stream is dead', timeout);
         this.conn.markUnreachable(new Error('watch stream stopped answering'));
         this.conn.rebuild('watch stream stopped answering');
         this.broken(new Error('watch stream stopped answering'));
         return;
       }
-      if (this.pingSentAt === 0) {
-        this.pingSentAt = Date.now();
-        this.write({ progress_request: {} });
-      }
-    }, timeout);
-    this.pingTimer.unref();
+    }
+    this.sendProbe(now, false, undefined);
+  }
+
+  /** `progressAnswers`: the count when the progress request of the probe being escalated was sent. */
+  private sendProbe(now: number, escalate: boolean, progressAnswers: number | undefined): void {
+    let progress = false;
+    if (!escalate) {
+      this.probes++;
+      progress = this.progressMisses < PROGRESS_MISSES || this.probes % PROGRESS_RETRY_PROBES === 0;
+    }
+    const canary = escalate || !progress;
+    if (progress) {
+      // Written before the canary: a canary in the future would keep etcd from answering it.
+      this.write({ progress_request: {} });
+      this.progressSeq++;
+      progressAnswers = this.progressAnswers;
+    }
+    if (canary && ![...this.sent.values()].some((s) => s.target === undefined)) this.create(this.nextId++, undefined);
+    this.probe = { sentAt: now, heard: this.heard, canary, progressAnswers };
   }
 
   private stopPing(): void {
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = undefined;
-    this.pingSentAt = 0;
+    this.probe = undefined;
   }
 
   close(): void {

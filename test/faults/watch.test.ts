@@ -81,8 +81,13 @@ describe('watches and connections under faults', () => {
     const unreachable = timeUntil(watcher, 'etcd-unreachable');
     const aUnreachable = timeUntil(a, 'etcd-unreachable');
     proxy.setMode('blackhole');
-    measured('black-holed connection noticed by a watcher', await unreachable);
-    measured('black-holed connection noticed by a registrar', await aUnreachable);
+    const watcherNoticed = await unreachable;
+    const registrarNoticed = await aUnreachable;
+    measured('black-holed connection noticed by a watcher', watcherNoticed);
+    measured('black-holed connection noticed by a registrar', registrarNoticed);
+    // At the default request timeout of 1 s.
+    expect(watcherNoticed).toBeLessThan(3000);
+    expect(registrarNoticed).toBeLessThan(3000);
     // Meanwhile a change the watcher cannot see yet, and our lease expires in etcd.
     owned.push(await writer.register({ service: 'web', address: '10.0.2.2:80' }));
     await sleep(2500);
