@@ -9,8 +9,9 @@
  *   any ──close()──► closed (current and retired leases revoked, bounded)
  *
  * Keepalive: a request every TTL/3 on one stream; an ack deadline of
- * min(request timeout, TTL/3) per request (unanswered: the connection is
- * rebuilt, so a second try on a fresh connection fits in the TTL); no ack for a
+ * min(TTL/2, request timeout + TTL/3) per request (a grpc-proxy answers only
+ * when its own upstream keepalive, every TTL/3, does; unanswered: the
+ * connection is rebuilt, so a second try on a fresh connection fits in the TTL); no ack for a
  * whole TTL (etcd has expired the lease by then), a TTL of 0, or "lease not
  * found" make the lease lost. The session knows nothing of keys.
  */
@@ -208,8 +209,11 @@ export class LeaseSession {
       return;
     }
     if (!this.ackTimer) {
-      // Leave time for a second attempt on a fresh connection before etcd's TTL runs out.
-      const deadline = Math.min(this.conn.requestTimeoutMs, (this.ttlSeconds * 1000) / 3);
+      // etcd's grpc-proxy answers a keepalive only when its own upstream keepalive (every TTL/3)
+      // comes back: allow for that wait, and still leave half the TTL for a second attempt on a
+      // fresh connection before etcd's TTL runs out.
+      const ttlMs = this.ttlSeconds * 1000;
+      const deadline = Math.min(ttlMs / 2, this.conn.requestTimeoutMs + ttlMs / 3);
       this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
       this.ackTimer.unref();
     }
