@@ -75,6 +75,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       leaseLost: (leaseId, reason) => this.emit('lease-lost', { leaseId, reason }),
       reregistered: (leaseId, endpoints) => this.emit('reregistered', { leaseId, endpoints }),
       restored: (endpoint) => this.emit('restored', endpoint),
+      healthy: (endpoint) => this.emit('healthy', { endpoint }),
+      unhealthy: (endpoint, reason) => this.emit('unhealthy', { endpoint, reason }),
       status: (state) => this.setStatus(state),
       error: (e) => this.reportError(e),
     });

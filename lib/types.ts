@@ -43,6 +43,10 @@ export interface RegistryEvents {
   reregistered: [info: { leaseId: string; endpoints: readonly Endpoint[] }];
   /** An owned key deleted by someone else was put back. */
   restored: [endpoint: Endpoint];
+  /** An endpoint's health check passes (again): it is listed in etcd. */
+  healthy: [info: { endpoint: Endpoint }];
+  /** An endpoint's health check failed `failures` times in a row: it is out of etcd, still owned. */
+  unhealthy: [info: { endpoint: Endpoint; reason: string }];
   /** A service's local list changed. */
   change: [event: ChangeEvent];
   /** A service's list was re-read from etcd (compaction, data loss, a new watch). */

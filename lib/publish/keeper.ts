@@ -26,6 +26,7 @@ import { logger } from '../log';
 import { delay } from '../time';
 import type { Endpoint } from '../types';
 import type { WatchStream } from '../watch-stream';
+import { HealthCheck, type HealthSpec, type HealthState } from './health';
 import { Intents, type Write } from './intents';
 import { LeaseSession } from './lease-session';
 import { OwnershipGuard } from './ownership-guard';
@@ -46,12 +47,16 @@ export interface KeeperHooks {
   leaseLost(leaseId: string, reason: string): void;
   reregistered(leaseId: string, endpoints: readonly Endpoint[]): void;
   restored(endpoint: Endpoint): void;
+  healthy(endpoint: Endpoint): void;
+  unhealthy(endpoint: Endpoint, reason: string): void;
   status(status: KeeperStatus): void;
   error(error: Error): void;
 }
 
 export class LeaseKeeper {
   private readonly intents = new Intents();
+  /** Health checks of the owned keys that have one. */
+  private readonly checks = new Map<string, HealthCheck>();
   private readonly session: LeaseSession;
   private readonly guard: OwnershipGuard;
   private readonly limiters = new Map<RecoveryCause, RecoveryLimiter>();
@@ -107,14 +112,60 @@ export class LeaseKeeper {
 
   /**
    * Owns the endpoint (replacing what this registry had under its key). `done`
-   * resolves once it is in etcd on this registry's lease; `token` names the call
-   * for abandon().
+   * resolves once it is in etcd on this registry's lease (with a health check:
+   * after its first pass); `token` names the call for abandon().
    */
-  add(endpoint: Endpoint, value: string): { token: number; done: Promise<void> } {
+  add(endpoint: Endpoint, value: string, health?: HealthSpec): { token: number; done: Promise<void> } {
     if (this.closed) return { token: 0, done: Promise.reject(new RegistryClosedError('register')) };
-    const intent = this.intents.intend(endpoint.key, { endpoint, value: Buffer.from(value) });
+    const { key } = endpoint;
+    const previous = this.checks.get(key);
+    const listedBefore = this.intents.endpoint(key) !== undefined && (previous === undefined || previous.state === 'passing');
+    const intent = this.intents.intend(key, { endpoint, value: Buffer.from(value) }, health === undefined);
+    previous?.stop();
+    this.checks.delete(key);
+    if (health) {
+      // A key already listed stays listed until its new check fails.
+      const check = new HealthCheck(key, health, {
+        healthy: () => this.onHealth(key, check, true, ''),
+        unhealthy: (reason) => this.onHealth(key, check, false, reason),
+      }, listedBefore ? 'passing' : 'unknown');
+      this.checks.set(key, check);
+      check.start();
+    } else {
+      this.intents.setHealthy(key, true);
+    }
     this.kick();
     return intent;
+  }
+
+  /** 'passing' | 'failing', or 'unknown' (no check, or no verdict yet). */
+  health(key: string): HealthState {
+    return this.checks.get(key)?.state ?? 'unknown';
+  }
+
+  private onHealth(key: string, check: HealthCheck, healthy: boolean, reason: string): void {
+    if (this.closed || this.checks.get(key) !== check) return;
+    const endpoint = this.intents.endpoint(key);
+    if (!endpoint) return;
+    this.intents.setHealthy(key, healthy);
+    this.outbox.push(healthy ? () => this.hooks.healthy(endpoint) : () => this.hooks.unhealthy(endpoint, reason));
+    this.kick();
+  }
+
+  /**
+   * Takes an owned endpoint out of etcd (`paused`) without giving it up, or puts
+   * it back (once its health check passes). Resolves once etcd holds the result;
+   * undefined if the key is not owned. Idempotent.
+   */
+  setPaused(key: string, paused: boolean): Promise<void> | undefined {
+    if (this.closed) return Promise.reject(new RegistryClosedError(paused ? 'pause' : 'resume'));
+    const done = this.intents.setPaused(key, paused);
+    this.kick();
+    return done;
+  }
+
+  isPaused(key: string): boolean {
+    return this.intents.isPaused(key);
   }
 
   /**
@@ -126,13 +177,21 @@ export class LeaseKeeper {
   abandon(key: string, token: number, error: Error): void {
     if (this.closed) return;
     if (this.intents.withdraw(key, token, 'put', error)) debug('registration of %s abandoned: %s', key, error.message);
+    this.forgetCheckUnlessOwned(key);
     this.kick();
+  }
+
+  private forgetCheckUnlessOwned(key: string): void {
+    if (this.intents.endpoint(key) !== undefined) return;
+    this.checks.get(key)?.stop();
+    this.checks.delete(key);
   }
 
   /** Stops owning the endpoint and deletes its key (only while the key is on a lease of ours). */
   remove(key: string): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('unregister'));
     const { done } = this.intents.intend(key, undefined);
+    this.forgetCheckUnlessOwned(key);
     this.kick();
     return done;
   }
@@ -296,7 +355,10 @@ export class LeaseKeeper {
   private refused(e: unknown, writes: readonly Write[], doing: string): void {
     if (isUnreachableError(e) || e instanceof RegistryClosedError) return;
     const error = this.conn.error(e, doing);
-    for (const w of writes) this.intents.refuse(w, error);
+    for (const w of writes) {
+      this.intents.refuse(w, error);
+      this.forgetCheckUnlessOwned(w.key);
+    }
     this.outbox.push(() => this.hooks.error(error));
   }
 
@@ -410,6 +472,8 @@ export class LeaseKeeper {
   private async doClose(timeoutMs: number): Promise<RegistryError | undefined> {
     this.closed = true;
     this.abort.abort(new RegistryClosedError('close'));
+    for (const check of this.checks.values()) check.stop();
+    this.checks.clear();
     this.conn.off('reset', this.onReset);
     this.conn.off('unreachable', this.onUnreachable);
     this.conn.off('reachable', this.onReachable);
