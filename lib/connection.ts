@@ -49,6 +49,8 @@ export interface ConnectionEvents {
   rebuilt: [generation: number];
   /** etcd lost its history (wiped member, another cluster): re-read and re-put everything. */
   reset: [reason: string];
+  /** A reset is suspected; 'reset' follows only if a linearizable read confirms it. */
+  suspected: [reason: string];
 }
 
 /** Errors that mean "etcd did not answer", as opposed to "etcd said no". */
@@ -532,6 +534,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   suspectReset(reason: string): void {
     if (this.closed) return;
     debug('etcd suspected of losing its data: %s', reason);
+    this.emit('suspected', reason);
     this.suspicion ??= reason;
     if (!this.confirming) void this.confirmResets();
   }
