@@ -1,9 +1,12 @@
 /**
  * Owns the etcd3 client: per-call deadlines (etcd3 sets none), failover across
- * members, the first contact (retried with backoff up to the connect timeout),
- * a watchdog that notices a stalled or black-holed connection and rebuilds the
- * client, and detection of data loss (revisions going backwards or a new cluster
- * id in the answer to a linearizable read).
+ * members within the request timeout (MemberPolicy/FailoverPolicy replace etcd3's
+ * circuit breakers), the first contact (retried with backoff up to the connect
+ * timeout), a watchdog that notices a stalled or black-holed connection and rebuilds
+ * the client (always on every member), a member check that brings skipped members
+ * back, and detection of data loss: suspected from headers (revision going backwards,
+ * a new cluster id) or reportReset(), confirmed by linearizable reads before 'reset'
+ * goes out, and 'reset' rate-limited.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
@@ -273,6 +276,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private reachable = true;
   private contact: Promise<void> | undefined;
   private maxRevision = 0;
+  /** The highest revision a linearizable read answered (etcd vouched for it; see confirmLoss). */
+  private vouchedRevision = 0;
   private clusterId: string | undefined;
   /** Increments with every confirmed reset: a check that started before one says nothing new. */
   private resetEpoch = 0;
@@ -451,29 +456,70 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * answer too: etcd is there, and the calls that need the permission will say so.
    */
   private async probe(deadlineMs: number): Promise<string | undefined> {
-    const baseline = { revision: this.maxRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
+    const baseline = { revision: this.maxRevision, vouched: this.vouchedRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
     const header = await this.call((c) => this.probeWith(c, deadlineMs));
     if (!header) return undefined;
     const revision = Number(header.revision);
     const clusterId = knownClusterId(header.cluster_id);
     // A reset confirmed while this read was out: this one says nothing new.
-    const fresh = baseline.epoch === this.resetEpoch;
+    const fresh = (): boolean => baseline.epoch === this.resetEpoch;
     let verdict: string | undefined;
-    if (fresh && clusterId !== undefined && baseline.clusterId !== undefined && clusterId !== baseline.clusterId) {
+    if (fresh() && clusterId !== undefined && baseline.clusterId !== undefined && clusterId !== baseline.clusterId) {
       verdict = `a linearizable read answered from cluster ${clusterId}, not ${baseline.clusterId}`;
-    } else if (fresh && revision < baseline.revision) {
-      verdict = `a linearizable read answered revision ${revision}, behind revision ${baseline.revision} seen before it`;
+    } else if (fresh() && revision < baseline.revision) {
+      verdict = await this.confirmLoss(baseline.revision, baseline.vouched, revision, deadlineMs);
     }
-    if (verdict !== undefined) {
+    if (verdict !== undefined && fresh()) {
       this.resetEpoch++;
       this.maxRevision = revision;
+      this.vouchedRevision = revision;
       if (clusterId !== undefined) this.clusterId = clusterId;
       this.emitReset(verdict);
       return verdict;
     }
     if (clusterId !== undefined) this.clusterId ??= clusterId;
     if (revision > this.maxRevision) this.maxRevision = revision;
+    if (revision > this.vouchedRevision) this.vouchedRevision = revision;
     return undefined;
+  }
+
+  /**
+   * etcd answered revision `now`, behind `seen`: lost history, or only a header that ran
+   * ahead (etcd's gRPC proxy puts a revision of its own, one ahead, in watch answers) or
+   * behind (the proxy's and a lagging member's answers)? A read at `seen` tells: "future
+   * revision" means etcd does not have it. When `seen` never came from a linearizable
+   * answer, the loss counts only if the last revision one vouched for is gone too.
+   */
+  private async confirmLoss(seen: number, vouched: number, now: number, deadlineMs: number): Promise<string | undefined> {
+    if (!(await this.lostRevision(seen, deadlineMs))) {
+      if (seen > this.vouchedRevision) this.vouchedRevision = seen;
+      return undefined;
+    }
+    const lost = (r: number): string => `etcd no longer has revision ${r}, seen before: a read at it is "a future revision" (etcd answers revision ${now})`;
+    if (vouched >= seen) return lost(seen);
+    if (vouched > now && (await this.lostRevision(vouched, deadlineMs))) return lost(vouched);
+    debug('revision %d was only ever in answers no linearizable read vouched for (etcd at %d, vouched for %d): not a reset', seen, now, vouched);
+    // Start again from what etcd does have, or the same header would be suspected again and again.
+    if (this.maxRevision === seen) this.maxRevision = Math.max(now, vouched);
+    return undefined;
+  }
+
+  /**
+   * Whether etcd lost `revision`, which it answered before: a linearizable read at that
+   * revision says "future revision" only then. A header alone cannot tell (see confirmLoss).
+   * A refusal for permission cannot tell either.
+   */
+  private async lostRevision(revision: number, deadlineMs: number): Promise<boolean> {
+    try {
+      await this.call((c) =>
+        c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true, revision: String(revision) }, { deadline: Date.now() + deadlineMs }),
+      );
+      return false;
+    } catch (e) {
+      if (e instanceof Error && /required revision is a future revision/.test(e.message)) return true;
+      if (e instanceof EtcdPermissionDeniedError || (e instanceof Error && /required revision has been compacted/.test(e.message))) return false;
+      throw e;
+    }
   }
 
   /**
@@ -510,6 +556,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         return;
       }
     }
+    if (linearizable && revision > this.vouchedRevision) this.vouchedRevision = revision;
     if (revision < this.maxRevision) {
       this.suspectReset(`revision went backwards from ${this.maxRevision} to ${revision}${linearizable ? '' : ' (not a linearizable answer)'}`);
     } else {

@@ -3,11 +3,12 @@
  * linearizable read before 'reset' goes out; a header with cluster id 0 (what
  * etcd's gRPC proxy passes on) is "not told", never a change.
  */
+import { spawn } from 'node:child_process';
 import { Etcd3, type IResponseHeader } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import type { Connection } from '../../lib/connection';
-import { EtcdNode } from '../support/etcd';
+import { EtcdNode, findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { expectConverged, faultRegistry, sleep, timeUntil } from './support';
 
@@ -116,5 +117,41 @@ describe('suspected resets on one etcd member', () => {
     await eventually(async () => expect((await client.getAll().prefix(`${prefix}/services/`).keys()).length).toBe(1), { timeout: 10_000 });
     await sleep(2500);
     expect(resets.length).toBe(1);
+  });
+
+  it("through etcd's gRPC proxy (cluster id 0 in headers), idle registries write nothing", async () => {
+    const prefix = uniquePrefix('grpc-proxy');
+    const port = await findFreePort();
+    const etcdBin = process.env.ETCD_BIN ?? findOnPath('etcd') ?? 'etcd';
+    const proxy = spawn(
+      etcdBin,
+      ['grpc-proxy', 'start', `--endpoints=${new URL(etcd.clientUrl).host}`, `--listen-addr=127.0.0.1:${port}`, `--advertise-client-url=127.0.0.1:${port}`],
+      { stdio: 'ignore' },
+    );
+    const proxied = new Etcd3({ hosts: `http://127.0.0.1:${port}` });
+    try {
+      await eventually(() => proxied.get('x').options({ deadline: Date.now() + 500 }).exec(), { timeout: 10_000, interval: 100 });
+      const endpoints = `http://127.0.0.1:${port}`;
+      const a = faultRegistry(endpoints, prefix);
+      const watcher = faultRegistry(endpoints, prefix);
+      open.push(a, watcher);
+      const resets: string[] = [];
+      connectionOf(a).on('reset', (r) => resets.push(r));
+      connectionOf(watcher).on('reset', (r) => resets.push(r));
+      const owned = [await a.register({ service: 'web', address: '10.0.12.1:80' })];
+      await expectConverged(client, prefix, owned, [watcher]);
+      const idleMs = Number(process.env.PROXY_IDLE_MS ?? 10_000);
+      const before = Number((await client.get('x').exec()).header.revision);
+      await sleep(idleMs);
+      const after = Number((await client.get('x').exec()).header.revision);
+      // measured() prints ms: this one is a count.
+      console.log(`[measure] etcd revisions written in ${idleMs / 1000} s idle through the gRPC proxy: ${after - before}`);
+      expect(resets).toEqual([]);
+      expect(after - before).toBeLessThanOrEqual(2);
+      await expectConverged(client, prefix, owned, [watcher]);
+    } finally {
+      proxied.close();
+      proxy.kill('SIGKILL');
+    }
   });
 });
