@@ -1,27 +1,33 @@
 /**
  * Owns the etcd3 client: per-call deadlines (etcd3 sets none), failover across
- * members, the first contact (retried with backoff up to the connect timeout),
- * a watchdog that notices a stalled or black-holed connection and rebuilds the
- * client, and detection of data loss (revisions going backwards or a new cluster
- * id in the answer to a linearizable read).
+ * members within the request timeout (MemberPolicy/FailoverPolicy replace etcd3's
+ * circuit breakers), the first contact (retried with backoff up to the connect
+ * timeout), a watchdog that notices a stalled or black-holed connection and rebuilds
+ * the client (always on every member), a member check that brings skipped members
+ * back, and detection of data loss: suspected from headers (revision going backwards,
+ * a new cluster id) or reportReset(), confirmed by linearizable reads before 'reset'
+ * goes out, and 'reset' rate-limited.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, noop, retry } from 'cockatiel';
+import { BrokenCircuitError, NoopPolicy, isBrokenCircuitError, noop, type IDefaultPolicyContext, type IPolicy } from 'cockatiel';
 import {
   Etcd3,
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
+  GRPCCancelledError,
   GRPCDeadlineExceededError,
+  GRPCUnavailableError,
   isRecoverableError,
   type IOptions,
   type IResponseHeader,
 } from 'etcd3';
-import { retryForever } from './backoff';
+import { cappedBackoff, retryForever } from './backoff';
 import { RegistryClosedError, RegistryError, quote } from './errors';
 import { logger } from './log';
-import { withDeadline } from './time';
+import { delay, withDeadline } from './time';
 import { tlsFailure, tlsHint } from './tls';
 
 const debug = logger('connection');
@@ -46,11 +52,155 @@ export interface ConnectionEvents {
   rebuilt: [generation: number];
   /** etcd lost its history (wiped member, another cluster): re-read and re-put everything. */
   reset: [reason: string];
+  /** A reset is suspected; 'reset' follows only if a linearizable read confirms it. */
+  suspected: [reason: string];
 }
 
 /** Errors that mean "etcd did not answer", as opposed to "etcd said no". */
 export function isUnreachableError(e: unknown): boolean {
-  return e instanceof Error && isRecoverableError(e);
+  // A BrokenCircuitError says every member was skipped for failing: nobody answered either.
+  return e instanceof Error && (isRecoverableError(e) || isBrokenCircuitError(e));
+}
+
+/** Consecutive failures after which a member is skipped while another one answers. */
+const MEMBER_DOWN_AFTER = 2;
+/** Least time between two linearizable reads that check a suspected reset. */
+const CONFIRM_GAP_MS = 200;
+/** Least time between two 'reset' events; it doubles while resets repeat, up to the max. */
+const RESET_MIN_GAP_MS = 1000;
+const RESET_MAX_GAP_MS = 30_000;
+
+/** A gRPC error that says the member could not be reached at all (refused, reset, no route). */
+function isConnectFailure(e: Error): boolean {
+  return e instanceof GRPCUnavailableError && /No connection established|ECONNREFUSED|ECONNRESET|EHOSTUNREACH|Connection dropped/i.test(e.message);
+}
+
+/** A cluster id that says something: etcd's gRPC proxy answers 0 ("not told"), never a change. */
+function knownClusterId(id: string | undefined): string | undefined {
+  return id === undefined || id === '' || id === '0' ? undefined : id;
+}
+
+/**
+ * Which members of one client answer. etcd3 puts a policy in front of each member (the
+ * "host" policy) and one around each call (the "global" policy); these two replace its
+ * circuit breakers, which refuse a call outright once every member has failed a couple of
+ * times (an election is enough) and surface as "Execution prevented because the circuit
+ * breaker is open". Here a failing member is only skipped while another one is not: when
+ * every member has failed, calls go through to all of them again. A skipped member comes
+ * back when the member check (watchdog) finds it answering, or when a call through it succeeds.
+ */
+class MemberHealth {
+  private readonly failures = new Map<string, number>();
+  private readonly down = new Set<string>();
+
+  constructor(readonly members: readonly string[]) {}
+
+  isDown(member: string): boolean {
+    return this.down.has(member);
+  }
+
+  /** Members currently skipped. */
+  get skipped(): string[] {
+    return this.members.filter((m) => this.down.has(m));
+  }
+
+  /** Skip `member` now: another member is up to take its calls. */
+  shouldSkip(member: string): boolean {
+    return this.down.has(member) && this.members.some((m) => m !== member && !this.down.has(m));
+  }
+
+  succeeded(member: string): void {
+    this.failures.delete(member);
+    if (this.down.delete(member)) debug('member %s answers again', member);
+  }
+
+  failed(member: string, e: Error): void {
+    // Cancelled: our own doing (a stream we closed), not the member's.
+    if (e instanceof GRPCCancelledError || !isRecoverableError(e)) return;
+    const count = (this.failures.get(member) ?? 0) + 1;
+    this.failures.set(member, count);
+    if (!this.down.has(member) && (count >= MEMBER_DOWN_AFTER || isConnectFailure(e))) {
+      this.down.add(member);
+      debug('member %s skipped while another answers: %s', member, e.message);
+    }
+  }
+
+  markDown(member: string, why: string): void {
+    if (this.down.has(member)) return;
+    this.down.add(member);
+    debug('member %s skipped while another answers: %s', member, why);
+  }
+}
+
+/** The end of the current call's time budget, seen by every attempt of it (see FailoverPolicy). */
+const callDeadline = new AsyncLocalStorage<number>();
+
+/** etcd3's per-member policy: skips a failing member while another one is up, never refuses a call. */
+class MemberPolicy extends NoopPolicy {
+  constructor(
+    private readonly health: MemberHealth,
+    private readonly member: string,
+  ) {
+    super();
+  }
+
+  override async execute<T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
+    // Thrown without calling through: etcd3 moves on to the next member.
+    if (this.health.shouldSkip(this.member)) throw new BrokenCircuitError(`etcd member ${this.member} skipped: it failed recently`);
+    try {
+      const result = await super.execute(fn, signal);
+      // Opening a stream proves nothing yet; a unary answer does.
+      if (!isStream(result)) this.health.succeeded(this.member);
+      return result;
+    } catch (e) {
+      if (e instanceof Error) this.health.failed(this.member, e);
+      throw e;
+    }
+  }
+}
+
+function isStream(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && typeof (value as { write?: unknown }).write === 'function';
+}
+
+/**
+ * etcd3's policy around each unary call: a call that failed for want of an answer is
+ * tried again on the next member at once (after each pass over all of them, with a short
+ * pause), and the whole call, every attempt included, ends at the request timeout: each
+ * attempt's gRPC deadline is the end of the call's budget (callDeadline). A call that ran
+ * into that deadline is not retried: its time is spent.
+ */
+class FailoverPolicy extends NoopPolicy {
+  constructor(
+    private readonly budgetMs: number,
+    private readonly members: readonly string[],
+  ) {
+    super();
+  }
+
+  override execute<T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
+    const deadline = Date.now() + this.budgetMs;
+    return callDeadline.run(deadline, async () => {
+      let pause = cappedBackoff(this.budgetMs / 4).next();
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await super.execute(fn, signal);
+        } catch (e) {
+          const left = deadline - Date.now();
+          const again = isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && left > 0 && signal?.aborted !== true;
+          if (!again) {
+            if (!isBrokenCircuitError(e)) throw e;
+            // Never etcd3's breaker: say that no member answered.
+            throw new GRPCUnavailableError(`no member of etcd at ${this.members.join(',')} answered within ${this.budgetMs} ms (${attempt} attempt(s))`);
+          }
+          if (attempt % this.members.length === 0) {
+            await delay(Math.min(pause.duration, left));
+            pause = pause.next(undefined);
+          }
+        }
+      }
+    });
+  }
 }
 
 /**
@@ -126,18 +276,35 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private reachable = true;
   private contact: Promise<void> | undefined;
   private maxRevision = 0;
+  /** The highest revision a linearizable read answered (etcd vouched for it; see confirmLoss). */
+  private vouchedRevision = 0;
   private clusterId: string | undefined;
+  /** Increments with every confirmed reset: a check that started before one says nothing new. */
+  private resetEpoch = 0;
+  /** A reset suspected and not yet checked by a linearizable read (the first reason given). */
+  private suspicion: string | undefined;
+  private confirming = false;
+  private lastConfirmStart = 0;
+  private lastResetAt = 0;
+  private resetGapMs = RESET_MIN_GAP_MS;
+  private pendingReset: string | undefined;
+  private resetTimer: NodeJS.Timeout | undefined;
   private watchdogTimer: NodeJS.Timeout | undefined;
   private watchdogBusy = false;
   private lastRebuild = 0;
   private rebuilding = false;
+  /** Which members of the current client answer. */
+  private health: MemberHealth;
+  /** Skipped members being probed on a connection of their own. */
+  private readonly checkingMembers = new Set<string>();
   private closed = false;
   private readonly abort = new AbortController();
 
   constructor(options: ConnectionOptions) {
     super();
     this.options = options;
-    this.client = this.createClient();
+    this.health = new MemberHealth(options.endpoints);
+    this.client = this.createClient(this.health);
   }
 
   get isClosed(): boolean {
@@ -163,20 +330,35 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return toRegistryError(e, doing, this.username);
   }
 
-  private createClient(endpoints: readonly string[] = this.options.endpoints): Etcd3 {
+  /** The members this connection was configured with. */
+  get members(): readonly string[] {
+    return this.options.endpoints;
+  }
+
+  /** Members the current client skips while another one answers (they failed recently). */
+  get skippedMembers(): string[] {
+    return this.health.skipped;
+  }
+
+  /**
+   * A client on every configured member (`health` tracks which of them answer), or, without
+   * `health`, a plain client on the given members (probes of one member).
+   */
+  private createClient(health: MemberHealth | undefined, endpoints: readonly string[] = this.options.endpoints): Etcd3 {
     const { requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
-    const many = endpoints.length > 1;
+    const many = health !== undefined && endpoints.length > 1;
     return new Etcd3({
       ...clientOptions,
       hosts: [...endpoints],
       dialTimeout: dialTimeoutMs,
-      // etcd3 sets no deadline: a stalled member would hang a call for ever.
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
+      // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
+      // one call shares the call's deadline (FailoverPolicy), so the call ends in time.
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: callDeadline.getStore() ?? Date.now() + requestTimeoutMs }),
       faultHandling: {
-        // Each retry picks another member: fail over at once, without delay.
-        global: many ? retry(handleWhen(isRecoverableError), { maxAttempts: endpoints.length - 1 }) : noop,
-        // A dead member is skipped for a second rather than the default five.
-        host: () => (many ? circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(2) }) : noop),
+        // Each retry picks another member: fail over at once, within the request timeout.
+        global: many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop,
+        // A failing member is skipped while another answers; never a refusal.
+        host: (member: string): IPolicy => (many ? new MemberPolicy(health, member) : noop),
       },
       grpcOptions: {
         // grpc-js shares connections between clients by default: a rebuilt
@@ -267,13 +449,77 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   /**
-   * A cheap linearizable read with a deadline; its header reveals data loss. A
-   * refusal for permission (a role limited to some services' prefixes) is an
+   * A cheap linearizable read with a deadline. Its header is checked against what was
+   * seen before it was sent: a linearizable answer can only be behind that if etcd lost
+   * its data. Resolves with the confirmed reason then (the 'reset' goes out too), else
+   * undefined. A refusal for permission (a role limited to some services' prefixes) is an
    * answer too: etcd is there, and the calls that need the permission will say so.
    */
-  private async probe(deadlineMs: number): Promise<void> {
+  private async probe(deadlineMs: number): Promise<string | undefined> {
+    const baseline = { revision: this.maxRevision, vouched: this.vouchedRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
     const header = await this.call((c) => this.probeWith(c, deadlineMs));
-    if (header) this.checkHeader(header, true);
+    if (!header) return undefined;
+    const revision = Number(header.revision);
+    const clusterId = knownClusterId(header.cluster_id);
+    // A reset confirmed while this read was out: this one says nothing new.
+    const fresh = (): boolean => baseline.epoch === this.resetEpoch;
+    let verdict: string | undefined;
+    if (fresh() && clusterId !== undefined && baseline.clusterId !== undefined && clusterId !== baseline.clusterId) {
+      verdict = `a linearizable read answered from cluster ${clusterId}, not ${baseline.clusterId}`;
+    } else if (fresh() && revision < baseline.revision) {
+      verdict = await this.confirmLoss(baseline.revision, baseline.vouched, revision, deadlineMs);
+    }
+    if (verdict !== undefined && fresh()) {
+      this.resetEpoch++;
+      this.maxRevision = revision;
+      this.vouchedRevision = revision;
+      if (clusterId !== undefined) this.clusterId = clusterId;
+      this.emitReset(verdict);
+      return verdict;
+    }
+    if (clusterId !== undefined) this.clusterId ??= clusterId;
+    if (revision > this.maxRevision) this.maxRevision = revision;
+    if (revision > this.vouchedRevision) this.vouchedRevision = revision;
+    return undefined;
+  }
+
+  /**
+   * etcd answered revision `now`, behind `seen`: lost history, or only a header that ran
+   * ahead (etcd's gRPC proxy puts a revision of its own, one ahead, in watch answers) or
+   * behind (the proxy's and a lagging member's answers)? A read at `seen` tells: "future
+   * revision" means etcd does not have it. When `seen` never came from a linearizable
+   * answer, the loss counts only if the last revision one vouched for is gone too.
+   */
+  private async confirmLoss(seen: number, vouched: number, now: number, deadlineMs: number): Promise<string | undefined> {
+    if (!(await this.lostRevision(seen, deadlineMs))) {
+      if (seen > this.vouchedRevision) this.vouchedRevision = seen;
+      return undefined;
+    }
+    const lost = (r: number): string => `etcd no longer has revision ${r}, seen before: a read at it is "a future revision" (etcd answers revision ${now})`;
+    if (vouched >= seen) return lost(seen);
+    if (vouched > now && (await this.lostRevision(vouched, deadlineMs))) return lost(vouched);
+    debug('revision %d was only ever in answers no linearizable read vouched for (etcd at %d, vouched for %d): not a reset', seen, now, vouched);
+    // Start again from what etcd does have, or the same header would be suspected again and again.
+    if (this.maxRevision === seen) this.maxRevision = Math.max(now, vouched);
+    return undefined;
+  }
+
+  /**
+   * Whether etcd lost `revision`, which it answered before: a linearizable read at that
+   * revision says "future revision" only then. A header alone cannot tell (see confirmLoss).
+   * A refusal for permission cannot tell either.
+   */
+  private async lostRevision(revision: number, deadlineMs: number): Promise<boolean> {
+    try {
+      await this.call((c) =>
+        c.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true, revision: String(revision) }, { deadline: Date.now() + deadlineMs }),
+      );
+      return false;
+    } catch (e) {
+      if (e instanceof Error && /required revision is a future revision/.test(e.message)) return true;
+      if (e instanceof EtcdPermissionDeniedError || (e instanceof Error && /required revision has been compacted/.test(e.message))) return false;
+      throw e;
+    }
   }
 
   /**
@@ -292,31 +538,115 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   /**
-   * Tracks the highest revision and the cluster id seen. `linearizable` answers
-   * must never be behind a revision already seen: if one is, etcd lost data.
+   * Tracks the highest revision and the cluster id seen. A header behind a revision
+   * already seen, or from another cluster, makes etcd suspected of having lost its
+   * data: a linearizable read decides (see suspectReset). A `linearizable` header may
+   * still be behind without any loss (its request went out before the answer that
+   * raised the revision came back), and any other header may come from a lagging member.
+   * A cluster id of 0 (what etcd's gRPC proxy passes on) is "not told": never a change.
    */
   checkHeader(header: IResponseHeader | undefined, linearizable: boolean): void {
     if (!header) return;
     const revision = Number(header.revision);
-    const clusterId = header.cluster_id;
-    let reason: string | undefined;
-    if (this.clusterId !== undefined && clusterId !== this.clusterId) {
-      reason = `cluster id changed from ${this.clusterId} to ${clusterId}`;
-    } else if (linearizable && revision < this.maxRevision) {
-      reason = `revision went backwards from ${this.maxRevision} to ${revision}`;
+    const clusterId = knownClusterId(header.cluster_id);
+    if (clusterId !== undefined) {
+      if (this.clusterId === undefined) this.clusterId = clusterId;
+      else if (clusterId !== this.clusterId) {
+        this.suspectReset(`cluster id changed from ${this.clusterId} to ${clusterId}`);
+        return;
+      }
     }
-    this.clusterId = clusterId;
-    if (reason !== undefined) {
-      this.maxRevision = revision;
-      this.reportReset(reason);
-    } else if (revision > this.maxRevision) {
+    if (linearizable && revision > this.vouchedRevision) this.vouchedRevision = revision;
+    if (revision < this.maxRevision) {
+      this.suspectReset(`revision went backwards from ${this.maxRevision} to ${revision}${linearizable ? '' : ' (not a linearizable answer)'}`);
+    } else {
       this.maxRevision = revision;
     }
   }
 
-  /** Somebody noticed lost history (e.g. a watch resumed past etcd's revision). */
+  /**
+   * Somebody noticed lost history (e.g. a watch resumed past etcd's revision). It is
+   * checked first: 'reset' goes out only once a linearizable read confirms it.
+   */
   reportReset(reason: string): void {
+    this.suspectReset(reason);
+  }
+
+  /**
+   * A reset is suspected: one linearizable read at a time checks it (suspicions that
+   * arrive meanwhile are checked by the next one), at most one every CONFIRM_GAP_MS,
+   * retried with backoff while etcd does not answer. 'reset' is emitted only when the
+   * read is behind what was seen before it was sent, or comes from another cluster.
+   */
+  suspectReset(reason: string): void {
     if (this.closed) return;
+    debug('etcd suspected of losing its data: %s', reason);
+    this.emit('suspected', reason);
+    this.suspicion ??= reason;
+    if (!this.confirming) void this.confirmResets();
+  }
+
+  private async confirmResets(): Promise<void> {
+    this.confirming = true;
+    let step = cappedBackoff().next();
+    try {
+      while (this.suspicion !== undefined && !this.closed) {
+        const wait = this.lastConfirmStart + CONFIRM_GAP_MS - Date.now();
+        if (wait > 0) await delay(wait, this.signal);
+        const reason = this.suspicion;
+        this.suspicion = undefined;
+        this.lastConfirmStart = Date.now();
+        try {
+          const verdict = await this.probe(this.options.requestTimeoutMs);
+          if (verdict === undefined) debug('not a reset (a linearizable read shows etcd at revision %d or later): %s', this.maxRevision, reason);
+          else debug('reset confirmed: %s (suspected: %s)', verdict, reason);
+          step = cappedBackoff().next();
+        } catch (e) {
+          if (this.closed) return;
+          // Cannot tell yet: keep suspecting and ask again.
+          this.suspicion ??= reason;
+          debug('could not check a suspected reset, again in %d ms: %s', step.duration, (e as Error).message);
+          await delay(step.duration, this.signal);
+          step = step.next(undefined);
+        }
+      }
+    } catch {
+      // closed
+    } finally {
+      this.confirming = false;
+    }
+  }
+
+  /**
+   * Emits a confirmed reset, at most one per RESET_MIN_GAP_MS; while resets keep coming
+   * the gap doubles (up to RESET_MAX_GAP_MS), so that no misdetection becomes a write loop.
+   * Resets confirmed within the gap go out together when it ends.
+   */
+  private emitReset(reason: string): void {
+    if (this.closed) return;
+    const due = this.lastResetAt + this.resetGapMs;
+    if (this.lastResetAt === 0 || Date.now() >= due) {
+      this.fireReset(reason);
+      return;
+    }
+    this.pendingReset ??= reason;
+    if (this.resetTimer) return;
+    debug('reset held back %d ms (resets repeat): %s', due - Date.now(), reason);
+    this.resetTimer = setTimeout(() => {
+      this.resetTimer = undefined;
+      const pending = this.pendingReset;
+      this.pendingReset = undefined;
+      if (pending !== undefined) this.fireReset(pending);
+    }, due - Date.now());
+    this.resetTimer.unref();
+  }
+
+  private fireReset(reason: string): void {
+    if (this.closed) return;
+    const now = Date.now();
+    const repeat = this.lastResetAt !== 0 && now - this.lastResetAt < 2 * this.resetGapMs;
+    this.resetGapMs = repeat ? Math.min(2 * this.resetGapMs, RESET_MAX_GAP_MS) : RESET_MIN_GAP_MS;
+    this.lastResetAt = now;
     debug('etcd lost its data: %s', reason);
     this.emit('reset', reason);
   }
@@ -338,7 +668,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private startWatchdog(): void {
     if (this.watchdogTimer || this.closed) return;
     const interval = this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
-    this.watchdogTimer = setInterval(() => void this.watchdog(), interval);
+    this.watchdogTimer = setInterval(() => {
+      void this.watchdog();
+      this.checkSkippedMembers();
+    }, interval);
     this.watchdogTimer.unref();
   }
 
@@ -359,11 +692,32 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   /**
-   * Replaces the client with a fresh one (new channels, new TCP connections).
-   * With several members, each is probed on its own first and the new client
-   * uses only those that answered, so it cannot land on the silent one again.
-   * Streams opened on the old client fail and their owners reopen them on the
-   * new client. Rate-limited to once per request timeout.
+   * Each member the current client skips is probed on a connection of its own: once it
+   * answers, calls go to it again (a member that was killed and restarted, or came back).
+   */
+  private checkSkippedMembers(): void {
+    const health = this.health;
+    for (const member of health.skipped) {
+      if (this.checkingMembers.has(member)) continue;
+      this.checkingMembers.add(member);
+      const probe = this.createClient(undefined, [member]);
+      this.probeWith(probe, this.options.requestTimeoutMs)
+        .then(() => health.succeeded(member))
+        .catch((e: Error) => debug('skipped member %s still does not answer: %s', member, e.message))
+        .finally(() => {
+          probe.close();
+          this.checkingMembers.delete(member);
+        });
+    }
+  }
+
+  /**
+   * Replaces the client with a fresh one (new channels, new TCP connections), always on
+   * every configured member. With several members, each is probed on its own first and
+   * those that did not answer start out skipped, so the new client does not land on the
+   * silent one again; the member check brings them back once they answer. Streams opened
+   * on the old client fail and their owners reopen them on the new client.
+   * Rate-limited to once per request timeout.
    */
   rebuild(reason: string): void {
     if (this.closed || this.rebuilding) return;
@@ -372,12 +726,17 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.lastRebuild = now;
     this.rebuilding = true;
     void this.answeringMembers()
-      .then((members) => {
+      .then((answered) => {
         if (this.closed) return;
         const old = this.client;
-        this.client = this.createClient(members);
+        const health = new MemberHealth(this.options.endpoints);
+        if (answered.length > 0) {
+          for (const member of this.options.endpoints) if (!answered.includes(member)) health.markDown(member, 'did not answer the probe before the rebuild');
+        }
+        this.health = health;
+        this.client = this.createClient(health);
         this.generation++;
-        debug('client rebuilt (generation %d) on %s: %s', this.generation, members.join(','), reason);
+        debug('client rebuilt (generation %d) on %s, answering: %s: %s', this.generation, this.options.endpoints.join(','), answered.join(',') || 'none', reason);
         this.emit('rebuilt', this.generation);
         old.close();
       })
@@ -386,7 +745,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       });
   }
 
-  /** The members that answer a probe on a connection of their own; all of them if none does. */
+  /** The members that answer a probe on a connection of their own (the first answer and those within 50 ms of it). */
   private answeringMembers(): Promise<string[]> {
     const all = this.options.endpoints;
     if (all.length === 1) return Promise.resolve([...all]);
@@ -397,12 +756,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       const finish = (): void => {
         clearTimeout(grace);
         clearTimeout(limit);
-        resolve(answered.length > 0 ? [...answered] : [...all]);
+        resolve([...answered]);
       };
       const limit = setTimeout(finish, this.options.requestTimeoutMs);
       limit.unref();
       for (const member of all) {
-        const probe = this.createClient([member]);
+        const probe = this.createClient(undefined, [member]);
         this.probeWith(probe, this.options.requestTimeoutMs)
           .then(() => {
             answered.push(member);
@@ -427,6 +786,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.closed) return;
     this.closed = true;
     if (this.watchdogTimer) clearInterval(this.watchdogTimer);
+    if (this.resetTimer) clearTimeout(this.resetTimer);
     this.abort.abort(new RegistryClosedError('close'));
     this.client.close();
     debug('closed');

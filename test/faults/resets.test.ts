@@ -1,0 +1,157 @@
+/**
+ * Data-loss detection on one etcd member: a suspected reset is confirmed by a
+ * linearizable read before 'reset' goes out; a header with cluster id 0 (what
+ * etcd's gRPC proxy passes on) is "not told", never a change.
+ */
+import { spawn } from 'node:child_process';
+import { Etcd3, type IResponseHeader } from 'etcd3';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Registry } from '../../lib';
+import type { Connection } from '../../lib/connection';
+import { EtcdNode, findFreePort, findOnPath } from '../support/etcd';
+import { eventually, uniquePrefix } from '../support/env';
+import { expectConverged, faultRegistry, sleep, timeUntil } from './support';
+
+function connectionOf(r: Registry): Connection {
+  return (r as unknown as { conn: Connection }).conn;
+}
+
+/** What the connection remembers (private): the cluster id and the highest revision seen. */
+function remembered(conn: Connection): { clusterId: string | undefined; maxRevision: number } {
+  const c = conn as unknown as { clusterId: string | undefined; maxRevision: number };
+  return { clusterId: c.clusterId, maxRevision: c.maxRevision };
+}
+
+describe('suspected resets on one etcd member', () => {
+  const etcd = new EtcdNode();
+  let client: Etcd3;
+  const open: Registry[] = [];
+  const reg = (prefix: string): Registry => {
+    const r = faultRegistry(etcd.clientUrl, prefix);
+    open.push(r);
+    return r;
+  };
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterEach(async () => {
+    if (!etcd.isRunning) await etcd.restart();
+    await Promise.all(open.splice(0).map((r) => r.close()));
+  });
+  afterAll(async () => {
+    client.close();
+    await etcd.stop();
+  });
+
+  /** A registry that registered one endpoint and watches its service, with its connection's events counted. */
+  async function watched(prefix: string): Promise<{
+    a: Registry;
+    conn: Connection;
+    resets: string[];
+    suspected: string[];
+    resynced: () => number;
+    header: IResponseHeader;
+  }> {
+    const a = reg(prefix);
+    const owned = [await a.register({ service: 'web', address: '10.0.11.1:80' })];
+    await expectConverged(client, prefix, owned, [a]);
+    const conn = connectionOf(a);
+    const resets: string[] = [];
+    const suspected: string[] = [];
+    conn.on('reset', (r) => resets.push(r));
+    conn.on('suspected', (r) => suspected.push(r));
+    let resynced = 0;
+    a.on('resynced', () => resynced++);
+    const header = (await client.get(`${prefix}/x`).exec()).header;
+    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(Number(header.revision) - 1), { timeout: 5000 });
+    return { a, conn, resets, suspected, resynced: () => resynced, header };
+  }
+
+  it('a header with cluster id 0 neither emits reset nor changes the remembered cluster id', async () => {
+    const { conn, resets, suspected, header } = await watched(uniquePrefix('cluster-id-0'));
+    const before = remembered(conn);
+    expect(before.clusterId).toBe(header.cluster_id);
+    expect(before.clusterId).not.toBe('0');
+    for (let i = 0; i < 50; i++) {
+      conn.checkHeader({ ...header, cluster_id: '0' }, false);
+      conn.checkHeader({ ...header, cluster_id: '0' }, true);
+    }
+    expect(suspected).toEqual([]);
+    await sleep(500);
+    expect(resets).toEqual([]);
+    expect(remembered(conn).clusterId).toBe(before.clusterId);
+  });
+
+  it('suspected resets that a linearizable read does not confirm emit no reset: no re-read, no re-put', async () => {
+    const prefix = uniquePrefix('spurious');
+    const { conn, resets, suspected, resynced, header } = await watched(prefix);
+    const revisionBefore = Number((await client.get(`${prefix}/x`).exec()).header.revision);
+    const clusterBefore = remembered(conn).clusterId;
+    // What a lagging member, a stray answer or the watch stream would report.
+    conn.checkHeader({ ...header, revision: '1' }, false);
+    conn.checkHeader({ ...header, revision: '1' }, true);
+    conn.checkHeader({ ...header, cluster_id: '12345' }, true);
+    conn.reportReset(`watch service web resumed at revision ${revisionBefore + 1000}, but etcd is at 1`);
+    await sleep(1500);
+    expect(resets).toEqual([]);
+    expect(suspected.length).toBe(4);
+    expect(resynced()).toBe(0);
+    expect(remembered(conn).clusterId).toBe(clusterBefore);
+    // Nothing was written again: etcd's revision did not move.
+    expect(Number((await client.get(`${prefix}/x`).exec()).header.revision)).toBe(revisionBefore);
+  });
+
+  it('a real data loss (etcd wiped) is confirmed and emits reset, once, and everything is put back', async () => {
+    const prefix = uniquePrefix('wiped');
+    const { a, conn, resets } = await watched(prefix);
+    for (let i = 0; i < 30; i++) await client.put(`${prefix}/noise`).value(String(i));
+    await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
+    const resynced = timeUntil(a, 'resynced');
+    await etcd.restart({ wipe: true });
+    // Suspicions pour in (every header is behind); one read confirms them.
+    for (let i = 0; i < 20; i++) conn.reportReset('watch resumed past etcd\'s revision (test)');
+    await eventually(() => expect(resets.length).toBeGreaterThan(0), { timeout: 10_000 });
+    await resynced;
+    await eventually(async () => expect((await client.getAll().prefix(`${prefix}/services/`).keys()).length).toBe(1), { timeout: 10_000 });
+    await sleep(2500);
+    expect(resets.length).toBe(1);
+  });
+
+  it("through etcd's gRPC proxy (cluster id 0 in headers), idle registries write nothing", async () => {
+    const prefix = uniquePrefix('grpc-proxy');
+    const port = await findFreePort();
+    const etcdBin = process.env.ETCD_BIN ?? findOnPath('etcd') ?? 'etcd';
+    const proxy = spawn(
+      etcdBin,
+      ['grpc-proxy', 'start', `--endpoints=${new URL(etcd.clientUrl).host}`, `--listen-addr=127.0.0.1:${port}`, `--advertise-client-url=127.0.0.1:${port}`],
+      { stdio: 'ignore' },
+    );
+    const proxied = new Etcd3({ hosts: `http://127.0.0.1:${port}` });
+    try {
+      await eventually(() => proxied.get('x').options({ deadline: Date.now() + 500 }).exec(), { timeout: 10_000, interval: 100 });
+      const endpoints = `http://127.0.0.1:${port}`;
+      const a = faultRegistry(endpoints, prefix);
+      const watcher = faultRegistry(endpoints, prefix);
+      open.push(a, watcher);
+      const resets: string[] = [];
+      connectionOf(a).on('reset', (r) => resets.push(r));
+      connectionOf(watcher).on('reset', (r) => resets.push(r));
+      const owned = [await a.register({ service: 'web', address: '10.0.12.1:80' })];
+      await expectConverged(client, prefix, owned, [watcher]);
+      const idleMs = Number(process.env.PROXY_IDLE_MS ?? 10_000);
+      const before = Number((await client.get('x').exec()).header.revision);
+      await sleep(idleMs);
+      const after = Number((await client.get('x').exec()).header.revision);
+      // measured() prints ms: this one is a count.
+      console.log(`[measure] etcd revisions written in ${idleMs / 1000} s idle through the gRPC proxy: ${after - before}`);
+      expect(resets).toEqual([]);
+      expect(after - before).toBeLessThanOrEqual(2);
+      await expectConverged(client, prefix, owned, [watcher]);
+    } finally {
+      proxied.close();
+      proxy.kill('SIGKILL');
+    }
+  });
+});
