@@ -7,6 +7,7 @@ import os from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
 import { isWellFormed, validateAddress, validateServiceName } from './keys';
+import { HEALTH_DEFAULTS, type HealthDefaults } from './publish/health';
 import { REDACTED, Secret, isSecret } from './secret';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
 
@@ -37,6 +38,16 @@ export interface RegistryOptions {
   shutdownTimeoutSeconds?: number;
   /** REGISTRY_DRAIN_SECONDS */
   drainSeconds?: number;
+  /** REGISTRY_HEALTH_URL: the health check of the endpoint `register()` takes from the environment; a path is resolved against its address. */
+  healthUrl?: string;
+  /** REGISTRY_HEALTH_INTERVAL_SECONDS: default interval of every health check (5). */
+  healthIntervalSeconds?: number;
+  /** REGISTRY_HEALTH_TIMEOUT_SECONDS: default timeout of every health check (2). */
+  healthTimeoutSeconds?: number;
+  /** REGISTRY_HEALTH_FAILURES: default failures in a row that take an endpoint out (3). */
+  healthFailures?: number;
+  /** REGISTRY_HEALTH_PASSES: default passes in a row that put it back (1). */
+  healthPasses?: number;
   /**
    * REGISTRY_USE_TLS: talk to etcd over TLS. Also on when an endpoint is https:// or a
    * REGISTRY_TLS_* file is set; http:// endpoints are then switched to https://.
@@ -73,6 +84,10 @@ export interface RegistryConfig {
   readonly shutdownSignals: readonly NodeJS.Signals[];
   readonly shutdownTimeoutMs: number;
   readonly drainMs: number;
+  /** REGISTRY_HEALTH_URL, as given (validated against the address when register() uses it). */
+  readonly healthUrl: string | undefined;
+  /** Defaults of every health check. */
+  readonly health: HealthDefaults;
   /** TLS towards etcd, with every file already read; undefined: plain http. */
   readonly tls: TlsConfig | undefined;
   /** etcd credentials; undefined: no authentication. */
@@ -113,6 +128,11 @@ export const ENV_VARIABLES = {
   shutdownSignals: 'REGISTRY_SHUTDOWN_SIGNALS',
   shutdownTimeoutSeconds: 'REGISTRY_SHUTDOWN_TIMEOUT_SECONDS',
   drainSeconds: 'REGISTRY_DRAIN_SECONDS',
+  healthUrl: 'REGISTRY_HEALTH_URL',
+  healthIntervalSeconds: 'REGISTRY_HEALTH_INTERVAL_SECONDS',
+  healthTimeoutSeconds: 'REGISTRY_HEALTH_TIMEOUT_SECONDS',
+  healthFailures: 'REGISTRY_HEALTH_FAILURES',
+  healthPasses: 'REGISTRY_HEALTH_PASSES',
   useTls: 'REGISTRY_USE_TLS',
   tlsCaPath: 'REGISTRY_TLS_CA_PATH',
   tlsCertPath: 'REGISTRY_TLS_CERT_PATH',
@@ -184,6 +204,13 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     shutdownSignals: Object.freeze(field('shutdownSignals', signals, DEFAULT_SIGNALS)),
     shutdownTimeoutMs: field('shutdownTimeoutSeconds', positiveMs, 5_000),
     drainMs: field('drainSeconds', nonNegativeMs, 0),
+    healthUrl: field('healthUrl', healthUrl, undefined),
+    health: Object.freeze({
+      intervalSeconds: field('healthIntervalSeconds', positiveSeconds, HEALTH_DEFAULTS.intervalSeconds),
+      timeoutSeconds: field('healthTimeoutSeconds', positiveSeconds, HEALTH_DEFAULTS.timeoutSeconds),
+      failures: field('healthFailures', count, HEALTH_DEFAULTS.failures),
+      passes: field('healthPasses', count, HEALTH_DEFAULTS.passes),
+    }),
     tls,
     auth: resolveAuth(options, read),
   });
@@ -241,6 +268,21 @@ function integer(input: Input, min: number, max: number, what: string): number {
 }
 
 const leaseSeconds = (input: Input): number => integer(input, 1, MAX_LEASE_SECONDS, 'an integer number of seconds');
+const positiveSeconds = (input: Input): number => positiveMs(input) / 1000;
+const count = (input: Input): number => integer(input, 1, 1000, 'an integer');
+
+/** An http(s) URL or an absolute path (resolved against the endpoint's address when used). */
+function healthUrl(input: Input): string {
+  const { value } = input;
+  if (typeof value !== 'string' || value.trim() === '') fail(input, 'expected an http(s) URL or a path such as /healthz');
+  const url = value.trim();
+  if (url.startsWith('/')) {
+    if (!URL.canParse(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
+    return url;
+  }
+  if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) fail(input, 'expected an http(s) URL or a path such as /healthz');
+  return url;
+}
 const port = (input: Input): number => integer(input, 1, 65535, 'an integer port');
 
 // ---- lists ------------------------------------------------------------------------------
@@ -359,7 +401,7 @@ function resolveAddress(options: RegistryOptions, read: (key: Key) => Input | un
 }
 
 /** The first non-internal IPv4 address of this host, or 127.0.0.1. */
-function firstIPv4(): string {
+export function firstIPv4(): string {
   let interfaces: ReturnType<typeof os.networkInterfaces>;
   try {
     interfaces = os.networkInterfaces();

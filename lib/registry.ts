@@ -11,7 +11,9 @@ import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
+import { healthSpec, type HealthState } from './publish/health';
 import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
+import { listeningAddress, serverAddress, type ListeningServer, type ServerRegistration } from './publish/server';
 import { isStrategy, type Picker, type PickOptions, type Strategy } from './pickers';
 import { logger } from './log';
 import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
@@ -160,18 +162,19 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       input.metadata === undefined ? { ...this.config.serviceMetadata } : validateMetadata(input.metadata),
     );
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
+    // From the environment only for the endpoint the environment describes.
+    const fromEnv = input.service === undefined && input.address === undefined ? this.config.healthUrl : undefined;
+    const healthInput = input.health ?? (fromEnv === undefined ? undefined : { url: fromEnv });
+    const health = healthInput === undefined ? undefined : healthSpec(healthInput, address, this.config.health);
     this.enrollSignals();
-    debug('registering %s', endpoint.key);
-    const { token, done: written } = this.keeper.add(endpoint, encodeValue(address, metadata));
+    debug('registering %s%s', endpoint.key, health ? ` once its health check (${health.what}) passes` : '');
+    const { token, done: written } = this.keeper.add(endpoint, encodeValue(address, metadata), health);
+    const seconds = this.config.connectTimeoutMs / 1000;
     try {
-      await withDeadline(
-        Promise.all([this.conn.ensureContact(), written]),
-        this.config.connectTimeoutMs,
-        () =>
-          new RegistryError(
-            'ERR_ETCD_UNREACHABLE',
-            `could not register ${endpoint.key}: etcd did not accept it within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`,
-          ),
+      await withDeadline(Promise.all([this.conn.ensureContact(), written]), this.config.connectTimeoutMs, () =>
+        health && this.keeper.health(endpoint.key) !== 'passing'
+          ? new RegistryError('ERR_TIMEOUT', `could not register ${endpoint.key}: its health check (${health.what}) did not pass within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`)
+          : new RegistryError('ERR_ETCD_UNREACHABLE', `could not register ${endpoint.key}: etcd did not accept it within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`),
       );
     } catch (e) {
       // Unless a newer call on the key came meanwhile, it falls back to what it was before this call.
@@ -181,19 +184,21 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     return endpoint;
   }
 
+  /** The key of an endpoint this registry owns, or ERR_NOT_REGISTERED / ERR_INVALID_ARGUMENT. */
+  private owned(endpoint: Pick<Endpoint, 'service' | 'address'>, method = 'unregister'): { key: string; endpoint: Endpoint } {
+    if (typeof endpoint !== 'object' || endpoint === null) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `${method}() expects an endpoint { service, address }, got ${quote(endpoint)}`);
+    }
+    const key = this.keys.endpointKey(validateServiceName(endpoint.service), validateAddress(endpoint.address));
+    const owned = this.keeper.endpoint(key);
+    if (!owned) throw new RegistryError('ERR_NOT_REGISTERED', `${quote(key)} is not registered by this registry`);
+    return { key, endpoint: owned };
+  }
+
   /** Removes one endpoint of this registry from etcd. */
   async unregister(endpoint: Pick<Endpoint, 'service' | 'address'>): Promise<void> {
     this.assertOpen('unregister');
-    if (typeof endpoint !== 'object' || endpoint === null) {
-      throw new RegistryError('ERR_INVALID_ARGUMENT', `unregister() expects an endpoint { service, address }, got ${quote(endpoint)}`);
-    }
-    const service = validateServiceName(endpoint.service);
-    const address = validateAddress(endpoint.address);
-    const key = this.keys.endpointKey(service, address);
-    const owned = this.keeper.endpoint(key);
-    if (!owned) {
-      throw new RegistryError('ERR_NOT_REGISTERED', `${quote(key)} is not registered by this registry`);
-    }
+    const { key, endpoint: owned } = this.owned(endpoint);
     debug('unregistering %s', key);
     // The deletion goes on in the background if this gives up: the key is no
     // longer ours, and it goes when etcd answers again or with the lease.
@@ -207,6 +212,67 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
         ),
     );
     this.emit('unregistered', owned);
+  }
+
+  /**
+   * Takes one endpoint of this registry (all of them without an argument) out of
+   * etcd without unregistering it: the process keeps running and owning it, its
+   * lease stays alive, and resume() puts it back. Resolves once etcd no longer
+   * lists it. Idempotent: `paused` is emitted only when it was listed.
+   */
+  async pause(endpoint?: Pick<Endpoint, 'service' | 'address'>, options: { reason?: string } = {}): Promise<void> {
+    this.assertOpen('pause');
+    checkOptions('pause', options);
+    if (options.reason !== undefined && typeof options.reason !== 'string') {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `reason ${quote(options.reason)} is invalid: expected a string`);
+    }
+    await this.setPaused('pause', endpoint, true, options.reason);
+  }
+
+  /** Puts endpoints taken out by pause() back in etcd (once their health check passes, if they have one). Idempotent. */
+  async resume(endpoint?: Pick<Endpoint, 'service' | 'address'>): Promise<void> {
+    this.assertOpen('resume');
+    await this.setPaused('resume', endpoint, false, undefined);
+  }
+
+  private async setPaused(method: string, endpoint: Pick<Endpoint, 'service' | 'address'> | undefined, paused: boolean, reason: string | undefined): Promise<void> {
+    const targets = endpoint === undefined ? this.keeper.endpoints : [this.owned(endpoint, method).endpoint];
+    await Promise.all(
+      targets.map(async (owned) => {
+        const changed = this.keeper.isPaused(owned.key) !== paused;
+        debug('%s %s%s', method, owned.key, changed ? '' : ' (already)');
+        await withDeadline(
+          this.keeper.setPaused(owned.key, paused) ?? Promise.resolve(),
+          this.config.connectTimeoutMs,
+          () => new RegistryError('ERR_ETCD_UNREACHABLE', `could not ${method} ${owned.key}: etcd did not answer within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS); it goes on in the background`),
+        );
+        if (changed && paused) this.emit('paused', reason === undefined ? { endpoint: owned } : { endpoint: owned, reason });
+        if (changed && !paused) this.emit('resumed', { endpoint: owned });
+      }),
+    );
+  }
+
+  /** The health of an endpoint of this registry: 'passing' | 'failing', or 'unknown' (no check, or no verdict yet). */
+  health(endpoint: Pick<Endpoint, 'service' | 'address'>): HealthState {
+    this.assertOpen('health');
+    return this.keeper.health(this.owned(endpoint, 'health').key);
+  }
+
+  /**
+   * Registers a listening server (node:http, node:https, node:net, or anything with
+   * `address()` and `listening`): once it listens, with the port it was bound to;
+   * unregisters when it emits `close`. See serverAddress() for the host.
+   */
+  async registerServer(server: ListeningServer, options: ServerRegistration = {}): Promise<Endpoint> {
+    this.assertOpen('registerServer');
+    checkOptions('registerServer', options, 'the options');
+    const bound = await listeningAddress(server);
+    const endpoint = await this.register({ ...options, address: options.address ?? serverAddress(bound) });
+    server.once('close', () => {
+      if (this.closed || this.keeper.endpoint(endpoint.key) !== endpoint) return;
+      this.unregister(endpoint).catch((e: Error) => debug('unregistering %s after its server closed failed: %s', endpoint.key, e.message));
+    });
+    return endpoint;
   }
 
   /**

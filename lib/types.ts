@@ -1,3 +1,5 @@
+import type { HealthInput } from './publish/health';
+
 /** One registered address of a service, as stored in etcd and as seen by discovery. */
 export interface Endpoint {
   readonly service: string;
@@ -13,6 +15,8 @@ export interface EndpointInput {
   service?: string;
   address?: string;
   metadata?: Record<string, unknown>;
+  /** Listed only while this check passes (first written after its first pass). */
+  health?: HealthInput;
 }
 
 export type RegistryStatus = 'idle' | 'registering' | 'registered' | 'recovering' | 'closed';
@@ -43,6 +47,10 @@ export interface RegistryEvents {
   reregistered: [info: { leaseId: string; endpoints: readonly Endpoint[] }];
   /** An owned key deleted by someone else was put back. */
   restored: [endpoint: Endpoint];
+  /** An endpoint was taken out of etcd by pause(); still owned. */
+  paused: [info: { endpoint: Endpoint; reason?: string }];
+  /** An endpoint taken out by pause() was put back by resume(). */
+  resumed: [info: { endpoint: Endpoint }];
   /** An endpoint's health check passes (again): it is listed in etcd. */
   healthy: [info: { endpoint: Endpoint }];
   /** An endpoint's health check failed `failures` times in a row: it is out of etcd, still owned. */

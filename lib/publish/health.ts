@@ -7,10 +7,11 @@
  *      └─`failures` fails──┼──────────────► failing ◄─────────────────┘
  *                          └──────`passes` passes in a row────────────┘
  *
- * One check in flight at a time: a check still running when the next one is
- * due counts as another failure (it is not started twice). A check fails when
- * it returns false, throws (synchronously or not), returns something that is not
- * a boolean, or does not answer within its timeout.
+ * One check in flight at a time: while a check runs within its timeout, no
+ * other starts. A check fails when it returns false, throws (synchronously or
+ * not), returns something that is not a boolean, or does not answer within its
+ * timeout; then its signal aborts and whatever it answers later is ignored, so a
+ * check that hangs for good cannot keep the endpoint out once it is healthy again.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -21,8 +22,8 @@ const debug = logger('health');
 
 export type HealthState = 'passing' | 'failing' | 'unknown';
 
-/** A check of your own: true is a pass. */
-export type HealthCheckFunction = () => boolean | Promise<boolean>;
+/** A check of your own: true is a pass. `signal` aborts when the check's timeout passes. */
+export type HealthCheckFunction = (signal: AbortSignal) => boolean | Promise<boolean>;
 
 export interface HealthCheckOptions {
   /** A check of your own; or give `url`. */
@@ -95,7 +96,7 @@ export function healthSpec(input: HealthInput, address: string, defaults: Health
   const failures = positive('failures', options.failures, defaults.failures, true);
   const passes = positive('passes', options.passes, defaults.passes, true);
   const common = { intervalMs: intervalSeconds * 1000, timeoutMs: timeoutSeconds * 1000, failures, passes };
-  if (check !== undefined) return { ...common, what: 'a check function', run: () => runFunction(check) };
+  if (check !== undefined) return { ...common, what: 'a check function', run: (signal) => runFunction(check, signal) };
   const target = resolveUrl(url, address);
   return { ...common, what: `GET ${target.href}`, run: (signal) => get(target, signal) };
 }
@@ -113,10 +114,10 @@ function resolveUrl(url: unknown, address: string): URL {
   return resolved;
 }
 
-async function runFunction(check: HealthCheckFunction): Promise<void> {
+async function runFunction(check: HealthCheckFunction, signal: AbortSignal): Promise<void> {
   let result: unknown;
   try {
-    result = await check();
+    result = await check(signal);
   } catch (e) {
     throw new Error(`the check threw: ${e instanceof Error ? e.message : quote(e)}`);
   }
@@ -175,22 +176,19 @@ export class HealthCheck {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.running = undefined;
   }
 
   private tick(): void {
     if (this.stopped) return;
     this.timer = setTimeout(() => this.tick(), this.spec.intervalMs);
     this.timer.unref();
-    if (this.running) {
-      this.record(false, `the previous check has still not answered (timeout ${this.spec.timeoutMs} ms)`);
-      return;
-    }
+    if (this.running) return; // the previous check is still within its timeout
     this.checks++;
     const abort = new AbortController();
-    let timedOut = false;
     const deadline = setTimeout(() => {
-      timedOut = true;
-      abort.abort();
+      this.running = undefined;
+      abort.abort(new Error('health check timed out'));
       this.record(false, `${this.spec.what} did not answer within ${this.spec.timeoutMs} ms`);
     }, this.spec.timeoutMs);
     deadline.unref();
@@ -200,17 +198,19 @@ export class HealthCheck {
     } catch (e) {
       run = Promise.reject(e);
     }
-    this.running = run.then(
-      () => {
-        if (!timedOut) this.record(true);
-      },
-      (e: unknown) => {
-        if (!timedOut) this.record(false, e instanceof Error ? e.message : String(e));
-      },
-    ).finally(() => {
-      clearTimeout(deadline);
-      this.running = undefined;
-    });
+    const current: Promise<void> = run.then(
+      (): void => this.settled(current, deadline, true, ''),
+      (e: unknown): void => this.settled(current, deadline, false, e instanceof Error ? e.message : String(e)),
+    );
+    this.running = current;
+  }
+
+  /** A check answered: counted unless its timeout already failed it. */
+  private settled(check: Promise<void>, deadline: NodeJS.Timeout, ok: boolean, reason: string): void {
+    if (this.running !== check) return;
+    clearTimeout(deadline);
+    this.running = undefined;
+    this.record(ok, reason);
   }
 
   private record(ok: boolean, reason = ''): void {

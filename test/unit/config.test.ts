@@ -55,6 +55,8 @@ describe('resolveConfig defaults', () => {
       shutdownSignals: ['SIGTERM', 'SIGINT'],
       shutdownTimeoutMs: 5_000,
       drainMs: 0,
+      healthUrl: undefined,
+      health: { intervalSeconds: 5, timeoutSeconds: 2, failures: 3, passes: 1 },
       tls: undefined,
       auth: undefined,
     });
@@ -86,6 +88,11 @@ describe('resolveConfig good values from the environment', () => {
       REGISTRY_SHUTDOWN_SIGNALS: 'SIGTERM, SIGHUP',
       REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '12',
       REGISTRY_DRAIN_SECONDS: '1.5',
+      REGISTRY_HEALTH_URL: '/healthz',
+      REGISTRY_HEALTH_INTERVAL_SECONDS: '10',
+      REGISTRY_HEALTH_TIMEOUT_SECONDS: '0.5',
+      REGISTRY_HEALTH_FAILURES: '2',
+      REGISTRY_HEALTH_PASSES: '4',
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['https://etcd-0:2379', 'https://etcd-1:2379'],
@@ -100,9 +107,17 @@ describe('resolveConfig good values from the environment', () => {
       shutdownSignals: ['SIGTERM', 'SIGHUP'],
       shutdownTimeoutMs: 12_000,
       drainMs: 1_500,
+      healthUrl: '/healthz',
+      health: { intervalSeconds: 10, timeoutSeconds: 0.5, failures: 2, passes: 4 },
       tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
       auth: undefined,
     });
+  });
+
+  it('rejects bad health settings naming the variable and quoting the value', () => {
+    expect(() => resolve({ REGISTRY_HEALTH_URL: 'ftp://x/' })).toThrow('REGISTRY_HEALTH_URL="ftp://x/" is invalid: expected an http(s) URL or a path such as /healthz');
+    expect(() => resolve({ REGISTRY_HEALTH_FAILURES: '0' })).toThrow('REGISTRY_HEALTH_FAILURES="0" is invalid: expected an integer from 1 to 1000');
+    expect(() => resolve({ REGISTRY_HEALTH_INTERVAL_SECONDS: '5s' })).toThrow('REGISTRY_HEALTH_INTERVAL_SECONDS="5s" is invalid');
   });
 
   it('accepts the bounds of each number', () => {
@@ -504,6 +519,11 @@ describe('options and environment', () => {
       shutdownSignals: 'SIGUSR1',
       shutdownTimeoutSeconds: 6,
       drainSeconds: 8,
+      healthUrl: 'http://127.0.0.1:9/ready',
+      healthIntervalSeconds: 1,
+      healthTimeoutSeconds: 1,
+      healthFailures: 1,
+      healthPasses: 1,
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['http://opt-etcd:2379'],
@@ -518,6 +538,8 @@ describe('options and environment', () => {
       shutdownSignals: ['SIGUSR1'],
       shutdownTimeoutMs: 6_000,
       drainMs: 8_000,
+      healthUrl: 'http://127.0.0.1:9/ready',
+      health: { intervalSeconds: 1, timeoutSeconds: 1, failures: 1, passes: 1 },
       tls: undefined,
       auth: undefined,
     });
