@@ -13,6 +13,7 @@ import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
 import { BrokenCircuitError, NoopPolicy, isBrokenCircuitError, noop, type IDefaultPolicyContext, type IPolicy } from 'cockatiel';
 import {
+  ClientClosedError,
   Etcd3,
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
@@ -377,8 +378,18 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   async call<T>(fn: (client: Etcd3) => Promise<T>): Promise<T> {
     if (this.closed) throw new RegistryClosedError('call');
+    const client = this.client;
     try {
-      const result = await fn(this.client);
+      let result: T;
+      try {
+        result = await fn(client);
+      } catch (e) {
+        // The client was replaced (rebuilt) and closed before the call went out: nothing
+        // was sent, so the call is made again on the new one.
+        if (!(e instanceof ClientClosedError) || this.closed || this.client === client) throw e;
+        debug('call made on a client that was just replaced: again on generation %d', this.generation);
+        result = await fn(this.client);
+      }
       this.markReachable();
       return result;
     } catch (e) {

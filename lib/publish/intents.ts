@@ -58,6 +58,12 @@ interface Entry {
   restoring: boolean;
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
   staleSince: number;
+  /**
+   * A put of this key got no answer: etcd may still apply it, late (a request held in
+   * a stalled etcd's socket is given a fresh deadline when it is finally read). Kept
+   * for good, so that such a put is undone whenever it lands.
+   */
+  uncertain: boolean;
   waiters: Waiter[];
 }
 
@@ -147,6 +153,7 @@ export class Intents {
         putRevision: 0,
         restoring: false,
         staleSince: 0,
+        uncertain: false,
         waiters: [],
       };
       this.entries.set(key, entry);
@@ -241,6 +248,14 @@ export class Intents {
     return { puts, deletes };
   }
 
+  /** These puts got no answer: they may land later. */
+  unanswered(writes: readonly Write[]): void {
+    for (const w of writes) {
+      const entry = this.entries.get(w.key);
+      if (entry) entry.uncertain = true;
+    }
+  }
+
   /** These puts are about to be sent. */
   sending(writes: readonly Write[]): void {
     for (const w of writes) {
@@ -305,6 +320,23 @@ export class Intents {
     return true;
   }
 
+  /**
+   * etcd applied a put of ours of `key` at `revision` with `value`. If a put of the
+   * key once went unanswered, and this is not what the key should hold (that put,
+   * landed late: an older value, or a key given up since) and it is newer than our
+   * last confirmed put, a write is owed again. Returns true if so.
+   */
+  strayPut(key: string, revision: number, value: Buffer): boolean {
+    const entry = this.entries.get(key);
+    if (!entry?.uncertain) return false;
+    const wanted = target(entry);
+    if ((wanted && wanted.value.equals(value)) || revision <= entry.putRevision) return false;
+    entry.applied = 0;
+    entry.staleSince = ++this.clock;
+    this.update(entry);
+    return true;
+  }
+
   /** On close: pending registrations fail; pending unregistrations succeed (the revoke removes the keys). */
   closeAll(error: Error): void {
     for (const e of this.entries.values()) {
@@ -346,7 +378,7 @@ export class Intents {
     toggle(this.owedKeys, key, owed);
     toggle(this.pendingKeys, key, entry.want !== undefined && entry.registered !== entry.want);
     toggle(this.putsOwedKeys, key, target(entry) !== undefined && owed);
-    if (!entry.want && !owed && entry.waiters.length === 0) this.entries.delete(key);
+    if (!entry.want && !owed && entry.waiters.length === 0 && !entry.uncertain) this.entries.delete(key);
   }
 }
 

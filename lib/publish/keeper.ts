@@ -40,7 +40,7 @@ export const MAX_TXN_OPS = 128;
 export type KeeperStatus = 'idle' | 'registering' | 'registered' | 'recovering';
 
 /** What made keys owed again; each cause is paced on its own, so one incident seen two ways is not slowed. */
-type RecoveryCause = 'lease lost' | 'data loss' | 'foreign delete' | 'watch ended';
+type RecoveryCause = 'lease lost' | 'data loss' | 'foreign delete' | 'stray write' | 'watch ended';
 
 export interface KeeperHooks {
   registered(endpoint: Endpoint): void;
@@ -85,6 +85,7 @@ export class LeaseKeeper {
     this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
     this.guard = new OwnershipGuard(conn, stream, keys, {
       deleted: (key, revision) => this.onForeignDelete(key, revision),
+      put: (key, revision, value, lease) => this.onPut(key, revision, value, lease),
       restart: (service) => this.onWatchRestart(service),
       error: (e) => this.outbox.push(() => this.hooks.error(e)),
     });
@@ -273,6 +274,7 @@ export class LeaseKeeper {
       revision = Number(res.header.revision);
     } catch (e) {
       if (e instanceof EtcdLeaseInvalidError) this.session.markLost('etcd no longer knows the lease');
+      else if (isUnreachableError(e)) this.intents.unanswered(writes);
       else this.refused(e, writes, doing);
       return e;
     }
@@ -314,7 +316,10 @@ export class LeaseKeeper {
       const w = writes[i]!;
       if (result.status === 'fulfilled') {
         this.intents.confirm(w);
-        debug('unregistered %s%s', w.key, result.value);
+        debug('unregistered %s%s', w.key, result.value.note);
+        // Watched from here on too: a put of ours that lands late is undone.
+        const service = this.keys.serviceOf(w.key);
+        if (service !== undefined && result.value.revision > 0) this.guard.watchFrom(service, result.value.revision);
         return;
       }
       failure = result.reason;
@@ -329,10 +334,10 @@ export class LeaseKeeper {
    * key left on an older lease of ours is found and deleted there. Resolves with
    * a note for the log.
    */
-  private async deleteOne(w: Write): Promise<string> {
+  private async deleteOne(w: Write): Promise<{ note: string; revision: number }> {
     const key = Buffer.from(w.key);
     let lease = this.session.leaseId;
-    if (lease === undefined) return ' (no lease of ours ever held it)';
+    if (lease === undefined) return { note: ' (no lease of ours ever held it)', revision: 0 };
     for (let attempt = 0; attempt < 3; attempt++) {
       const res = await this.conn.call((c) =>
         c.kv.txn({
@@ -341,11 +346,12 @@ export class LeaseKeeper {
           failure: [{ request_range: { key } }],
         }),
       );
-      if (res.succeeded) return '';
+      const revision = Number(res.header.revision);
+      if (res.succeeded) return { note: '', revision };
       const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];
-      if (!kv) return ' (it was not in etcd)';
+      if (!kv) return { note: ' (it was not in etcd)', revision };
       const holder = String(kv.lease);
-      if (!this.session.known.has(holder)) return ` (left alone: it is on lease ${holder}, not ours)`;
+      if (!this.session.known.has(holder)) return { note: ` (left alone: it is on lease ${holder}, not ours)`, revision };
       lease = holder;
     }
     throw new Error(`the key ${quote(w.key)} kept moving between leases of ours`);
@@ -412,6 +418,14 @@ export class LeaseKeeper {
     if (this.closed || !this.intents.deletedByOther(key, revision)) return;
     debug('%s was deleted by someone else at revision %d: putting it back', key, revision);
     this.startRecovery('foreign delete', key);
+    this.kick();
+  }
+
+  /** A put of one of our keys: only ours matter (a successor that takes a key over keeps it). */
+  private onPut(key: string, revision: number, value: Buffer, lease: string): void {
+    if (this.closed || !this.session.known.has(lease) || !this.intents.strayPut(key, revision, value)) return;
+    debug('%s: a stale write of ours landed at revision %d: writing what it should hold', key, revision);
+    this.startRecovery('stray write', key);
     this.kick();
   }
 

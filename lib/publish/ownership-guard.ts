@@ -1,6 +1,8 @@
 /**
- * Watches the services this registry publishes in for deletes (puts filtered
- * out by etcd), so a key of ours that someone else deletes is put back.
+ * Watches the services this registry publishes in, so that a key of ours that
+ * someone else deletes is put back, and a write of ours that etcd applied late
+ * (sent before an outage, timed out here, applied when etcd came back: after a
+ * newer write, or after the key was given up) is undone.
  *
  * A service's watch starts after a confirmed write of its keys, from that
  * write's revision on: no delete can fall between the write and the watch.
@@ -8,7 +10,7 @@
  * watch restarts after that write; a watch refused for permission is retried
  * with backoff, and a missing permission is reported.
  */
-import { EtcdPermissionDeniedError, FilterType, Range, type IEvent } from 'etcd3';
+import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
 import { cappedBackoff } from '../backoff';
 import { type Connection, watchRefusal } from '../connection';
 import { quote } from '../errors';
@@ -19,8 +21,10 @@ import type { WatchStream, WatchTarget } from '../watch-stream';
 const debug = logger('lease');
 
 export interface OwnershipHooks {
-  /** `key` was deleted at `revision` by someone else. */
+  /** `key` was deleted at `revision`. */
   deleted(key: string, revision: number): void;
+  /** `key` was put at `revision` with `value` on `lease`. */
+  put(key: string, revision: number, value: Buffer, lease: string): void;
   /** The service's watch ended: write its keys again, then call watchFrom(). */
   restart(service: string): void;
   error(error: Error): void;
@@ -53,7 +57,6 @@ export class OwnershipGuard {
         name: `own keys of ${service}`,
         key: range.start,
         rangeEnd: range.end,
-        filters: [FilterType.Noput],
         nextRevision: revision + 1,
         onEvents: (events) => this.onEvents(events),
         onLost: (reason) => (watchRefusal(reason) ? this.refused(service, reason) : this.restart(service)),
@@ -103,7 +106,10 @@ export class OwnershipGuard {
   private onEvents(events: IEvent[]): void {
     if (this.closed) return;
     for (const event of events) {
-      if (event.type === 'Delete') this.hooks.deleted(event.kv.key.toString(), Number(event.kv.mod_revision));
+      const key = event.kv.key.toString();
+      const revision = Number(event.kv.mod_revision);
+      if (event.type === 'Delete') this.hooks.deleted(key, revision);
+      else this.hooks.put(key, revision, event.kv.value, String(event.kv.lease));
     }
   }
 

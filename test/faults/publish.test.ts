@@ -103,6 +103,26 @@ describe('overlapping and failing calls on one key', () => {
     expect(a.status).toBe('registered');
   });
 
+  it('a put of ours that got no answer and lands late (after a newer one, or after unregister) is undone', async () => {
+    const prefix = uniquePrefix('late-put');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.3 });
+    await a.register({ service: 'other', address: '10.0.0.9:80' });
+    const endpoint = { service: 'web', address: '10.0.0.5:80' };
+    etcd.pause();
+    expect(await a.register({ ...endpoint, metadata: { v: 1 } }).catch((e: unknown) => e)).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    etcd.resume();
+    const v2 = await a.register({ ...endpoint, metadata: { v: 2 } });
+    // etcd applies the v1 put now, on our lease: exactly what a request held in a stalled
+    // etcd's socket does when it is finally read (it gets a fresh deadline there).
+    const late = JSON.stringify({ Op: 0, Addr: endpoint.address, Metadata: { v: 1 } });
+    await client.put(v2.key).value(late).lease(a.leaseId!).exec();
+    await eventually(async () => expect((await valueOf(v2.key))?.Metadata).toEqual({ v: 2 }), { timeout: 5000 });
+    // Given up, then the late put lands: deleted again.
+    await a.unregister(v2);
+    await client.put(v2.key).value(late).lease(a.leaseId!).exec();
+    await eventually(async () => expect(await valueOf(v2.key)).toBeUndefined(), { timeout: 5000 });
+  });
+
   it('close() revokes a lease it took for lost that etcd restored on restart', async () => {
     const prefix = uniquePrefix('close-lost');
     const a = reg(prefix, { shutdownTimeoutSeconds: 10 });
