@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `npm test`: the typecheck, the unit tests, then the integration and fault suites twice:
 #   1. against the etcd on PATH, which must be a 3.4 (Debian's etcd-server: 3.4.23);
-#   2. against etcd 3.5.30, fetched by scripts/etcd-3.5.sh into .etcd/ and put first on PATH.
+#   2. against etcd 3.5.30, fetched by scripts/etcd-3.5.sh into .etcd/ and put first on PATH;
+# and the integration suite once more on each version through `etcd grpc-proxy`
+# (REGISTRY_TEST_VIA_GRPC_PROXY=1), the way large fleets reach etcd.
 # REGISTRY_TEST_ETCD_VERSION tells the harness which version each run must find (it fails the run
 # otherwise). Every step runs even when an earlier one failed; the summary at the end lists them
 # all, and the exit status is non-zero when any failed.
@@ -58,10 +60,22 @@ etcd35() {
   PATH="$bin:$PATH" REGISTRY_TEST_ETCD_VERSION=3.5.30 run_vitest "etcd 3.5.30" --project integration --project faults
 }
 
+etcd34_proxy() {
+  REGISTRY_TEST_VIA_GRPC_PROXY=1 REGISTRY_TEST_ETCD_VERSION=3.4 run_vitest "etcd 3.4 via grpc-proxy" --project integration
+}
+
+etcd35_proxy() {
+  local bin
+  bin=$(bash scripts/etcd-3.5.sh) || return 1
+  PATH="$bin:$PATH" REGISTRY_TEST_VIA_GRPC_PROXY=1 REGISTRY_TEST_ETCD_VERSION=3.5.30 run_vitest "etcd 3.5.30 via grpc-proxy" --project integration
+}
+
 step "typecheck" npx tsc -p tsconfig.json --noEmit
 step "unit" run_vitest "unit" --project unit
 step "etcd 3.4" etcd34
 step "etcd 3.5.30" etcd35
+step "etcd 3.4 via grpc-proxy" etcd34_proxy
+step "etcd 3.5.30 via grpc-proxy" etcd35_proxy
 
 echo
 echo "== summary"
