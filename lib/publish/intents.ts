@@ -27,6 +27,8 @@ export type IntentKind = 'put' | 'delete';
 interface Waiter {
   readonly token: number;
   readonly kind: IntentKind;
+  /** What the call asked for: what the key falls back to if a newer call fails. */
+  readonly want: Registration | undefined;
   resolve(): void;
   reject(error: Error): void;
 }
@@ -124,7 +126,7 @@ export class Intents {
     entry.token = token;
     const e = entry;
     const kind: IntentKind = want ? 'put' : 'delete';
-    const done = new Promise<void>((resolve, reject) => e.waiters.push({ token, kind, resolve, reject }));
+    const done = new Promise<void>((resolve, reject) => e.waiters.push({ token, kind, want, resolve, reject }));
     this.update(entry);
     return { token, done };
   }
@@ -132,9 +134,12 @@ export class Intents {
   /**
    * The call with intent `token` failed (timed out, refused): its waiters (and
    * older ones of the same kind) reject with `error`. If nothing newer was asked
-   * meanwhile, the key falls back to what was last confirmed: the previous
-   * registration (put again, in case the failed put landed) or absent (deleted,
-   * in case it landed). Returns false when a newer intent already superseded it.
+   * meanwhile, the key falls back to what the calls before it asked for: the
+   * newest older call still standing (an unregister() not yet confirmed, or a
+   * register() when an unregister() failed), else what was last confirmed: the
+   * previous registration (put again, in case the failed put landed) or absent
+   * (deleted, in case it landed). Returns false when a newer intent already
+   * superseded it.
    */
   withdraw(key: string, token: number, kind: IntentKind, error: Error): boolean {
     const entry = this.entries.get(key);
@@ -144,7 +149,9 @@ export class Intents {
     entry.waiters = entry.waiters.filter((w) => !failed(w));
     const latest = entry.token === token;
     if (latest) {
-      entry.want = entry.registered;
+      // Every waiter left is of the other kind and older than the failed call.
+      const standing = entry.waiters.reduce<Waiter | undefined>((newest, w) => (newest && newest.token > w.token ? newest : w), undefined);
+      entry.want = standing ? standing.want : entry.registered;
       entry.token = ++this.clock;
     }
     this.update(entry);
