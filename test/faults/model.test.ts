@@ -443,6 +443,37 @@ describe(`model-based registration against one etcd node (MODEL_SEED=${SEED})`, 
     await etcd.stop();
   });
 
+  // Found by MODEL_SEED=10 (the child started while etcd was down).
+  it('a process whose only work is `await registry.register()` waits for etcd instead of exiting with status 0', async () => {
+    // Whether the process ends depends on where the writer's retries are when etcd comes back: four children.
+    const prefixes = [1, 2, 3, 4].map((n) => uniquePrefix(`model-keepalive-${n}`));
+    const children = prefixes.map((prefix) =>
+      spawnFixture('model-child.ts', {
+        REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl,
+        REGISTRY_KEY_PREFIX: prefix,
+        REGISTRY_LEASE_SECONDS: String(TTL),
+        MODEL_CHILD_ENDPOINTS: JSON.stringify(CHILD_ENDPOINTS),
+        DEBUG: 'etcd-service-registry:*',
+      }),
+    );
+    try {
+      // As MODEL_SEED=10 met it: etcd goes down while the children load, and comes back after the writer's retries backed off.
+      await sleep(250);
+      await etcd.kill();
+      await sleep(2500);
+      await etcd.restart();
+      for (const [i, child] of children.entries()) {
+        const exited = child.exited().then((exit) => {
+          throw new Error(`child ${i} exited ${JSON.stringify(exit)} before registering\n${child.output()}`);
+        });
+        await Promise.race([child.line(/ready pid/, 30_000), exited]);
+        expect((await client.getAll().prefix(`${prefixes[i]}/`).keys()).length).toBe(CHILD_ENDPOINTS.length);
+      }
+    } finally {
+      for (const child of children) child.process.kill('SIGKILL');
+    }
+  });
+
   it('calls that wait out every fault (connect timeout 30 s)', { timeout: 90_000 }, async () => {
     await runModel({ name: 'node-patient', salt: 0, connectTimeoutSeconds: 30, members: 1 }, target, client);
   });
