@@ -47,6 +47,8 @@ interface Entry {
   sent: boolean;
   /** Revision of our last confirmed put: deletes older than it are not news. */
   putRevision: number;
+  /** Revision of the latest put of ours that was not what the key should be: a confirmed put older than it does not count. */
+  lateRevision: number;
   /** Someone else deleted the key: the next confirmed put of the latest intent is a restore. */
   restoring: boolean;
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
@@ -119,7 +121,7 @@ export class Intents {
     const token = ++this.clock;
     let entry = this.entries.get(key);
     if (!entry) {
-      entry = { key, want, token, applied: 0, registered: undefined, sent: false, putRevision: 0, restoring: false, staleSince: 0, waiters: [] };
+      entry = { key, want, token, applied: 0, registered: undefined, sent: false, putRevision: 0, lateRevision: 0, restoring: false, staleSince: 0, waiters: [] };
       this.entries.set(key, entry);
     }
     entry.want = want;
@@ -186,7 +188,8 @@ export class Intents {
     if (!entry || write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe): the
     // calls it answers are answered, but the key is still owed.
-    const current = write.issued >= entry.staleSince;
+    // A put that etcd applied before an older put of ours landed late (see latePut) is overwritten.
+    const current = write.issued >= entry.staleSince && !(write.want && revision < entry.lateRevision);
     const first = write.want !== undefined && entry.registered !== write.want;
     const restored = current && write.want !== undefined && entry.restoring && write.token === entry.token;
     if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
@@ -237,6 +240,28 @@ export class Intents {
     entry.restoring = true;
     entry.applied = 0;
     entry.staleSince = ++this.clock;
+    this.update(entry);
+    return true;
+  }
+
+  /**
+   * etcd applied a put of ours to `key` at `revision` with `value`: if that is not
+   * what the key should be (absent, or another value) and it is newer than our
+   * last confirmed put, the key is owed again. Returns whether it is.
+   */
+  latePut(key: string, value: Buffer, revision: number): boolean {
+    let entry = this.entries.get(key);
+    if (entry && (revision <= entry.putRevision || entry.want?.value.equals(value))) return false;
+    if (!entry) {
+      // A key we no longer track: delete it.
+      entry = { key, want: undefined, token: ++this.clock, applied: 0, registered: undefined, sent: true, putRevision: 0, lateRevision: revision, restoring: false, staleSince: 0, waiters: [] };
+      this.entries.set(key, entry);
+    }
+    entry.sent = true;
+    entry.applied = 0;
+    entry.lateRevision = Math.max(entry.lateRevision, revision);
+    // A delete in flight may have run before the late put: it does not count (a put's revision tells).
+    if (!entry.want) entry.staleSince = ++this.clock;
     this.update(entry);
     return true;
   }

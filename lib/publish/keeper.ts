@@ -79,6 +79,7 @@ export class LeaseKeeper {
     this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
     this.guard = new OwnershipGuard(conn, stream, keys, {
       deleted: (key, revision) => this.onForeignDelete(key, revision),
+      put: (key, lease, value, revision) => this.onLatePut(key, lease, value, revision),
       restart: (service) => this.onWatchRestart(service),
       error: (e) => this.outbox.push(() => this.hooks.error(e)),
     });
@@ -337,6 +338,18 @@ export class LeaseKeeper {
     if (this.closed || !this.intents.deletedByOther(key, revision)) return;
     debug('%s was deleted by someone else at revision %d: putting it back', key, revision);
     this.startRecovery(`foreign delete of ${key}`);
+    this.kick();
+  }
+
+  /**
+   * A put on a lease of ours that is not what the key should be: a write of ours
+   * that etcd applied after we stopped waiting for it (a member that was paused
+   * processes it when it resumes), after a newer call was written. Written again.
+   */
+  private onLatePut(key: string, lease: string, value: Buffer, revision: number): void {
+    if (this.closed || !this.session.known.has(lease) || !this.intents.latePut(key, value, revision)) return;
+    // Not paced as a recovery: a superseded put of a burst of updates lands like this too, and our rewrite ends it.
+    debug('%s was written by an older put of ours at revision %d: writing what it should be', key, revision);
     this.kick();
   }
 

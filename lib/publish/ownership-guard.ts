@@ -1,6 +1,7 @@
 /**
- * Watches the services this registry publishes in for deletes (puts filtered
- * out by etcd), so a key of ours that someone else deletes is put back.
+ * Watches the services this registry publishes in, so a key of ours that
+ * someone else deletes is put back, and a late write of ours (a put that gave up
+ * waiting, sent to a member that processed it later) is undone.
  *
  * A service's watch starts after a confirmed write of its keys, from that
  * write's revision on: no delete can fall between the write and the watch.
@@ -8,7 +9,7 @@
  * watch restarts after that write; a watch refused for permission is retried
  * with backoff, and a missing permission is reported.
  */
-import { EtcdPermissionDeniedError, FilterType, Range, type IEvent } from 'etcd3';
+import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
 import { cappedBackoff } from '../backoff';
 import { type Connection, watchRefusal } from '../connection';
 import { quote } from '../errors';
@@ -21,6 +22,8 @@ const debug = logger('lease');
 export interface OwnershipHooks {
   /** `key` was deleted at `revision` by someone else. */
   deleted(key: string, revision: number): void;
+  /** `key` was put at `revision` with `value` on `lease` (anyone's: the keeper picks its own). */
+  put(key: string, lease: string, value: Buffer, revision: number): void;
   /** The service's watch ended: write its keys again, then call watchFrom(). */
   restart(service: string): void;
   error(error: Error): void;
@@ -53,7 +56,6 @@ export class OwnershipGuard {
         name: `own keys of ${service}`,
         key: range.start,
         rangeEnd: range.end,
-        filters: [FilterType.Noput],
         nextRevision: revision + 1,
         onEvents: (events) => this.onEvents(events),
         onLost: (reason) => (watchRefusal(reason) ? this.refused(service, reason) : this.restart(service)),
@@ -97,6 +99,7 @@ export class OwnershipGuard {
     if (this.closed) return;
     for (const event of events) {
       if (event.type === 'Delete') this.hooks.deleted(event.kv.key.toString(), Number(event.kv.mod_revision));
+      else this.hooks.put(event.kv.key.toString(), String(event.kv.lease), event.kv.value, Number(event.kv.mod_revision));
     }
   }
 

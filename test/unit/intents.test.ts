@@ -69,3 +69,59 @@ describe('Intents: a failed register() falls back to what the calls before it as
     expect(intents.endpoint(KEY)?.metadata).toEqual({ n: 1 });
   });
 });
+
+describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12, MODEL_SEED=20 in a cluster)', () => {
+  it('a late put of a key unregistered since is deleted again', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, reg(1));
+    writeAll(intents);
+    await first.done;
+    const removed = intents.intend(KEY, undefined);
+    writeAll(intents);
+    await removed.done;
+    expect(intents.dirty).toBe(false);
+    // A put that gave up waiting (a paused member) is applied when the member resumes.
+    expect(intents.latePut(KEY, reg(1).value, 20)).toBe(true);
+    const { puts, deletes } = intents.owed(128);
+    expect(puts).toEqual([]);
+    expect(deletes.map((w) => w.key)).toEqual([KEY]);
+    writeAll(intents);
+    expect(intents.dirty).toBe(false);
+  });
+
+  it('a late put of an older value is overwritten with the registration the key should have', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, reg(1));
+    writeAll(intents);
+    await first.done;
+    const update = intents.intend(KEY, reg(2));
+    const { puts } = intents.owed(128);
+    intents.sending(puts);
+    intents.confirm(puts[0]!, 30);
+    await update.done;
+    // Our own put of the wanted value, or one older than the last confirmed put: nothing to do.
+    expect(intents.latePut(KEY, reg(2).value, 31)).toBe(false);
+    expect(intents.latePut(KEY, reg(1).value, 29)).toBe(false);
+    // The older value applied after the newer one: written again.
+    expect(intents.latePut(KEY, reg(1).value, 32)).toBe(true);
+    expect(intents.owed(128).puts.map((w) => w.want?.endpoint.metadata)).toEqual([{ n: 2 }]);
+  });
+
+  it('a superseded put landing before the newer one is confirmed costs no extra write', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, reg(1));
+    writeAll(intents);
+    await first.done;
+    intents.intend(KEY, reg(2));
+    const { puts } = intents.owed(128);
+    intents.sending(puts);
+    intents.intend(KEY, reg(3));
+    const third = intents.owed(128).puts;
+    intents.sending(third);
+    // The put of 2 lands (event seen) before the put of 3, which etcd applies after it.
+    expect(intents.latePut(KEY, reg(2).value, 40)).toBe(true);
+    intents.confirm(puts[0]!, 40);
+    intents.confirm(third[0]!, 41);
+    expect(intents.dirty).toBe(false);
+  });
+});
