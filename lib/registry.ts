@@ -175,6 +175,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
         health && this.keeper.health(endpoint.key) !== 'passing'
           ? new RegistryError('ERR_TIMEOUT', `could not register ${endpoint.key}: its health check (${health.what}) did not pass within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`)
           : new RegistryError('ERR_ETCD_UNREACHABLE', `could not register ${endpoint.key}: etcd did not accept it within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`),
+        // Ref'd: a process whose only work is `await register()` must not end while the writer's retries (unref'd) wait.
+        true,
       );
     } catch (e) {
       // Unless a newer call on the key came meanwhile, it falls back to what it was before this call.
@@ -210,6 +212,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
           'ERR_ETCD_UNREACHABLE',
           `could not unregister ${key}: etcd did not answer within ${this.config.connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS); it is deleted when etcd answers, or expires with the lease`,
         ),
+      true,
     );
     this.emit('unregistered', owned);
   }

@@ -3,20 +3,22 @@
  * Pure bookkeeping, no I/O: the keeper's writer asks it what to write next and
  * tells it what etcd confirmed.
  *
- * Every register() and unregister() is an intent with a token from one counter
- * that never repeats (not per key: a key removed and added again must not reuse
- * an old number, or a stale write would pass for the new one). A write carries
- * the token of the intent it was built from, and its confirmation settles only
- * that intent and older ones, so a write overtaken by a newer call can neither
- * clear the newer intent nor abandon it.
+ * Every register() and unregister() is a call with a token from one clock that
+ * never repeats (not per key: a key removed and added again must not reuse an
+ * old number, or a stale write would pass for the new one). A write carries the
+ * token of the state it was built from, and its confirmation settles only that
+ * state and older ones, so a write overtaken by a newer call can neither clear
+ * the newer call nor abandon it.
  *
- * An owned key can be withheld from etcd without being given up: paused (by
- * the application) or not healthy (its health check fails, or has not passed
- * yet). Its target in etcd is then "absent", while the registry keeps owning
- * it and its lease stays alive; it is written again once listed.
+ * An owned key can be withheld from etcd without being given up: paused (by the
+ * application) or not healthy (its health check fails, or has not passed yet).
+ * Its target in etcd is then "absent", while the registry keeps owning it and
+ * its lease stays alive; it is written again once listed. Listing changes move
+ * the write token, never the call token: a failing register() is judged against
+ * the calls only.
  *
- * The sets of owed and pending keys are kept as entries change, so every
- * question the writer asks per call is O(1) however many keys there are.
+ * The sets of owed, pending and recovering keys are kept as entries change, so
+ * every question the writer asks per call is O(1) however many keys there are.
  */
 import { RegistryError } from '../errors';
 import type { Endpoint } from '../types';
@@ -31,39 +33,46 @@ export type IntentKind = 'put' | 'delete';
 
 interface Waiter {
   readonly token: number;
-  readonly kind: IntentKind;
+  /** 'put': a register(); 'delete': an unregister(); 'list': a pause() or resume(). */
+  readonly kind: IntentKind | 'list';
+  /** What the call asked for: what the key falls back to if a newer call fails. */
+  readonly want: Registration | undefined;
   resolve(): void;
   reject(error: Error): void;
 }
 
 interface Entry {
   readonly key: string;
-  /** The latest intent: a registration, or undefined for "absent". */
+  /** The latest call: a registration, or undefined for "absent". */
   want: Registration | undefined;
   /** Taken out of etcd by the application (pause()), still owned. */
   paused: boolean;
   /** Its health check passes (true when it has none). */
   healthy: boolean;
-  /** Token of the latest intent. */
+  /** Token of the latest register() or unregister(). */
+  call: number;
+  /** Token of the latest state to write (a call, or a listing change). */
   token: number;
-  /** Token of the latest intent etcd confirmed; below `token` (or 0 after a loss) means a write is owed. */
+  /** Token of the latest state etcd confirmed; below `token` (or 0 after a loss) means a write is owed. */
   applied: number;
-  /** The registration last confirmed in etcd (or accepted while paused): what a failed newer call falls back to. */
+  /** The registration last confirmed in etcd (or accepted while paused): what a failed call falls back to. */
   registered: Registration | undefined;
   /** A put of this key was sent at least once (it may be in etcd, on some lease of ours). */
   sent: boolean;
+  /** A delete of this key is in flight: delete events are ours until it is answered. */
+  deleting: number;
   /** Revision of our last confirmed put: deletes older than it are not news. */
   putRevision: number;
-  /** Someone else deleted the key: the next confirmed put of the latest intent is a restore. */
+  /** Revision of our last confirmed delete: a delete event at or below it is ours. */
+  deleteRevision: number;
+  /** Revision of the latest put of ours that was not what the key should be: a confirmed put older than it does not count. */
+  lateRevision: number;
+  /** Someone else deleted the key: the next confirmed put of the latest state is a restore. */
   restoring: boolean;
+  /** Owed again because of a recovery (lease lost, data loss, foreign delete, late put), not a call. */
+  recovering: boolean;
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
   staleSince: number;
-  /**
-   * A put of this key got no answer: etcd may still apply it, late (a request held in
-   * a stalled etcd's socket is given a fresh deadline when it is finally read). Kept
-   * for good, so that such a put is undone whenever it lands.
-   */
-  uncertain: boolean;
   waiters: Waiter[];
 }
 
@@ -87,14 +96,18 @@ export interface Settled {
 
 export class Intents {
   private readonly entries = new Map<string, Entry>();
-  /** Keys whose latest intent is a registration. */
+  /** Keys whose latest call is a registration. */
   private readonly owned = new Set<string>();
   /** Keys with a write owed (applied < token). */
   private readonly owedKeys = new Set<string>();
   /** Owned keys whose latest registration is not confirmed yet. */
   private readonly pendingKeys = new Set<string>();
-  /** Owned keys with a put owed. */
+  /** Listed keys with a put owed. */
   private readonly putsOwedKeys = new Set<string>();
+  /** Keys owed again by a recovery. */
+  private readonly recoveringKeys = new Set<string>();
+  /** Keys owed because of a call or a listing change (not only a recovery). */
+  private readonly callsOwedKeys = new Set<string>();
   /** One clock for tokens and write issue times: never repeats. */
   private clock = 0;
 
@@ -117,9 +130,19 @@ export class Intents {
     return this.pendingKeys.size > 0;
   }
 
-  /** Some owned key must be (re)written before everything is in etcd. */
+  /** Some listed key must be (re)written before everything is in etcd. */
   get putsOwed(): boolean {
     return this.putsOwedKeys.size > 0;
+  }
+
+  /** Some key registered in etcd is being written again after a recovery. */
+  get recovering(): boolean {
+    return this.recoveringKeys.size > 0;
+  }
+
+  /** Some owed write answers a call (so it is not paced like recovery writes). */
+  get callsOwed(): boolean {
+    return this.callsOwedKeys.size > 0;
   }
 
   /** The owned endpoint with this key. */
@@ -132,42 +155,53 @@ export class Intents {
     return this.entries.get(key)?.paused === true;
   }
 
-  /**
-   * A new intent; `done` settles when etcd confirms it (or a newer intent that
-   * supersedes it). `healthy` false: a registration held back until
-   * setHealthy(true) (a health check that has not passed yet); a new key only.
-   */
-  intend(key: string, want: Registration | undefined, healthy = true): { token: number; done: Promise<void> } {
-    const token = ++this.clock;
+  private entry(key: string): Entry {
     let entry = this.entries.get(key);
     if (!entry) {
       entry = {
         key,
-        want,
+        want: undefined,
         paused: false,
-        healthy,
-        token,
+        healthy: true,
+        call: 0,
+        token: 0,
         applied: 0,
         registered: undefined,
         sent: false,
+        deleting: 0,
         putRevision: 0,
+        deleteRevision: 0,
+        lateRevision: 0,
         restoring: false,
+        recovering: false,
         staleSince: 0,
-        uncertain: false,
         waiters: [],
       };
       this.entries.set(key, entry);
     }
+    return entry;
+  }
+
+  /**
+   * A new register() (`want`) or unregister() (undefined); `done` settles when
+   * etcd confirms it (or a newer call that supersedes it). `healthy` false: a
+   * registration held back until setHealthy(true) (a health check that has not
+   * passed yet); only for a key not owned yet.
+   */
+  intend(key: string, want: Registration | undefined, healthy = true): { token: number; done: Promise<void> } {
+    const token = ++this.clock;
+    const entry = this.entry(key);
     // A key given up and taken again starts over: listed unless its new check says otherwise.
     if (!entry.want && want) {
       entry.paused = false;
       entry.healthy = healthy;
     }
     entry.want = want;
+    entry.call = token;
     entry.token = token;
-    const e = entry;
+    entry.recovering = false;
     const kind: IntentKind = want ? 'put' : 'delete';
-    const done = new Promise<void>((resolve, reject) => e.waiters.push({ token, kind, resolve, reject }));
+    const done = new Promise<void>((resolve, reject) => entry.waiters.push({ token, kind, want, resolve, reject }));
     // Registered while paused: accepted now, written on resume().
     if (want && entry.paused) {
       entry.registered = want;
@@ -202,21 +236,24 @@ export class Intents {
     if (before === after && entry.applied >= entry.token) return Promise.resolve();
     const token = ++this.clock;
     entry.token = token;
+    entry.recovering = false;
     // Nothing to wait for while the key waits for its health check: it is written when that passes.
-    const kind: IntentKind = after ? 'put' : 'delete';
-    const done = !after && entry.want && !entry.healthy && !entry.paused
-      ? Promise.resolve()
-      : new Promise<void>((resolve, reject) => entry.waiters.push({ token, kind, resolve, reject }));
+    const done =
+      !after && entry.want && !entry.healthy && !entry.paused
+        ? Promise.resolve()
+        : new Promise<void>((resolve, reject) => entry.waiters.push({ token, kind: 'list', want: entry.want, resolve, reject }));
     this.update(entry);
     return done;
   }
 
   /**
-   * The call with intent `token` failed (timed out, refused): its waiters (and
-   * older ones of the same kind) reject with `error`. If nothing newer was asked
-   * meanwhile, the key falls back to what was last confirmed: the previous
-   * registration (put again, in case the failed put landed) or absent (deleted,
-   * in case it landed). Returns false when a newer intent already superseded it.
+   * The call with token `token` failed (timed out, refused): its waiters (and
+   * older ones of the same kind) reject with `error`. Unless a newer call came
+   * meanwhile, the key falls back to what the calls before it asked for: the
+   * newest older call still standing (an unregister() not yet confirmed, or a
+   * register() when an unregister() failed), else what was last confirmed: the
+   * previous registration (put again, in case the failed put landed) or absent
+   * (deleted, in case it landed). Returns false when a newer call superseded it.
    */
   withdraw(key: string, token: number, kind: IntentKind, error: Error): boolean {
     const entry = this.entries.get(key);
@@ -224,10 +261,13 @@ export class Intents {
     const failed = (w: Waiter): boolean => w.token <= token && w.kind === kind;
     for (const w of entry.waiters) if (failed(w)) w.reject(error);
     entry.waiters = entry.waiters.filter((w) => !failed(w));
-    const latest = entry.token === token;
+    const latest = entry.call === token;
     if (latest) {
-      entry.want = entry.registered;
-      entry.token = ++this.clock;
+      let standing: Waiter | undefined;
+      for (const w of entry.waiters) if (w.kind !== 'list' && (!standing || w.token > standing.token)) standing = w;
+      entry.want = standing ? standing.want : entry.registered;
+      entry.call = entry.token = ++this.clock;
+      entry.recovering = false;
     }
     this.update(entry);
     return latest;
@@ -248,32 +288,35 @@ export class Intents {
     return { puts, deletes };
   }
 
-  /** These puts got no answer: they may land later. */
-  unanswered(writes: readonly Write[]): void {
-    for (const w of writes) {
-      const entry = this.entries.get(w.key);
-      if (entry) entry.uncertain = true;
-    }
-  }
-
-  /** These puts are about to be sent. */
+  /** These writes are about to be sent. */
   sending(writes: readonly Write[]): void {
     for (const w of writes) {
       const entry = this.entries.get(w.key);
-      if (entry) entry.sent = true;
+      if (!entry) continue;
+      if (w.want) entry.sent = true;
+      else entry.deleting++;
     }
   }
 
-  /** etcd confirmed `write` (at `revision` for a put). Undefined if the write was already superseded as applied. */
+  /** A delete sent with sending() was answered (confirmed or not). */
+  deleteAnswered(write: Write): void {
+    const entry = this.entries.get(write.key);
+    if (entry && entry.deleting > 0) entry.deleting--;
+  }
+
+  /** etcd confirmed `write` at `revision`. Undefined if the write was already superseded as applied. */
   confirm(write: Write, revision = 0): Settled | undefined {
     const entry = this.entries.get(write.key);
-    if (!entry || write.token <= entry.applied) return undefined;
-    // Written before the key went stale (on a lost lease, before a wipe): the
-    // calls it answers are answered, but the key is still owed.
-    const current = write.issued >= entry.staleSince;
+    if (!entry) return undefined;
+    if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
+    else entry.deleteRevision = Math.max(entry.deleteRevision, revision);
+    if (write.token <= entry.applied) return undefined;
+    // Written before the key went stale (on a lost lease, before a wipe), or overwritten
+    // by an older put of ours that landed late (see latePut): the calls it answers are
+    // answered, but the key is still owed.
+    const current = write.issued >= entry.staleSince && !(write.want && revision < entry.lateRevision);
     const first = write.want !== undefined && entry.registered !== write.want;
     const restored = current && write.want !== undefined && entry.restoring && write.token === entry.token;
-    if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
     if (restored) entry.restoring = false;
     if (current) entry.applied = write.token;
     // A key withheld (paused, unhealthy) is still registered: only an unregistration forgets it.
@@ -288,18 +331,31 @@ export class Intents {
    * it fail with `error`, and the key falls back as in withdraw().
    */
   refuse(write: Write, error: Error): void {
-    this.withdraw(write.key, write.token, write.want ? 'put' : 'delete', error);
+    const entry = this.entries.get(write.key);
+    if (!entry) return;
+    if (write.token > entry.call) {
+      // A listing change (pause, resume, health): its callers fail; the write stays owed,
+      // retried with backoff (and reported) while etcd refuses it.
+      const failed = (w: Waiter): boolean => w.kind === 'list' && w.token <= write.token;
+      for (const w of entry.waiters) if (failed(w)) w.reject(error);
+      entry.waiters = entry.waiters.filter((w) => !failed(w));
+      return;
+    }
+    const kind: IntentKind = write.token === entry.call ? (entry.want ? 'put' : 'delete') : write.want ? 'put' : 'delete';
+    this.withdraw(write.key, write.token, kind, error);
   }
 
-  /** Every owned key (or those `filter` picks) must be written again: returns how many. */
+  /** Every listed key (or those `filter` picks) must be written again: returns how many. */
   staleAll(filter?: (endpoint: Endpoint) => boolean): number {
     let n = 0;
     const now = ++this.clock;
     for (const key of this.owned) {
       const e = this.entries.get(key)!;
-      if (filter && !filter(e.want!.endpoint)) continue;
+      if (!target(e) || (filter && !filter(e.want!.endpoint))) continue;
       e.applied = 0;
       e.staleSince = now;
+      // What the caller was told is in etcd is being put back: a recovery.
+      if (e.registered === e.want) e.recovering = true;
       this.update(e);
       n++;
     }
@@ -307,13 +363,15 @@ export class Intents {
   }
 
   /**
-   * Someone else deleted `key` at `revision`: if we still own it, it was
-   * confirmed, and the delete is newer than our last put, it is owed again.
+   * `key` was deleted at `revision`: if we still list it, it was confirmed, the
+   * delete is newer than our last put and is not one of ours, it is owed again.
    */
   deletedByOther(key: string, revision: number): boolean {
     const entry = this.entries.get(key);
-    if (!entry || !target(entry) || !entry.registered || revision <= entry.putRevision) return false;
+    if (!entry || !target(entry) || !entry.registered) return false;
+    if (revision <= entry.putRevision || revision <= entry.deleteRevision || entry.deleting > 0) return false;
     entry.restoring = true;
+    entry.recovering = true;
     entry.applied = 0;
     entry.staleSince = ++this.clock;
     this.update(entry);
@@ -321,23 +379,27 @@ export class Intents {
   }
 
   /**
-   * etcd applied a put of ours of `key` at `revision` with `value`. If a put of the
-   * key once went unanswered, and this is not what the key should hold (that put,
-   * landed late: an older value, or a key given up since) and it is newer than our
-   * last confirmed put, a write is owed again. Returns true if so.
+   * etcd applied a put of ours to `key` at `revision` with `value` (a put that got
+   * no answer, applied when a stalled member or etcd read it: it gets a fresh
+   * deadline there). If that is not what the key should hold (absent, or another
+   * value) and it is newer than our last confirmed put, the key is owed again.
    */
-  strayPut(key: string, revision: number, value: Buffer): boolean {
-    const entry = this.entries.get(key);
-    if (!entry?.uncertain) return false;
-    const wanted = target(entry);
-    if ((wanted && wanted.value.equals(value)) || revision <= entry.putRevision) return false;
+  latePut(key: string, value: Buffer, revision: number): boolean {
+    const known = this.entries.get(key);
+    if (known && (revision <= known.putRevision || target(known)?.value.equals(value) === true)) return false;
+    // A key we no longer track is deleted again.
+    const entry = known ?? this.entry(key);
+    if (!known) entry.token = entry.call = ++this.clock;
+    entry.sent = true;
     entry.applied = 0;
-    entry.staleSince = ++this.clock;
+    entry.lateRevision = Math.max(entry.lateRevision, revision);
+    // A delete in flight may have run before the late put: it does not count (a put's revision tells).
+    if (!target(entry)) entry.staleSince = ++this.clock;
     this.update(entry);
     return true;
   }
 
-  /** On close: pending registrations fail; pending unregistrations succeed (the revoke removes the keys). */
+  /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */
   closeAll(error: Error): void {
     for (const e of this.entries.values()) {
       for (const w of e.waiters) {
@@ -351,15 +413,20 @@ export class Intents {
   /**
    * Settles the waiters as old as `token` once etcd holds `written`: a put answers
    * every call (an unregister it superseded included); a delete answers
-   * unregistrations and pauses, and fails a registration only if the key was
-   * given up (a withheld key's registrations wait for it to be listed).
+   * unregistrations, pauses and resumes, and fails a registration only if the key
+   * was given up. A registration withheld by a pause is accepted (it is written on
+   * resume); one withheld by its health check waits for the check to pass.
    */
   private release(entry: Entry, token: number, written: IntentKind): void {
     const kept: Waiter[] = [];
     for (const w of entry.waiters) {
-      if (w.token > token || (written === 'delete' && w.kind === 'put' && entry.want)) kept.push(w);
-      else if (written === 'delete' && w.kind === 'put') w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
-      else w.resolve();
+      if (w.token > token) kept.push(w);
+      else if (written === 'put' || w.kind !== 'put') w.resolve();
+      else if (!entry.want) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
+      else if (entry.paused) {
+        entry.registered = entry.want;
+        w.resolve();
+      } else kept.push(w);
     }
     entry.waiters = kept;
   }
@@ -374,11 +441,15 @@ export class Intents {
       this.release(entry, entry.token, 'delete');
     }
     const owed = entry.applied < entry.token;
+    if (!owed) entry.recovering = false;
+    const listed = target(entry) !== undefined;
     toggle(this.owned, key, entry.want !== undefined);
     toggle(this.owedKeys, key, owed);
     toggle(this.pendingKeys, key, entry.want !== undefined && entry.registered !== entry.want);
-    toggle(this.putsOwedKeys, key, target(entry) !== undefined && owed);
-    if (!entry.want && !owed && entry.waiters.length === 0 && !entry.uncertain) this.entries.delete(key);
+    toggle(this.putsOwedKeys, key, listed && owed);
+    toggle(this.recoveringKeys, key, owed && entry.recovering);
+    toggle(this.callsOwedKeys, key, owed && !entry.recovering);
+    if (!entry.want && !owed && entry.waiters.length === 0 && entry.deleting === 0) this.entries.delete(key);
   }
 }
 

@@ -36,11 +36,13 @@ const debug = logger('lease');
 
 /** etcd's default limit on operations in one transaction (--max-txn-ops). */
 export const MAX_TXN_OPS = 128;
+/** Bytes of keys and values in one transaction: well under etcd's default --max-request-bytes (1.5 MiB). */
+export const MAX_TXN_BYTES = 512 * 1024;
 
 export type KeeperStatus = 'idle' | 'registering' | 'registered' | 'recovering';
 
 /** What made keys owed again; each cause is paced on its own, so one incident seen two ways is not slowed. */
-type RecoveryCause = 'lease lost' | 'data loss' | 'foreign delete' | 'stray write' | 'watch ended';
+type RecoveryCause = 'lease lost' | 'data loss' | 'foreign delete' | 'watch ended';
 
 export interface KeeperHooks {
   registered(endpoint: Endpoint): void;
@@ -85,9 +87,12 @@ export class LeaseKeeper {
     this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
     this.guard = new OwnershipGuard(conn, stream, keys, {
       deleted: (key, revision) => this.onForeignDelete(key, revision),
-      put: (key, revision, value, lease) => this.onPut(key, revision, value, lease),
+      put: (key, revision, value, lease) => this.onLatePut(key, lease, value, revision),
       restart: (service) => this.onWatchRestart(service),
-      error: (e) => this.outbox.push(() => this.hooks.error(e)),
+      error: (e) => {
+        this.outbox.push(() => this.hooks.error(e));
+        this.kick();
+      },
     });
     conn.on('reset', this.onReset);
     conn.on('unreachable', this.onUnreachable);
@@ -228,11 +233,12 @@ export class LeaseKeeper {
   private async step(): Promise<void> {
     if (this.closed) return;
     try {
-      if (this.recoveryDue.size > 0) await this.paceRecovery();
+      // Writes that answer calls never wait behind the pacing of recovery writes.
+      if (this.recoveryDue.size > 0 && !this.intents.callsOwed) await this.paceRecovery();
       if (this.intents.putsOwed && !this.session.isAlive) await this.grant();
       const { puts, deletes } = this.intents.owed(MAX_TXN_OPS);
       let failure: unknown;
-      if (puts.length > 0) failure = await this.put(puts);
+      if (puts.length > 0) failure = await this.put(byteLimited(puts));
       if (deletes.length > 0) failure = (await this.deleteAll(deletes)) ?? failure;
       if (failure !== undefined && !this.closed) {
         debug('write failed, retrying: %s', (failure as Error).message);
@@ -274,8 +280,15 @@ export class LeaseKeeper {
       revision = Number(res.header.revision);
     } catch (e) {
       if (e instanceof EtcdLeaseInvalidError) this.session.markLost('etcd no longer knows the lease');
-      else if (isUnreachableError(e)) this.intents.unanswered(writes);
-      else this.refused(e, writes, doing);
+      else if (!isUnreachableError(e) && writes.length > 1) {
+        // etcd refuses a transaction as a whole (too large, one key outside a role's prefix):
+        // halves are tried on their own, so only the key it refuses fails its caller.
+        debug('%s refused (%s): splitting the transaction', doing, (e as Error).message);
+        const half = Math.ceil(writes.length / 2);
+        const first = await this.put(writes.slice(0, half));
+        const second = this.closed ? undefined : await this.put(writes.slice(half));
+        return first ?? second;
+      } else this.refused(e, writes, doing);
       return e;
     }
     if (this.closed) return undefined;
@@ -310,12 +323,14 @@ export class LeaseKeeper {
 
   /** Deletes each key while it is on a lease of ours; resolves with an error if any failed. */
   private async deleteAll(writes: Write[]): Promise<unknown> {
+    this.intents.sending(writes);
     const results = await Promise.allSettled(writes.map((w) => this.deleteOne(w)));
     let failure: unknown;
     results.forEach((result, i) => {
       const w = writes[i]!;
+      this.intents.deleteAnswered(w);
       if (result.status === 'fulfilled') {
-        this.intents.confirm(w);
+        this.intents.confirm(w, result.value.revision);
         debug('unregistered %s%s', w.key, result.value.note);
         // Watched from here on too: a put of ours that lands late is undone.
         const service = this.keys.serviceOf(w.key);
@@ -421,11 +436,16 @@ export class LeaseKeeper {
     this.kick();
   }
 
-  /** A put of one of our keys: only ours matter (a successor that takes a key over keeps it). */
-  private onPut(key: string, revision: number, value: Buffer, lease: string): void {
-    if (this.closed || !this.session.known.has(lease) || !this.intents.strayPut(key, revision, value)) return;
-    debug('%s: a stale write of ours landed at revision %d: writing what it should hold', key, revision);
-    this.startRecovery('stray write', key);
+  /**
+   * A put on a lease of ours (a successor that takes a key over keeps it) that is
+   * not what the key should be: a write of ours that etcd applied after we stopped
+   * waiting for it (a stalled etcd or member gives a request it reads late a fresh
+   * deadline), after a newer call was written or the key was given up. Written again.
+   */
+  private onLatePut(key: string, lease: string, value: Buffer, revision: number): void {
+    if (this.closed || !this.session.known.has(lease) || !this.intents.latePut(key, value, revision)) return;
+    // Not paced as a recovery: a superseded put of a burst of updates lands like this too, and our rewrite ends it.
+    debug('%s was written by an older put of ours at revision %d: writing what it should be', key, revision);
     this.kick();
   }
 
@@ -451,7 +471,7 @@ export class LeaseKeeper {
     if (this.closed) return;
     let next: KeeperStatus;
     if (this.intents.ownedCount === 0) next = 'idle';
-    else if (this.regranting || this.session.state === 'lost' || (!this.reachable && this.session.leaseId !== undefined)) next = 'recovering';
+    else if (this.regranting || this.intents.recovering || this.session.state === 'lost' || (!this.reachable && this.session.leaseId !== undefined)) next = 'recovering';
     else if (!this.session.isAlive || this.intents.pending) next = 'registering';
     else next = 'registered';
     this.setStatus(next);
@@ -498,4 +518,15 @@ export class LeaseKeeper {
     this.flush();
     return error;
   }
+}
+
+/** The first writes that fit in MAX_TXN_BYTES (at least one). */
+function byteLimited(writes: Write[]): Write[] {
+  let bytes = 0;
+  for (let i = 0; i < writes.length; i++) {
+    const w = writes[i]!;
+    bytes += w.key.length * 3 + w.want!.value.length + 64;
+    if (bytes > MAX_TXN_BYTES && i > 0) return writes.slice(0, i);
+  }
+  return writes;
 }
