@@ -270,12 +270,20 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.assertOpen('registerServer');
     checkOptions('registerServer', options, 'the options');
     const bound = await listeningAddress(server);
-    const endpoint = await this.register({ ...options, address: options.address ?? serverAddress(bound) });
-    server.once('close', () => {
+    let closedMeanwhile = false;
+    let registered: Endpoint | undefined;
+    const drop = (endpoint: Endpoint): void => {
       if (this.closed || this.keeper.endpoint(endpoint.key) !== endpoint) return;
       this.unregister(endpoint).catch((e: Error) => debug('unregistering %s after its server closed failed: %s', endpoint.key, e.message));
+    };
+    // Listening for 'close' before registering: a server that closes meanwhile is not left listed.
+    server.once('close', () => {
+      closedMeanwhile = true;
+      if (registered) drop(registered);
     });
-    return endpoint;
+    registered = await this.register({ ...options, address: options.address ?? serverAddress(bound) });
+    if (closedMeanwhile) drop(registered);
+    return registered;
   }
 
   /**

@@ -151,6 +151,8 @@ export class HealthCheck {
   private running: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Aborts the check in flight. */
+  private abort: AbortController | undefined;
   /** Checks started, for logs and tests. */
   checks = 0;
 
@@ -177,6 +179,8 @@ export class HealthCheck {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.running = undefined;
+    // A check in flight is aborted (a GET closes its socket), not left to its own timeout.
+    this.abort?.abort(new Error('health check stopped'));
   }
 
   private tick(): void {
@@ -186,6 +190,7 @@ export class HealthCheck {
     if (this.running) return; // the previous check is still within its timeout
     this.checks++;
     const abort = new AbortController();
+    this.abort = abort;
     const deadline = setTimeout(() => {
       this.running = undefined;
       abort.abort(new Error('health check timed out'));
