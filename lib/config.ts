@@ -4,9 +4,8 @@
  * environment. Returns a frozen RegistryConfig that the rest of the library uses.
  */
 import os from 'node:os';
-import { isDeepStrictEqual } from 'node:util';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
-import { isWellFormed, validateAddress, validateServiceName } from './keys';
+import { HOST_PORT, MAX_METADATA_BYTES, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { REDACTED, Secret, isSecret } from './secret';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
 
@@ -136,7 +135,7 @@ export const MAX_LEASE_SECONDS = 86_400 * 365;
 /** Longest duration accepted for a timer: setTimeout fires at once beyond 2^31-1 ms. */
 export const MAX_TIMER_SECONDS = 2_147_483;
 export const MAX_KEY_PREFIX_LENGTH = 512;
-export const MAX_METADATA_BYTES = 16 * 1024;
+export { MAX_METADATA_BYTES };
 const DEFAULT_ENDPOINTS: readonly string[] = Object.freeze(['http://127.0.0.1:2379']);
 const DEFAULT_SIGNALS: readonly NodeJS.Signals[] = Object.freeze(['SIGTERM', 'SIGINT'] as const);
 const UNCATCHABLE_SIGNALS = new Set(['SIGKILL', 'SIGSTOP']);
@@ -146,8 +145,6 @@ const FALSE_WORDS = new Set(['0', 'false', 'no']);
 export const MAX_USERNAME_LENGTH = 256;
 /** A plain decimal: no sign, exponent, hex, units or separators. */
 const DECIMAL = /^(?:\d+(?:\.\d*)?|\.\d+)$/;
-/** `host` or `[ipv6]`, then an optional `:port`. */
-const HOST_PORT = /^(\[[^\]]+\]|[^:[\]/?#@\\]+)(?::(\d+))?$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL_OR_SPACE = /[\u0000-\u001f\u007f-\u009f\s]/;
 
@@ -319,31 +316,19 @@ function keyPrefix(input: Input): string {
 }
 
 /** Runs a keys.ts validator, turning its RegistryError into a RegistryConfigError for `input`. */
-function validated(input: Input, validate: (value: unknown, what: string) => string, what: string): string {
+function validated<T>(input: Input, validate: (value: unknown, what: string) => T, what: string, value: unknown = input.value): T {
   try {
-    return validate(input.value, what);
+    return validate(value, what);
   } catch (e) {
     if (!isRegistryError(e)) throw e;
-    const head = `${what} ${quote(input.value)} is invalid: `;
+    const head = `${what} ${quote(value)} is invalid: `;
     return fail(input, e.message.startsWith(head) ? e.message.slice(head.length) : e.message, e);
   }
 }
 
 const serviceName = (input: Input): string => validated(input, validateServiceName, 'service name');
 
-function serviceAddress(input: Input): string {
-  const address = validated(input, validateAddress, 'address');
-  if (address.includes('://')) {
-    if (!URL.canParse(address)) fail(input, 'expected host:port or a valid URL');
-    return address;
-  }
-  const m = HOST_PORT.exec(address);
-  const portNumber = Number(m?.[2]);
-  if (!m || !(portNumber >= 1 && portNumber <= 65535) || !URL.canParse(`http://${m[1]}`)) {
-    fail(input, 'expected host:port with a port from 1 to 65535 (IPv6 as [::1]:80), or a URL');
-  }
-  return address;
-}
+const serviceAddress = (input: Input): string => validated(input, validateServiceAddress, 'address');
 
 /**
  * The address and the port are one setting: if either typed option is given, the environment
@@ -504,46 +489,17 @@ function resolveAuth(options: RegistryOptions, read: (key: Key) => Input | undef
 
 // ---- metadata ---------------------------------------------------------------------------
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
-  const proto: unknown = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
-}
-
-/** A JSON object (env) or a plain object that survives a JSON round trip (option), ≤ 16 KiB. */
+/** A JSON object (env) or a plain object of JSON data (option), ≤ 16 KiB: validate.ts's one metadata check. */
 function metadata(input: Input): Readonly<Record<string, unknown>> {
-  const { value } = input;
-  let copy: unknown;
-  let json: string;
-  if (input.typed) {
-    if (!isPlainObject(value)) return fail(input, 'expected a plain object');
-    try {
-      json = JSON.stringify(value);
-      copy = JSON.parse(json);
-    } catch (e) {
-      return fail(input, 'expected an object that JSON can serialise', e);
-    }
-    if (!isDeepStrictEqual(copy, { ...value })) {
-      fail(input, 'expected JSON data only (no undefined, functions, symbols, Dates, class instances, NaN or Infinity)');
-    }
-  } else {
-    try {
-      copy = JSON.parse(value as string);
-    } catch (e) {
-      return fail(input, 'expected a JSON object such as {"zone":"eu-1"}', e);
-    }
-    if (!isPlainObject(copy)) fail(input, 'expected a JSON object such as {"zone":"eu-1"}, not an array, string, number or null');
-    json = JSON.stringify(copy);
+  if (input.typed) return validated(input, validateMetadata, 'metadata');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(input.value as string);
+  } catch (e) {
+    return fail(input, 'expected a JSON object such as {"zone":"eu-1"}', e);
   }
-  const bytes = Buffer.byteLength(json);
-  if (bytes > MAX_METADATA_BYTES) fail(input, `its JSON is ${bytes} bytes, more than ${MAX_METADATA_BYTES}`);
-  return deepFreeze(copy as Record<string, unknown>);
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null) {
-    for (const child of Object.values(value)) deepFreeze(child);
-    Object.freeze(value);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    fail(input, 'expected a JSON object such as {"zone":"eu-1"}, not an array, string, number or null');
   }
-  return value;
+  return validated(input, validateMetadata, 'metadata', parsed);
 }

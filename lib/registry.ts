@@ -9,7 +9,8 @@ import { checkOptions, checkPickOptions, checkSignal, checkTimeout } from './arg
 import { etcdClientOptions } from './client-options';
 import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
-import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
+import { KeySpace, encodeValue } from './keys';
+import { validateAddress, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
 import { isStrategy, type Picker, type PickOptions, type Strategy } from './pickers';
@@ -153,10 +154,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       );
     }
     validateServiceName(service);
-    validateAddress(address);
-    const metadata = Object.freeze(
-      input.metadata === undefined ? { ...this.config.serviceMetadata } : validateMetadata(input.metadata),
-    );
+    validateServiceAddress(address);
+    const metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
     this.enrollSignals();
     debug('registering %s', endpoint.key);

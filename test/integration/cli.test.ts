@@ -65,6 +65,8 @@ describe('etcd-service-registry command line', () => {
       [['ls', 'bad name!'], /service name "bad name!" is invalid/],
       [['unregister', 'web'], /missing <address>/],
       [['register', 'web', '10.0.0.1:80', '--ttl', '0'], /--ttl "0" is invalid/],
+      [['register', 'billing', '10.0.0.1:99999'], /address "10\.0\.0\.1:99999" is invalid: expected host:port with a port from 1 to 65535/],
+      [['register', 'billing', 'localhost'], /address "localhost" is invalid: expected host:port/],
       [['register', 'web', '10.0.0.1:80', '--metadata', '[1]'], /--metadata \[1\] is invalid/],
       [['watch', '--timeout', 'soon'], /--timeout "soon" is invalid/],
     ];
