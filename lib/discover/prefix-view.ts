@@ -9,16 +9,16 @@
  * working watch or is retrying to get one.
  */
 import { EtcdPermissionDeniedError, Range, type IEvent, type IKeyValue } from 'etcd3';
-import { cappedBackoff } from './backoff';
-import { type Connection, isUnreachableError, watchRefusal } from './connection';
-import { RegistryClosedError, quote } from './errors';
-import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from './keys';
-import { logger } from './log';
-import { readPrefix } from './read-prefix';
+import { cappedBackoff } from '../backoff';
+import { type Connection, isUnreachableError, watchRefusal } from '../connection';
+import { RegistryClosedError, quote } from '../errors';
+import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from '../keys';
+import { logger } from '../log';
+import { readPrefix } from '../read-prefix';
 import type { ListEntry, ServiceList } from './service-list';
-import { delay } from './time';
-import type { Endpoint, InvalidEndpointEvent } from './types';
-import type { WatchStream, WatchTarget } from './watch-stream';
+import { delay } from '../time';
+import type { Endpoint, InvalidEndpointEvent } from '../types';
+import type { WatchStream, WatchTarget } from '../watch-stream';
 
 const debug = logger('view');
 

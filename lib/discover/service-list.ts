@@ -3,9 +3,9 @@
  * incrementally (a Map keyed by etcd key); pickers are updated with exactly
  * what changed; the frozen array handed out stays the same until the next change.
  */
-import { ChurnMap } from './churn-map';
-import { createPicker, type Picker, type Strategy } from './pickers';
-import type { Endpoint } from './types';
+import { ChurnMap } from '../churn-map';
+import { createPicker, type Picker, type Strategy } from '../pickers';
+import type { Endpoint } from '../types';
 
 export interface ListEntry {
   readonly endpoint: Endpoint;
