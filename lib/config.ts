@@ -37,6 +37,12 @@ export interface RegistryOptions {
   /** REGISTRY_DRAIN_SECONDS */
   drainSeconds?: number;
   /**
+   * REGISTRY_DISCOVERY_IDLE_SECONDS: a service read only through endpoints(), pick(),
+   * pickAsync(), waitFor(), watch() or services() (no live subscribe()) is dropped, its
+   * watch cancelled, after this long without a read; 0 keeps it for the registry's life.
+   */
+  discoveryIdleSeconds?: number;
+  /**
    * REGISTRY_USE_TLS: talk to etcd over TLS. Also on when an endpoint is https:// or a
    * REGISTRY_TLS_* file is set; http:// endpoints are then switched to https://.
    * `false` together with https:// endpoints or a TLS file is an error, never a silent downgrade.
@@ -72,6 +78,8 @@ export interface RegistryConfig {
   readonly shutdownSignals: readonly NodeJS.Signals[];
   readonly shutdownTimeoutMs: number;
   readonly drainMs: number;
+  /** How long a service read without a subscription stays watched after its last read; 0: for ever. */
+  readonly discoveryIdleMs: number;
   /** TLS towards etcd, with every file already read; undefined: plain http. */
   readonly tls: TlsConfig | undefined;
   /** etcd credentials; undefined: no authentication. */
@@ -112,6 +120,7 @@ export const ENV_VARIABLES = {
   shutdownSignals: 'REGISTRY_SHUTDOWN_SIGNALS',
   shutdownTimeoutSeconds: 'REGISTRY_SHUTDOWN_TIMEOUT_SECONDS',
   drainSeconds: 'REGISTRY_DRAIN_SECONDS',
+  discoveryIdleSeconds: 'REGISTRY_DISCOVERY_IDLE_SECONDS',
   useTls: 'REGISTRY_USE_TLS',
   tlsCaPath: 'REGISTRY_TLS_CA_PATH',
   tlsCertPath: 'REGISTRY_TLS_CERT_PATH',
@@ -181,6 +190,7 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     shutdownSignals: Object.freeze(field('shutdownSignals', signals, DEFAULT_SIGNALS)),
     shutdownTimeoutMs: field('shutdownTimeoutSeconds', positiveMs, 5_000),
     drainMs: field('drainSeconds', nonNegativeMs, 0),
+    discoveryIdleMs: field('discoveryIdleSeconds', nonNegativeMs, 300_000),
     tls,
     auth: resolveAuth(options, read),
   });

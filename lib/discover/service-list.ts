@@ -19,6 +19,8 @@ export class ServiceList {
   private readonly pickers = new Map<Strategy, Picker>();
   /** Filled from etcd at least once: later differences are changes, the first fill is not. */
   synced = false;
+  /** Read (endpoints(), pick(), …) since the idle sweep last looked: set on every read, cleared by the sweep. */
+  used = false;
 
   constructor(readonly service: string) {}
 

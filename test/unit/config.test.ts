@@ -55,6 +55,7 @@ describe('resolveConfig defaults', () => {
       shutdownSignals: ['SIGTERM', 'SIGINT'],
       shutdownTimeoutMs: 5_000,
       drainMs: 0,
+      discoveryIdleMs: 300_000,
       tls: undefined,
       auth: undefined,
     });
@@ -86,6 +87,7 @@ describe('resolveConfig good values from the environment', () => {
       REGISTRY_SHUTDOWN_SIGNALS: 'SIGTERM, SIGHUP',
       REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '12',
       REGISTRY_DRAIN_SECONDS: '1.5',
+      REGISTRY_DISCOVERY_IDLE_SECONDS: '60',
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['https://etcd-0:2379', 'https://etcd-1:2379'],
@@ -100,6 +102,7 @@ describe('resolveConfig good values from the environment', () => {
       shutdownSignals: ['SIGTERM', 'SIGHUP'],
       shutdownTimeoutMs: 12_000,
       drainMs: 1_500,
+      discoveryIdleMs: 60_000,
       tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
       auth: undefined,
     });
@@ -488,6 +491,7 @@ describe('options and environment', () => {
     REGISTRY_SHUTDOWN_SIGNALS: 'SIGHUP',
     REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '7',
     REGISTRY_DRAIN_SECONDS: '7',
+    REGISTRY_DISCOVERY_IDLE_SECONDS: '7',
   };
 
   it('typed options win over the environment', () => {
@@ -504,6 +508,7 @@ describe('options and environment', () => {
       shutdownSignals: 'SIGUSR1',
       shutdownTimeoutSeconds: 6,
       drainSeconds: 8,
+      discoveryIdleSeconds: 9,
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['http://opt-etcd:2379'],
@@ -518,6 +523,7 @@ describe('options and environment', () => {
       shutdownSignals: ['SIGUSR1'],
       shutdownTimeoutMs: 6_000,
       drainMs: 8_000,
+      discoveryIdleMs: 9_000,
       tls: undefined,
       auth: undefined,
     });
