@@ -225,7 +225,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * REGISTRY_DISCOVERY_IDLE_SECONDS (then the next call reads it again).
    */
   async endpoints(service: string): Promise<readonly Endpoint[]> {
-    return (await this.syncedList(service, 'endpoints')).endpoints;
+    const fast = this.closing === undefined ? this.discovery.syncedListFast(service) : undefined;
+    return (fast ?? (await this.syncedList(service, 'endpoints'))).endpoints;
   }
 
   /**

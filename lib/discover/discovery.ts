@@ -106,6 +106,18 @@ export class Discovery {
     this.ensureSweeper();
   }
 
+  /**
+   * The hot path of endpoints(): the list of a service already read, and already
+   * held implicitly (so the read only needs marking); undefined sends the caller
+   * down the full path.
+   */
+  syncedListFast(service: string): ServiceList | undefined {
+    const list = this.lists.get(service);
+    if (list === undefined || !list.synced || this.holds.get(service)?.implicit !== true) return undefined;
+    list.used = true;
+    return list;
+  }
+
   /** A reference-counted hold, resolved once the service is synced. */
   async subscribe(service: string, method = 'subscribe'): Promise<Subscription> {
     this.assertOpen(method);
