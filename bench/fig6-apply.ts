@@ -12,7 +12,7 @@
  *     with a listener that only stamps the clock, and one that also walks
  *     `event.endpoints`.
  */
-import { ServiceList, type ListEntry } from '../lib/service-list';
+import { ServiceList, type ListEntry } from '../lib/discover/service-list';
 import type { Strategy } from '../lib/pickers';
 import type { Endpoint } from '../lib/types';
 import { fmtNs, fmtP, fmtRatio, median, nowMs, round, roundSummary, shuffle, summarize } from './stats';

@@ -4,9 +4,8 @@
  * environment. Returns a frozen RegistryConfig that the rest of the library uses.
  */
 import os from 'node:os';
-import { isDeepStrictEqual } from 'node:util';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
-import { isWellFormed, validateAddress, validateServiceName } from './keys';
+import { HOST_PORT, MAX_METADATA_BYTES, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { HEALTH_DEFAULTS, type HealthDefaults } from './publish/health';
 import { REDACTED, Secret, isSecret } from './secret';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
@@ -49,6 +48,12 @@ export interface RegistryOptions {
   /** REGISTRY_HEALTH_PASSES: default passes in a row that put it back (1). */
   healthPasses?: number;
   /**
+   * REGISTRY_DISCOVERY_IDLE_SECONDS: a service read only through endpoints(), pick(),
+   * pickAsync(), waitFor(), watch() or services() (no live subscribe()) is dropped, its
+   * watch cancelled, after this long without a read; 0 keeps it for the registry's life.
+   */
+  discoveryIdleSeconds?: number;
+  /**
    * REGISTRY_USE_TLS: talk to etcd over TLS. Also on when an endpoint is https:// or a
    * REGISTRY_TLS_* file is set; http:// endpoints are then switched to https://.
    * `false` together with https:// endpoints or a TLS file is an error, never a silent downgrade.
@@ -88,6 +93,8 @@ export interface RegistryConfig {
   readonly healthUrl: string | undefined;
   /** Defaults of every health check. */
   readonly health: HealthDefaults;
+  /** How long a service read without a subscription stays watched after its last read; 0: for ever. */
+  readonly discoveryIdleMs: number;
   /** TLS towards etcd, with every file already read; undefined: plain http. */
   readonly tls: TlsConfig | undefined;
   /** etcd credentials; undefined: no authentication. */
@@ -133,6 +140,7 @@ export const ENV_VARIABLES = {
   healthTimeoutSeconds: 'REGISTRY_HEALTH_TIMEOUT_SECONDS',
   healthFailures: 'REGISTRY_HEALTH_FAILURES',
   healthPasses: 'REGISTRY_HEALTH_PASSES',
+  discoveryIdleSeconds: 'REGISTRY_DISCOVERY_IDLE_SECONDS',
   useTls: 'REGISTRY_USE_TLS',
   tlsCaPath: 'REGISTRY_TLS_CA_PATH',
   tlsCertPath: 'REGISTRY_TLS_CERT_PATH',
@@ -156,7 +164,7 @@ export const MAX_LEASE_SECONDS = 86_400 * 365;
 /** Longest duration accepted for a timer: setTimeout fires at once beyond 2^31-1 ms. */
 export const MAX_TIMER_SECONDS = 2_147_483;
 export const MAX_KEY_PREFIX_LENGTH = 512;
-export const MAX_METADATA_BYTES = 16 * 1024;
+export { MAX_METADATA_BYTES };
 const DEFAULT_ENDPOINTS: readonly string[] = Object.freeze(['http://127.0.0.1:2379']);
 const DEFAULT_SIGNALS: readonly NodeJS.Signals[] = Object.freeze(['SIGTERM', 'SIGINT'] as const);
 const UNCATCHABLE_SIGNALS = new Set(['SIGKILL', 'SIGSTOP']);
@@ -166,8 +174,6 @@ const FALSE_WORDS = new Set(['0', 'false', 'no']);
 export const MAX_USERNAME_LENGTH = 256;
 /** A plain decimal: no sign, exponent, hex, units or separators. */
 const DECIMAL = /^(?:\d+(?:\.\d*)?|\.\d+)$/;
-/** `host` or `[ipv6]`, then an optional `:port`. */
-const HOST_PORT = /^(\[[^\]]+\]|[^:[\]/?#@\\]+)(?::(\d+))?$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL_OR_SPACE = /[\u0000-\u001f\u007f-\u009f\s]/;
 
@@ -211,6 +217,7 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
       failures: field('healthFailures', count, HEALTH_DEFAULTS.failures),
       passes: field('healthPasses', count, HEALTH_DEFAULTS.passes),
     }),
+    discoveryIdleMs: field('discoveryIdleSeconds', nonNegativeMs, 300_000),
     tls,
     auth: resolveAuth(options, read),
   });
@@ -361,31 +368,19 @@ function keyPrefix(input: Input): string {
 }
 
 /** Runs a keys.ts validator, turning its RegistryError into a RegistryConfigError for `input`. */
-function validated(input: Input, validate: (value: unknown, what: string) => string, what: string): string {
+function validated<T>(input: Input, validate: (value: unknown, what: string) => T, what: string, value: unknown = input.value): T {
   try {
-    return validate(input.value, what);
+    return validate(value, what);
   } catch (e) {
     if (!isRegistryError(e)) throw e;
-    const head = `${what} ${quote(input.value)} is invalid: `;
+    const head = `${what} ${quote(value)} is invalid: `;
     return fail(input, e.message.startsWith(head) ? e.message.slice(head.length) : e.message, e);
   }
 }
 
 const serviceName = (input: Input): string => validated(input, validateServiceName, 'service name');
 
-function serviceAddress(input: Input): string {
-  const address = validated(input, validateAddress, 'address');
-  if (address.includes('://')) {
-    if (!URL.canParse(address)) fail(input, 'expected host:port or a valid URL');
-    return address;
-  }
-  const m = HOST_PORT.exec(address);
-  const portNumber = Number(m?.[2]);
-  if (!m || !(portNumber >= 1 && portNumber <= 65535) || !URL.canParse(`http://${m[1]}`)) {
-    fail(input, 'expected host:port with a port from 1 to 65535 (IPv6 as [::1]:80), or a URL');
-  }
-  return address;
-}
+const serviceAddress = (input: Input): string => validated(input, validateServiceAddress, 'address');
 
 /**
  * The address and the port are one setting: if either typed option is given, the environment
@@ -546,46 +541,17 @@ function resolveAuth(options: RegistryOptions, read: (key: Key) => Input | undef
 
 // ---- metadata ---------------------------------------------------------------------------
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
-  const proto: unknown = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
-}
-
-/** A JSON object (env) or a plain object that survives a JSON round trip (option), ≤ 16 KiB. */
+/** A JSON object (env) or a plain object of JSON data (option), ≤ 16 KiB: validate.ts's one metadata check. */
 function metadata(input: Input): Readonly<Record<string, unknown>> {
-  const { value } = input;
-  let copy: unknown;
-  let json: string;
-  if (input.typed) {
-    if (!isPlainObject(value)) return fail(input, 'expected a plain object');
-    try {
-      json = JSON.stringify(value);
-      copy = JSON.parse(json);
-    } catch (e) {
-      return fail(input, 'expected an object that JSON can serialise', e);
-    }
-    if (!isDeepStrictEqual(copy, { ...value })) {
-      fail(input, 'expected JSON data only (no undefined, functions, symbols, Dates, class instances, NaN or Infinity)');
-    }
-  } else {
-    try {
-      copy = JSON.parse(value as string);
-    } catch (e) {
-      return fail(input, 'expected a JSON object such as {"zone":"eu-1"}', e);
-    }
-    if (!isPlainObject(copy)) fail(input, 'expected a JSON object such as {"zone":"eu-1"}, not an array, string, number or null');
-    json = JSON.stringify(copy);
+  if (input.typed) return validated(input, validateMetadata, 'metadata');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(input.value as string);
+  } catch (e) {
+    return fail(input, 'expected a JSON object such as {"zone":"eu-1"}', e);
   }
-  const bytes = Buffer.byteLength(json);
-  if (bytes > MAX_METADATA_BYTES) fail(input, `its JSON is ${bytes} bytes, more than ${MAX_METADATA_BYTES}`);
-  return deepFreeze(copy as Record<string, unknown>);
-}
-
-function deepFreeze<T>(value: T): T {
-  if (typeof value === 'object' && value !== null) {
-    for (const child of Object.values(value)) deepFreeze(child);
-    Object.freeze(value);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    fail(input, 'expected a JSON object such as {"zone":"eu-1"}, not an array, string, number or null');
   }
-  return value;
+  return validated(input, validateMetadata, 'metadata', parsed);
 }

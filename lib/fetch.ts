@@ -113,7 +113,9 @@ class AttemptFailed extends Error {
  * - RegistryTimeoutError (ERR_TIMEOUT) when `totalTimeout` passes first;
  * - the caller's `signal.reason` when it aborts;
  * - pickAsync()'s error as is (ERR_NO_ENDPOINTS, …), and ERR_INVALID_ADDRESS
- *   for a registered address that cannot be fetched.
+ *   for a registered address that cannot be fetched: not host:port or an
+ *   http(s) URL, or on a port Node's fetch refuses (the Fetch standard's "bad
+ *   ports": 5060, 6000, 10080, …), named in the message, not retried.
  */
 export async function fetchWithFailover(
   source: EndpointSource,
@@ -174,6 +176,15 @@ export async function fetchWithFailover(
       return response;
     } catch (e) {
       if (stop.aborted) throw stop.reason;
+      const refused = badPort(e, url);
+      if (refused) {
+        debug('%s: %s refused by fetch: bad port %s', what, endpoint.address, refused);
+        throw new RegistryError(
+          'ERR_INVALID_ADDRESS',
+          `${what}: endpoint ${quote(endpoint.address)} cannot be fetched: Node's fetch refuses port ${refused} (a "bad port" of the Fetch standard, like 5060, 6000 or 10080) without connecting; register the service on another port, or call it with node:http`,
+          { cause: e },
+        );
+      }
       let failure: AttemptFailed;
       if (timeout.signal.aborted) {
         failure = new AttemptFailed(endpoint, `no response within ${options.attemptTimeout} ms`, { cause: timeout.signal.reason });
@@ -318,6 +329,14 @@ function connectionError(error: unknown, depth = 0): (Error & { code: string }) 
     }
   }
   return connectionError((error as { cause?: unknown }).cause, depth + 1);
+}
+
+/** The port when `error` is fetch's refusal of a "bad port" (undici: TypeError, cause "bad port"), else undefined. */
+function badPort(error: unknown, url: URL): string | undefined {
+  if (!(error instanceof TypeError)) return undefined;
+  const cause = (error as { cause?: unknown }).cause;
+  if (!(cause instanceof Error) || cause.message !== 'bad port') return undefined;
+  return url.port || (url.protocol === 'https:' ? '443' : '80');
 }
 
 function describe(error: unknown): string {

@@ -1,7 +1,8 @@
 export { Registry, type WatchOptions, type PickerOptions, type WaitForOptions } from './registry';
+export { Subscription, type SubscriptionEvents } from './discover/subscription';
 export { fetchWithFailover, type FailoverRequestInit, type EndpointSource } from './fetch';
 export { STRATEGIES, type Strategy } from './pickers';
-export { resolveConfig, type RegistryConfig, type RegistryOptions, type TlsConfig, type AuthConfig } from './config';
+export { resolveConfig, describeConfig, type RegistryConfig, type RegistryOptions, type TlsConfig, type AuthConfig } from './config';
 export { Secret } from './secret';
 export {
   RegistryError,

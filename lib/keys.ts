@@ -6,52 +6,19 @@
  * Value: the JSON of etcd's naming package, `{"Op":0,"Addr":"…","Metadata":{…}}`.
  *        An empty value (what gsr writes) means the address is the key's last segment.
  */
-import { RegistryError, quote } from './errors';
+import { quote } from './errors';
+import { validateAddress } from './validate';
 
-/** 1 to 253 letters, digits, ".", "_" or "-", but not "." or ".." alone. */
-export const SERVICE_NAME_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,253}$/;
-/** Largest address accepted, in characters. */
-export const MAX_ADDRESS_LENGTH = 1024;
-/** C0 and C1 controls, white space (incl. U+2028/9, U+FEFF), zero-width and text-direction characters. */
-// eslint-disable-next-line no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\s\u200b-\u200f\u202a-\u202e\u2060-\u2069]/;
-
-/** True when `text` has no lone surrogate, i.e. it survives UTF-8 encoding unchanged. */
-export function isWellFormed(text: string): boolean {
-  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
-}
-
-export function validateServiceName(service: unknown, what = 'service name'): string {
-  if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) {
-    throw new RegistryError(
-      'ERR_INVALID_SERVICE_NAME',
-      `${what} ${quote(service)} is invalid: use 1 to 253 letters, digits, ".", "_" or "-" (not "." or ".." alone)`,
-    );
-  }
-  return service;
-}
-
-export function validateAddress(address: unknown, what = 'address'): string {
-  if (typeof address !== 'string' || address.length === 0) {
-    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: expected a non-empty "host:port" or URL`);
-  }
-  if (address.length > MAX_ADDRESS_LENGTH) {
-    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: longer than ${MAX_ADDRESS_LENGTH} characters`);
-  }
-  if (UNPRINTABLE.test(address)) {
-    throw new RegistryError(
-      'ERR_INVALID_ADDRESS',
-      `${what} ${quote(address)} is invalid: it contains white space, control, invisible or text-direction characters`,
-    );
-  }
-  if (!isWellFormed(address)) {
-    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: it is not valid Unicode (a lone surrogate)`);
-  }
-  if (address === '.' || address === '..') {
-    throw new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: expected a "host:port" or URL`);
-  }
-  return address;
-}
+export {
+  MAX_ADDRESS_LENGTH,
+  MAX_METADATA_BYTES,
+  SERVICE_NAME_PATTERN,
+  isWellFormed,
+  validateAddress,
+  validateMetadata,
+  validateServiceAddress,
+  validateServiceName,
+} from './validate';
 
 export function encodeAddress(address: string): string {
   return address.replace(/[%/]/g, (c) => (c === '%' ? '%25' : '%2F'));
@@ -143,29 +110,4 @@ function checked(service: string, key: string, address: string, metadata: Record
 
 export function encodeValue(address: string, metadata: Readonly<Record<string, unknown>>): string {
   return JSON.stringify({ Op: 0, Addr: address, Metadata: metadata });
-}
-
-/** Largest metadata accepted, as JSON. */
-export const MAX_METADATA_BYTES = 16 * 1024;
-
-/** A plain object whose JSON round-trips and stays under MAX_METADATA_BYTES. */
-export function validateMetadata(metadata: unknown, what = 'metadata'): Record<string, unknown> {
-  const plain =
-    typeof metadata === 'object' &&
-    metadata !== null &&
-    !Array.isArray(metadata) &&
-    (Object.getPrototypeOf(metadata) === Object.prototype || Object.getPrototypeOf(metadata) === null);
-  if (!plain) {
-    throw new RegistryError('ERR_INVALID_METADATA', `${what} ${quote(metadata)} is invalid: expected a plain JSON object`);
-  }
-  let json: string;
-  try {
-    json = JSON.stringify(metadata);
-  } catch (e) {
-    throw new RegistryError('ERR_INVALID_METADATA', `${what} is invalid: it cannot be written as JSON (${(e as Error).message})`, { cause: e });
-  }
-  if (Buffer.byteLength(json) > MAX_METADATA_BYTES) {
-    throw new RegistryError('ERR_INVALID_METADATA', `${what} ${quote(metadata)} is invalid: larger than ${MAX_METADATA_BYTES} bytes as JSON`);
-  }
-  return JSON.parse(json) as Record<string, unknown>;
 }

@@ -1,5 +1,5 @@
 /**
- * The public facade. Publishing (LeaseKeeper) and seeing (ServiceView) share one
+ * The public facade. Publishing (LeaseKeeper) and seeing (Discovery) share one
  * Connection and one WatchStream and nothing else.
  */
 import { EventEmitter } from 'node:events';
@@ -9,15 +9,18 @@ import { checkOptions, checkPickOptions, checkSignal, checkTimeout } from './arg
 import { etcdClientOptions } from './client-options';
 import { Connection } from './connection';
 import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
-import { KeySpace, encodeValue, validateAddress, validateMetadata, validateServiceName } from './keys';
+import { KeySpace, encodeValue } from './keys';
+import { validateAddress, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { healthSpec, type HealthState } from './publish/health';
 import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
 import { listeningAddress, serverAddress, type ListeningServer, type ServerRegistration } from './publish/server';
-import { isStrategy, type Picker, type PickOptions, type Strategy } from './pickers';
+import { isStrategy, type Picker, type PickerOptions } from './pickers';
 import { logger } from './log';
-import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
-import { ServiceList } from './service-list';
+import { Discovery } from './discover/discovery';
+import type { ChangeKind } from './discover/prefix-view';
+import type { ServiceList } from './discover/service-list';
+import type { Subscription } from './discover/subscription';
 import { enroll } from './shutdown';
 import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
@@ -29,10 +32,7 @@ export interface WatchOptions {
   signal?: AbortSignal;
 }
 
-export interface PickerOptions extends PickOptions {
-  /** Defaults to 'round-robin'. */
-  strategy?: Strategy;
-}
+export type { PickerOptions };
 
 export interface WaitForOptions {
   /** How many endpoints to wait for; default 1. */
@@ -48,11 +48,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly conn: Connection;
   private readonly stream: WatchStream;
   private readonly keeper: LeaseKeeper;
-  /** The local list of every service seen. */
-  private readonly lists = new Map<string, ServiceList>();
-  /** One watched prefix per service asked for, until `services()` watches them all at once. */
-  private readonly views = new Map<string, PrefixView>();
-  private rootView: PrefixView | undefined;
+  /** What is watched, and for how long (lib/discover/discovery.ts). */
+  private readonly discovery: Discovery;
   /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
   private readonly down = new Map<string, number>();
   private currentStatus: RegistryStatus = 'idle';
@@ -84,9 +81,20 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     });
     this.conn.on('unreachable', (error) => this.emit('etcd-unreachable', { error }));
     this.conn.on('reachable', () => this.emit('etcd-reachable'));
-    this.conn.on('reset', (reason) => {
-      for (const view of this.allViews()) void view.resync(`etcd lost its data: ${reason}`);
+    this.discovery = new Discovery({
+      keys: this.keys,
+      conn: this.conn,
+      stream: this.stream,
+      idleMs: this.config.discoveryIdleMs,
+      connectTimeoutMs: this.config.connectTimeoutMs,
+      hooks: {
+        onChange: (list, added, removed, kind, subscriptions) => this.onListChange(list, added, removed, kind, subscriptions),
+        onInvalid: (event) => this.emit('invalid-endpoint', event),
+        onError: (e) => this.reportError(e),
+        pick: (service, options) => this.pickFast(service, options) ?? this.pickChecked(service, options, false),
+      },
     });
+    this.conn.on('reset', (reason) => this.discovery.resyncAll(`etcd lost its data: ${reason}`));
     debug('created: etcd %s, prefix %s', this.config.etcdEndpoints.join(','), quote(this.config.keyPrefix));
   }
 
@@ -128,9 +136,14 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
   }
 
+  /** The `error` event always carries a RegistryError: anything else is wrapped (the original as `cause`). */
   private reportError(error: Error): void {
     debug('background error: %s', error.message);
-    if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (this.listenerCount('error') === 0) return;
+    const e = isRegistryError(error)
+      ? error
+      : new RegistryError('ERR_ETCD_REQUEST', `a background etcd call failed and is being retried: ${error.message}`, { cause: error });
+    this.emit('error', e);
   }
 
   private assertOpen(method: string): void {
@@ -157,10 +170,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       );
     }
     validateServiceName(service);
-    validateAddress(address);
-    const metadata = Object.freeze(
-      input.metadata === undefined ? { ...this.config.serviceMetadata } : validateMetadata(input.metadata),
-    );
+    validateServiceAddress(address);
+    const metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
     // From the environment only for the endpoint the environment describes.
     const fromEnv = input.service === undefined && input.address === undefined ? this.config.healthUrl : undefined;
@@ -288,101 +299,72 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   /**
    * The endpoints of a service. The first call reads them and starts a watch;
-   * later calls answer from the local list without a round trip.
+   * later calls answer from the local list without a round trip. Without a
+   * subscription, the watch ends once the service has not been read for
+   * REGISTRY_DISCOVERY_IDLE_SECONDS (then the next call reads it again).
    */
   async endpoints(service: string): Promise<readonly Endpoint[]> {
-    return (await this.syncedList(service, 'endpoints')).endpoints;
+    const fast = this.closing === undefined ? this.discovery.syncedListFast(service) : undefined;
+    return (fast ?? (await this.syncedList(service, 'endpoints'))).endpoints;
+  }
+
+  /**
+   * Holds a service for as long as the subscription is open: its list is kept
+   * in step with etcd and read without a round trip (`sub.endpoints`,
+   * `sub.pick()`), its changes are emitted on `sub` as well as on the registry.
+   * Resolves once the service is synced. Reference-counted: when the last
+   * subscription of a service closes and no other use is live, its watch is
+   * cancelled and its list freed.
+   */
+  async subscribe(service: string): Promise<Subscription> {
+    this.assertOpen('subscribe');
+    validateServiceName(service);
+    return this.discovery.subscribe(service, 'subscribe');
   }
 
   /**
    * Every service with at least one endpoint. The first call reads all of
    * `$PREFIX/services/` and watches it as one prefix; later calls, and
-   * endpoints() for any service, answer from the local lists.
+   * endpoints() for any service, answer from the local lists. The
+   * whole-registry watch ends like an implicit per-service one, after
+   * REGISTRY_DISCOVERY_IDLE_SECONDS without a services() call.
    */
   async services(): Promise<ReadonlyMap<string, readonly Endpoint[]>> {
     this.assertOpen('services');
-    if (!this.rootView) {
-      this.rootView = new PrefixView(this.keys, undefined, this.conn, this.stream, this.viewHooks(undefined));
-    }
-    await this.syncView(this.rootView, 'services');
-    // The whole-registry watch covers every service: the per-service ones are redundant now.
-    for (const view of this.views.values()) view.close();
-    this.views.clear();
-    const result = new Map<string, readonly Endpoint[]>();
-    for (const [service, list] of this.lists) if (list.size > 0) result.set(service, list.endpoints);
-    return result;
+    return this.discovery.services();
   }
 
-  private *allViews(): Iterable<PrefixView> {
-    if (this.rootView) yield this.rootView;
-    yield* this.views.values();
-  }
-
-  /** The list of a service, synced on first use (through the whole-registry view if it runs). */
+  /** The list of a service, synced on first use; an implicit use of it. */
   private async syncedList(service: string, method: string): Promise<ServiceList> {
     this.assertOpen(method);
     validateServiceName(service);
-    if (this.rootView?.isSynced) return this.list(service);
-    let view = this.views.get(service);
-    if (!view) {
-      view = new PrefixView(this.keys, service, this.conn, this.stream, this.viewHooks(service));
-      this.views.set(service, view);
-    }
-    await this.syncView(view, method);
-    return this.list(service);
+    this.discovery.touch(service);
+    return this.discovery.syncedList(service, method);
   }
 
-  private isSynced(service: string): boolean {
-    return this.rootView?.isSynced === true || this.views.get(service)?.isSynced === true;
-  }
-
-  /** First sync of a view: retried while etcd is unreachable, up to the connect timeout. */
-  private async syncView(view: PrefixView, method: string): Promise<void> {
-    if (view.isSynced) return;
-    await this.conn.ensureContact();
-    const started = Date.now();
-    for (;;) {
-      try {
-        await view.sync();
-        return;
-      } catch (e) {
-        this.assertOpen(method);
-        const left = this.config.connectTimeoutMs - (Date.now() - started);
-        if (!isRegistryError(e) || e.code !== 'ERR_ETCD_UNREACHABLE' || left <= 0) throw e;
-        await delay(Math.min(250, left), this.conn.signal);
-      }
-    }
-  }
-
-  private list(service: string): ServiceList {
-    let list = this.lists.get(service);
-    if (!list) {
-      list = new ServiceList(service);
-      this.lists.set(service, list);
-    }
-    return list;
-  }
-
-  private viewHooks(service: string | undefined): ViewHooks {
-    return {
-      list: (s) => this.list(s),
-      lists: () => (service === undefined ? this.lists.values() : [this.list(service)]),
-      onChange: (list, added, removed, kind) => this.onListChange(list, added, removed, kind),
-      onInvalid: (event) => this.emit('invalid-endpoint', event),
-      onError: (e) => this.reportError(e),
-    };
-  }
-
-  private onListChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void {
+  private onListChange(
+    list: ServiceList,
+    added: readonly Endpoint[],
+    removed: readonly Endpoint[],
+    kind: ChangeKind,
+    subscriptions: ReadonlySet<Subscription> | undefined,
+  ): void {
     const changed = kind !== 'initial' && (added.length > 0 || removed.length > 0);
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
     if (changed) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
-    const wantsChange = changed && this.listenerCount('change') > 0;
-    const wantsResync = kind === 'resync' && this.listenerCount('resynced') > 0;
+    const subs = subscriptions !== undefined && subscriptions.size > 0 ? [...subscriptions] : undefined;
+    const wantsChange = changed && (subs !== undefined || this.listenerCount('change') > 0);
+    const wantsResync = kind === 'resync' && (subs !== undefined || this.listenerCount('resynced') > 0);
     if (!wantsChange && !wantsResync) return;
-    const event: ChangeEvent = { service: list.service, endpoints: list.endpoints, added, removed };
-    if (wantsResync) this.emit('resynced', event);
-    if (wantsChange) this.emit('change', event);
+    const event: ChangeEvent = { service: list.service, endpoints: list.endpoints, added, removed, updated: updatedOf(added, removed) };
+    if (wantsResync) {
+      this.emit('resynced', event);
+      if (subs) for (const sub of subs) sub.notify('resynced', event);
+    }
+    if (wantsChange) {
+      this.emit('change', event);
+      if (subs) for (const sub of subs) sub.notify('change', event);
+    }
   }
 
   /**
@@ -391,26 +373,32 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * or pickAsync()); otherwise this starts the sync and throws ERR_NOT_SYNCED.
    */
   pick(service: string, options?: PickerOptions): Endpoint {
-    // The hot path: a synced service and a strategy already in use. Nothing to
-    // validate: only valid names get a list, only valid strategies get a picker,
-    // and the consistent-hash picker checks its key itself.
-    if (this.down.size === 0 && this.closing === undefined) {
-      const list = this.lists.get(service);
-      if (list !== undefined && list.synced) {
-        const picker = options === undefined ? list.existingPicker('round-robin') : fastPicker(list, options);
-        const endpoint = picker?.pick(options);
-        if (endpoint !== undefined) return endpoint;
-      }
-    }
-    return this.pickChecked(service, options);
+    return this.pickFast(service, options) ?? this.pickChecked(service, options, true);
   }
 
-  private pickChecked(service: string, given: PickerOptions | undefined): Endpoint {
+  /**
+   * The hot path: a synced service and a strategy already in use. Nothing to
+   * validate: only valid names get a list, only valid strategies get a picker,
+   * and the consistent-hash picker checks its key itself. Undefined sends the
+   * caller down the checked path.
+   */
+  private pickFast(service: string, options: PickerOptions | undefined): Endpoint | undefined {
+    if (this.down.size !== 0 || this.closing !== undefined) return undefined;
+    const list = this.discovery.lists.get(service);
+    if (list === undefined || !list.synced) return undefined;
+    list.used = true;
+    const picker = options === undefined ? list.existingPicker('round-robin') : fastPicker(list, options);
+    return picker?.pick(options);
+  }
+
+  /** `implicit`: a use of the service that keeps it watched for the idle time (not for a Subscription's pick). */
+  private pickChecked(service: string, given: PickerOptions | undefined, implicit: boolean): Endpoint {
     this.assertOpen('pick');
     checkPickOptions('pick', given);
     const options = given ?? {};
     validateServiceName(service);
-    if (!this.isSynced(service)) {
+    if (implicit) this.discovery.touch(service);
+    if (!this.discovery.isSynced(service)) {
       this.syncedList(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
       throw new RegistryError('ERR_NOT_SYNCED', `service ${quote(service)} is not synced yet: await registry.pickAsync() or registry.endpoints() first`);
     }
@@ -418,7 +406,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (!isStrategy(strategy)) {
       throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use round-robin, random, consistent-hash or weighted`);
     }
-    const picker = this.list(service).picker(strategy);
+    const list = this.discovery.lists.get(service);
+    if (!list) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
+    list.used = true;
+    const picker = list.picker(strategy);
     const endpoint = picker.pick(options, this.down.size > 0 ? this.isDown : undefined);
     if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
@@ -466,7 +457,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     return fetchWithFailover(this, service, path, init);
   }
 
-  /** Resolves with the list once the service has at least `min` endpoints (at once if it already has). */
+  /**
+   * Resolves with the list once the service has at least `min` endpoints (at once if it already has).
+   * A timeout or an abort leaves nothing behind: no listener, no hold on the service beyond the
+   * implicit one of any read.
+   */
   async waitFor(service: string, options: WaitForOptions = {}): Promise<readonly Endpoint[]> {
     this.assertOpen('waitFor');
     checkOptions('waitFor', options);
@@ -477,27 +472,38 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       throw new RegistryError('ERR_INVALID_ARGUMENT', `min ${quote(min)} is invalid: expected an integer ≥ 0`);
     }
     validateServiceName(service);
-    let onChange: ((event: ChangeEvent) => void) | undefined;
+    this.discovery.touch(service);
+    let settled = false;
+    let sub: Subscription | undefined;
     const work = (async () => {
-      const list = await this.syncedList(service, 'waitFor');
-      if (list.size >= min) return list.endpoints;
+      const subscription = await this.discovery.subscribe(service, 'waitFor');
+      if (settled) {
+        await subscription.close();
+        throw new RegistryClosedError('waitFor');
+      }
+      sub = subscription;
+      if (subscription.endpoints.length >= min) return subscription.endpoints;
       return new Promise<readonly Endpoint[]>((resolve) => {
-        onChange = (event) => {
-          if (event.service === service && event.endpoints.length >= min) resolve(event.endpoints);
-        };
-        this.on('change', onChange);
+        subscription.on('change', (event) => {
+          if (event.endpoints.length >= min) resolve(event.endpoints);
+        });
       });
     })();
     try {
       return await abortable(work, options, `${min} endpoint(s) of service ${quote(service)}`);
     } finally {
-      if (onChange) this.off('change', onChange);
+      settled = true;
+      // Unsubscribing removes the listener with it; a subscription still being made is closed when it arrives.
+      await sub?.close();
     }
   }
 
   /**
-   * Yields the service's list now, then again on every change, until the
-   * signal aborts, the loop breaks, or the registry closes.
+   * Yields the service's list now, then again whenever it has changed, until
+   * the signal aborts, the loop breaks, or the registry closes. Latest value
+   * only: a consumer that pulls slowly gets the current list, not every list in
+   * between. An abort releases everything at once, even while the consumer is
+   * not pulling.
    */
   async *watch(service: string, options: WatchOptions = {}): AsyncGenerator<readonly Endpoint[], void, undefined> {
     this.assertOpen('watch');
@@ -506,60 +512,85 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     checkSignal('watch', options.signal);
     const { signal } = options;
     if (signal?.aborted) return;
-    const queue: (readonly Endpoint[])[] = [];
+    this.discovery.touch(service);
+    const sub = await this.discovery.subscribe(service, 'watch');
+    let stopped = false;
+    let dirty = false;
     let wake: (() => void) | undefined;
     const notify = (): void => {
       wake?.();
       wake = undefined;
     };
-    const onChange = (event: ChangeEvent): void => {
-      if (event.service !== service) return;
-      queue.push(event.endpoints);
+    const stop = (): void => {
+      if (stopped) return;
+      stopped = true;
+      this.off('status', onStatus);
+      signal?.removeEventListener('abort', stop);
+      void sub.close();
       notify();
     };
-    this.on('change', onChange);
-    this.on('status', notify);
-    signal?.addEventListener('abort', notify);
+    const onStatus = (status: RegistryStatus): void => {
+      if (status === 'closed') stop();
+    };
+    sub.on('change', () => {
+      dirty = true;
+      notify();
+    });
+    this.on('status', onStatus);
+    signal?.addEventListener('abort', stop, { once: true });
+    if (signal?.aborted || this.closed) stop();
     try {
-      let last = await this.endpoints(service);
+      if (stopped) return;
+      let last = sub.endpoints;
       yield last;
       for (;;) {
-        while (queue.length > 0) {
-          const next = queue.shift()!;
-          if (next === last) continue;
-          last = next;
-          yield next;
-          if (signal?.aborted || this.closed) return;
+        if (stopped || signal?.aborted || this.closed) return;
+        if (!dirty) {
+          await new Promise<void>((resolve) => (wake = resolve));
+          continue;
         }
-        if (signal?.aborted || this.closed) return;
-        await new Promise<void>((resolve) => (wake = resolve));
+        dirty = false;
+        const current = sub.endpoints;
+        if (current === last) continue;
+        last = current;
+        yield current;
       }
     } finally {
-      this.off('change', onChange);
-      this.off('status', notify);
-      signal?.removeEventListener('abort', notify);
+      stop();
     }
   }
 
   /**
    * Resolves when everything asked of the registry is done: etcd contacted,
    * every endpoint registered on a live lease, every watched service synced.
+   * A timeout or an abort leaves no listener behind.
    */
   async ready(options: { timeout?: number; signal?: AbortSignal } = {}): Promise<void> {
     this.assertOpen('ready');
     checkOptions('ready', options);
     checkTimeout('ready', options.timeout);
     checkSignal('ready', options.signal);
+    let settled = false;
+    let onStatus: (() => void) | undefined;
     const work = (async () => {
       await this.conn.ensureContact();
-      await Promise.all(Array.from(this.allViews(), (view) => this.syncView(view, 'ready')));
-      while (this.currentStatus === 'registering' || this.currentStatus === 'recovering') {
-        await new Promise<void>((resolve) => this.once('status', () => resolve()));
+      await this.discovery.syncAll('ready');
+      while (!settled && (this.currentStatus === 'registering' || this.currentStatus === 'recovering')) {
+        await new Promise<void>((resolve) => {
+          onStatus = () => resolve();
+          this.once('status', onStatus);
+        });
+        onStatus = undefined;
       }
       this.assertOpen('ready');
     })();
     if (options.timeout === undefined && options.signal === undefined) return work;
-    return abortable(work, options, 'the registry to be ready');
+    try {
+      return await abortable(work, options, 'the registry to be ready');
+    } finally {
+      settled = true;
+      if (onStatus) this.off('status', onStatus);
+    }
   }
 
   private enrollSignals(): void {
@@ -594,7 +625,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);
-    for (const view of this.allViews()) view.close();
+    this.discovery.close();
     this.stream.close();
     this.conn.close();
     this.setStatus('closed');
@@ -609,8 +640,18 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   [inspect.custom](): string {
     const { tls, auth } = this.config;
     const security = `tls: ${tls ? (tls.cert ? 'mutual' : 'on') : 'off'}, user: ${auth ? quote(auth.username) : 'none'}`;
-    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, ${security}, services known: ${this.lists.size} }`;
+    return `Registry { status: ${this.currentStatus}, prefix: ${quote(this.config.keyPrefix)}, etcd: ${this.config.etcdEndpoints.join(',')}, ${security}, services known: ${this.discovery.lists.size} }`;
   }
+}
+
+const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
+
+/** Endpoints written again with other metadata: in both `removed` (the old record) and `added` (the new one). */
+function updatedOf(added: readonly Endpoint[], removed: readonly Endpoint[]): readonly Endpoint[] {
+  if (added.length === 0 || removed.length === 0) return NO_ENDPOINTS;
+  const keys = new Set(removed.map((e) => e.key));
+  const updated = added.filter((e) => keys.has(e.key));
+  return updated.length === 0 ? NO_ENDPOINTS : updated;
 }
 
 /** The picker for well-formed pick options whose strategy is already in use; undefined sends the caller down the checked path. */

@@ -1,4 +1,5 @@
 import type { HealthInput } from './publish/health';
+import type { RegistryError } from './errors';
 
 /** One registered address of a service, as stored in etcd and as seen by discovery. */
 export interface Endpoint {
@@ -25,8 +26,12 @@ export interface ChangeEvent {
   readonly service: string;
   /** The whole list after the change. */
   readonly endpoints: readonly Endpoint[];
+  /** Endpoints now in the list that were not, or were with other metadata (those are in `updated` too). */
   readonly added: readonly Endpoint[];
+  /** Endpoints no longer in the list as they were: gone, or rewritten with other metadata (then in `updated` too). */
   readonly removed: readonly Endpoint[];
+  /** Endpoints whose record was rewritten with other metadata: the new version (the old one is in `removed`). */
+  readonly updated: readonly Endpoint[];
 }
 
 export interface InvalidEndpointEvent {
@@ -67,5 +72,5 @@ export interface RegistryEvents {
   'invalid-endpoint': [event: InvalidEndpointEvent];
   status: [status: RegistryStatus];
   /** A background failure that the registry is retrying (never thrown). */
-  error: [error: Error];
+  error: [error: RegistryError];
 }

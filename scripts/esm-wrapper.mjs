@@ -13,5 +13,6 @@ const lines = [
   '',
 ];
 writeFileSync(new URL('../dist/index.mjs', import.meta.url), lines.join('\n'));
-writeFileSync(new URL('../dist/index.d.mts', import.meta.url), "export * from './index.js';\n");
+// The default export (the whole CommonJS module) is declared too, so `import registry from` type-checks.
+writeFileSync(new URL('../dist/index.d.mts', import.meta.url), "export * from './index.js';\nimport * as cjs from './index.js';\nexport default cjs;\n");
 console.log(`dist/index.mjs re-exports ${names.length} names`);

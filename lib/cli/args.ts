@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { MAX_LEASE_SECONDS, MAX_TIMER_SECONDS } from '../config';
 import { isRegistryError, quote } from '../errors';
-import { validateAddress, validateMetadata, validateServiceName } from '../keys';
+import { validateAddress, validateMetadata, validateServiceAddress, validateServiceName } from '../validate';
 
 export const PROGRAM = 'etcd-service-registry';
 
@@ -129,7 +129,7 @@ export function ttlSeconds(args: Parsed, command: string): number | undefined {
 }
 
 /** `--metadata JSON`: a JSON object, or undefined when not given. */
-export function metadataOption(args: Parsed, command: string): Record<string, unknown> | undefined {
+export function metadataOption(args: Parsed, command: string): Readonly<Record<string, unknown>> | undefined {
   const text = string(args, 'metadata');
   if (text === undefined) return undefined;
   let value: unknown;
@@ -145,8 +145,14 @@ export function serviceArgument(value: string, command: string): string {
   return asUsage(() => validateServiceName(value), command);
 }
 
+/** An address as found in etcd (unregister may remove what another writer published). */
 export function addressArgument(value: string, command: string): string {
   return asUsage(() => validateAddress(value), command);
+}
+
+/** An address to publish: host:port or a URL, checked as register() and REGISTRY_SERVICE_ADDRESS check it. */
+export function serviceAddressArgument(value: string, command: string): string {
+  return asUsage(() => validateServiceAddress(value), command);
 }
 
 function asUsage<T>(validate: () => T, command: string): T {

@@ -9,7 +9,7 @@ import { Registry } from '../registry';
 import type { RegistryConfig } from '../config';
 import { quote } from '../errors';
 import { KeySpace } from '../keys';
-import { type Command, type Parsed, addressArgument, metadataOption, serviceArgument, timeoutSeconds, ttlSeconds } from './args';
+import { type Command, type Parsed, metadataOption, serviceAddressArgument, serviceArgument, timeoutSeconds, ttlSeconds } from './args';
 import { compact, err, leaseHex, oneLine, out, timestamp } from './output';
 import { connection, explain } from './settings';
 import { untilSignal } from './signals';
@@ -42,7 +42,7 @@ Example:
 
 async function run(args: Parsed): Promise<number> {
   const service = serviceArgument(args.positionals[0]!, 'register');
-  const address = addressArgument(args.positionals[1]!, 'register');
+  const address = serviceAddressArgument(args.positionals[1]!, 'register');
   const metadata = metadataOption(args, 'register');
   const leaseSeconds = ttlSeconds(args, 'register');
   const connectTimeoutSeconds = timeoutSeconds(args, 'register');

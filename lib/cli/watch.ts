@@ -47,7 +47,8 @@ async function run(args: Parsed): Promise<number> {
   const service = args.positionals[0] === undefined ? undefined : serviceArgument(args.positionals[0], 'watch');
   const json = args.values.json === true;
   const timeout = timeoutSeconds(args, 'watch') ?? DEFAULT_TIMEOUT_SECONDS;
-  const registry = new Registry({ shutdownSignals: [], connectTimeoutSeconds: timeout });
+  // Watched for as long as the command runs: no idle expiry of the service (or of every service).
+  const registry = new Registry({ shutdownSignals: [], connectTimeoutSeconds: timeout, discoveryIdleSeconds: 0 });
   const config: RegistryConfig = registry.config;
   const keys = new KeySpace(config.keyPrefix);
 
@@ -57,11 +58,10 @@ async function run(args: Parsed): Promise<number> {
     else out(`${time} ${SIGN[change]} ${endpoint.service} ${endpoint.address} ${compact(endpoint.metadata)}`);
   };
   const onChange = (event: ChangeEvent): void => {
-    // A key both removed and added in one event is the same endpoint written again with other metadata.
-    const added = new Map(event.added.map((e) => [e.key, e]));
-    for (const e of event.removed) if (!added.has(e.key)) print('removed', e);
-    const removed = new Set(event.removed.map((e) => e.key));
-    for (const e of event.added) print(removed.has(e.key) ? 'updated' : 'added', e);
+    // An updated endpoint (other metadata) is in `removed` and `added` too: print it once, as updated.
+    const updated = new Set(event.updated.map((e) => e.key));
+    for (const e of event.removed) if (!updated.has(e.key)) print('removed', e);
+    for (const e of event.added) print(updated.has(e.key) ? 'updated' : 'added', e);
   };
   registry.on('change', onChange);
   registry.on('invalid-endpoint', (e) => {

@@ -20,7 +20,7 @@ import { RegistryError, quote } from '../errors';
 import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import { FNV_OFFSET, fnv1a, hashInt32, hashWithIndex } from './hash';
-import type { ExcludePredicate, Picker, PickOptions } from './picker';
+import type { ExcludePredicate, Picker, PickOptions } from './types';
 import { ChurnMap } from '../churn-map';
 
 /**

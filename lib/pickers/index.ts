@@ -1,14 +1,15 @@
+export { createPicker } from './picker';
 export {
-  createPicker,
   isStrategy,
   STRATEGIES,
+  type CreatePickerOptions,
   type ExcludePredicate,
   type Picker,
   type PickerOptions,
   type PickOptions,
   type RandomSource,
   type Strategy,
-} from './picker';
+} from './types';
 export { RoundRobinPicker } from './round-robin';
 export { RandomPicker } from './random';
 export { ConsistentHashPicker, VIRTUAL_NODES } from './consistent-hash';

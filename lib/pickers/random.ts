@@ -10,7 +10,7 @@
 import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import { EndpointList } from './endpoint-list';
-import type { ExcludePredicate, Picker, PickerOptions, PickOptions, RandomSource } from './picker';
+import type { ExcludePredicate, Picker, CreatePickerOptions, PickOptions, RandomSource } from './types';
 
 /** Rejection-sampling draws before the exact O(n) scan. */
 export const REJECTION_ATTEMPTS = 4;
@@ -22,7 +22,7 @@ export class RandomPicker implements Picker {
   /** Undefined for Math.random, which is then called directly (inlined, no boxed result). */
   private readonly customRandom: RandomSource | undefined;
 
-  constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
+  constructor(initial: readonly Endpoint[] = [], options: CreatePickerOptions = {}) {
     this.customRandom = options.random;
     if (initial.length > 0) this.update(initial, []);
   }

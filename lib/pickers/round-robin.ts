@@ -18,7 +18,7 @@
  */
 import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
-import type { ExcludePredicate, Picker, PickerOptions, PickOptions, RandomSource } from './picker';
+import type { ExcludePredicate, Picker, CreatePickerOptions, PickOptions, RandomSource } from './types';
 import { ChurnMap } from '../churn-map';
 
 class Node {
@@ -34,7 +34,7 @@ export class RoundRobinPicker implements Picker {
   private readonly nodes = new ChurnMap<Node>();
   private readonly random: RandomSource;
 
-  constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
+  constructor(initial: readonly Endpoint[] = [], options: CreatePickerOptions = {}) {
     this.random = options.random ?? Math.random;
     if (initial.length > 0) this.update(initial, []);
   }

@@ -20,7 +20,7 @@ import type { Endpoint } from '../types';
 import { normalizeChange } from './changes';
 import { EndpointList } from './endpoint-list';
 import { FenwickTree } from './fenwick';
-import type { ExcludePredicate, Picker, PickerOptions, PickOptions, RandomSource } from './picker';
+import type { ExcludePredicate, Picker, CreatePickerOptions, PickOptions, RandomSource } from './types';
 import { REJECTION_ATTEMPTS } from './random';
 
 export const DEFAULT_WEIGHT = 1;
@@ -42,7 +42,7 @@ export class WeightedPicker implements Picker {
   /** Undefined for Math.random, which is then called directly (inlined, no boxed result). */
   private readonly customRandom: RandomSource | undefined;
 
-  constructor(initial: readonly Endpoint[] = [], options: PickerOptions = {}) {
+  constructor(initial: readonly Endpoint[] = [], options: CreatePickerOptions = {}) {
     this.customRandom = options.random;
     if (initial.length > 0) this.update(initial, []);
   }

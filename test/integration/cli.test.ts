@@ -58,6 +58,19 @@ describe('etcd-service-registry command line', () => {
     expect(runs[0]!.stdout).toContain('Exit status: 0 ok, 1 failure, 2 usage error');
   });
 
+  it('register rejects an address as register() and REGISTRY_SERVICE_ADDRESS do: exit 2, nothing published', async () => {
+    const cases: [string, RegExp][] = [
+      ['10.0.0.1:99999', /address "10\.0\.0\.1:99999" is invalid: expected host:port with a port from 1 to 65535 \(IPv6 as \[::1\]:80\), or a URL$/],
+      ['localhost', /address "localhost" is invalid: expected host:port with a port from 1 to 65535 \(IPv6 as \[::1\]:80\), or a URL$/],
+    ];
+    for (const [address, message] of cases) {
+      const r = await runCli(['register', 'billing', address], { REGISTRY_ETCD_ENDPOINTS: DEAD });
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr.split('\n')[0]).toMatch(message);
+      expect(r.stdout).toBe('');
+    }
+  });
+
   it('exits 2 on a usage error, with one line and a hint to --help', async () => {
     const cases: [string[], RegExp][] = [
       [['frob'], /unknown command "frob"/],

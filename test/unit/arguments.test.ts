@@ -6,8 +6,9 @@
  */
 import { inspect } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Registry, RegistryError, type RegistryErrorCode } from '../../lib';
+import { Registry, RegistryConfigError, RegistryError, resolveConfig, type RegistryErrorCode } from '../../lib';
 import { MAX_METADATA_BYTES } from '../../lib/keys';
+import { validateMetadata, validateServiceAddress } from '../../lib/validate';
 
 const registry = new Registry({ etcdEndpoints: 'http://127.0.0.1:1', connectTimeoutSeconds: 1, shutdownSignals: [], env: {} });
 afterAll(() => registry.close());
@@ -99,6 +100,29 @@ describe('addresses', () => {
     await expectInvalid(() => registry.markDown({ service: 'web', address: a }), 'ERR_INVALID_ADDRESS', quoted);
   });
 
+  it.each(['10.0.0.1:99999', 'localhost', '10.0.0.1:0', 'host:', '[::1]', 'a:b', 'https://[bad'])(
+    'register() rejects %j as REGISTRY_SERVICE_ADDRESS does, with the same reason',
+    async (address) => {
+      const e = await expectInvalid(() => registry.register({ service: 'web', address }), 'ERR_INVALID_ADDRESS', JSON.stringify(address));
+      let config: unknown;
+      try {
+        resolveConfig({ env: { REGISTRY_SERVICE_ADDRESS: address } });
+      } catch (err) {
+        config = err;
+      }
+      expect(config).toBeInstanceOf(RegistryConfigError);
+      const reason = (m: string): string => m.slice(m.indexOf(' is invalid: '));
+      expect(reason((config as Error).message)).toBe(reason(e.message));
+    },
+  );
+
+  it('register() accepts what REGISTRY_SERVICE_ADDRESS accepts', () => {
+    for (const address of ['10.0.0.1:1', '10.0.0.1:65535', '[::1]:80', 'web.internal:8080', 'http://10.0.0.1', 'grpc://svc:50051']) {
+      expect(validateServiceAddress(address)).toBe(address);
+      expect(resolveConfig({ env: { REGISTRY_SERVICE_ADDRESS: address } }).serviceAddress).toBe(address);
+    }
+  });
+
   it('quotes at most 200 characters of a long value', async () => {
     const e = await expectInvalid(() => registry.register({ service: 'web', address: 'x'.repeat(100_000) }), 'ERR_INVALID_ADDRESS', '100000 characters');
     expect(e.message.length).toBeLessThan(500);
@@ -128,6 +152,47 @@ describe('metadata', () => {
       'ERR_INVALID_METADATA',
       quoted,
     );
+  });
+});
+
+describe('metadata: one validator for register(), options and REGISTRY_SERVICE_METADATA', () => {
+  class Box {
+    a = 1;
+  }
+  it.each<[string, Record<string, unknown>]>([
+    ['undefined inside', { a: undefined }],
+    ['a function inside', { a: () => 1 }],
+    ['a Date inside', { a: new Date(0) }],
+    ['NaN inside', { a: NaN }],
+    ['Infinity deep inside', { a: { b: [1, Infinity] } }],
+    ['a class instance inside', { a: new Box() }],
+    ['a symbol key', { [Symbol('s')]: 1 }],
+  ])('register() rejects %s, as options.serviceMetadata does', async (_what, metadata) => {
+    const e = await expectInvalid(() => registry.register({ service: 'web', address: '10.0.0.1:80', metadata }), 'ERR_INVALID_METADATA', 'expected JSON data only');
+    let config: unknown;
+    try {
+      resolveConfig({ env: {}, serviceMetadata: metadata });
+    } catch (err) {
+      config = err;
+    }
+    expect(config).toBeInstanceOf(RegistryConfigError);
+    const reason = (m: string): string => m.slice(m.indexOf(' is invalid: '));
+    expect(reason((config as Error).message)).toBe(reason(e.message));
+  });
+
+  it('returns a deep-frozen copy that round-trips, wherever it comes from', () => {
+    const given = { zone: 'a', nested: { list: [1, 'two', null, true] } };
+    const fromCode = validateMetadata(given);
+    const fromEnv = resolveConfig({ env: { REGISTRY_SERVICE_METADATA: JSON.stringify(given) } }).serviceMetadata;
+    const fromOption = resolveConfig({ env: {}, serviceMetadata: given }).serviceMetadata;
+    for (const m of [fromCode, fromEnv, fromOption]) {
+      expect(m).toStrictEqual(given);
+      expect(m).not.toBe(given);
+      expect(Object.isFrozen(m)).toBe(true);
+      expect(Object.isFrozen((m.nested as { list: unknown[] }).list)).toBe(true);
+      expect(JSON.parse(JSON.stringify(m))).toStrictEqual(m);
+    }
+    expect(Object.isFrozen(given)).toBe(false);
   });
 });
 

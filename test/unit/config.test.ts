@@ -57,6 +57,7 @@ describe('resolveConfig defaults', () => {
       drainMs: 0,
       healthUrl: undefined,
       health: { intervalSeconds: 5, timeoutSeconds: 2, failures: 3, passes: 1 },
+      discoveryIdleMs: 300_000,
       tls: undefined,
       auth: undefined,
     });
@@ -93,6 +94,7 @@ describe('resolveConfig good values from the environment', () => {
       REGISTRY_HEALTH_TIMEOUT_SECONDS: '0.5',
       REGISTRY_HEALTH_FAILURES: '2',
       REGISTRY_HEALTH_PASSES: '4',
+      REGISTRY_DISCOVERY_IDLE_SECONDS: '60',
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['https://etcd-0:2379', 'https://etcd-1:2379'],
@@ -109,6 +111,7 @@ describe('resolveConfig good values from the environment', () => {
       drainMs: 1_500,
       healthUrl: '/healthz',
       health: { intervalSeconds: 10, timeoutSeconds: 0.5, failures: 2, passes: 4 },
+      discoveryIdleMs: 60_000,
       tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
       auth: undefined,
     });
@@ -503,6 +506,7 @@ describe('options and environment', () => {
     REGISTRY_SHUTDOWN_SIGNALS: 'SIGHUP',
     REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '7',
     REGISTRY_DRAIN_SECONDS: '7',
+    REGISTRY_DISCOVERY_IDLE_SECONDS: '7',
   };
 
   it('typed options win over the environment', () => {
@@ -524,6 +528,7 @@ describe('options and environment', () => {
       healthTimeoutSeconds: 1,
       healthFailures: 1,
       healthPasses: 1,
+      discoveryIdleSeconds: 9,
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['http://opt-etcd:2379'],
@@ -540,6 +545,7 @@ describe('options and environment', () => {
       drainMs: 8_000,
       healthUrl: 'http://127.0.0.1:9/ready',
       health: { intervalSeconds: 1, timeoutSeconds: 1, failures: 1, passes: 1 },
+      discoveryIdleMs: 9_000,
       tls: undefined,
       auth: undefined,
     });

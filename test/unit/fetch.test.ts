@@ -163,6 +163,23 @@ describe('fetchWithFailover: arguments', () => {
     expect(source.markedDown).toEqual([]);
   });
 
+  it.each(['127.0.0.1:6000', 'http://127.0.0.1:5060', 'http://127.0.0.1:10080/base'])(
+    'rejects ERR_INVALID_ADDRESS naming %s and the bad port when Node\'s fetch refuses the port, without retrying or marking down',
+    async (address) => {
+      const source = fakeSource([address]);
+      const port = /:(\d+)/.exec(address.replace('http://', ''))![1]!;
+      const err = await rejection(fetchWithFailover(source, 'svc', '/x', { attempts: 3 }));
+      expect(err).toBeInstanceOf(RegistryError);
+      expect(err).toMatchObject({ code: 'ERR_INVALID_ADDRESS' });
+      const message = (err as Error).message;
+      expect(message).toContain(JSON.stringify(address));
+      expect(message).toContain(`refuses port ${port}`);
+      expect(message).toContain('GET /x to service "svc"');
+      expect(source.picks).toEqual([address]);
+      expect(source.markedDown).toEqual([]);
+    },
+  );
+
   it('lets pickAsync errors through unchanged', async () => {
     const error = new RegistryError('ERR_NO_ENDPOINTS', 'service "svc" has no endpoints');
     const source: EndpointSource = { pickAsync: () => Promise.reject(error), markDown: () => undefined };

@@ -3,9 +3,9 @@
  * incrementally (a Map keyed by etcd key); pickers are updated with exactly
  * what changed; the frozen array handed out stays the same until the next change.
  */
-import { ChurnMap } from './churn-map';
-import { createPicker, type Picker, type Strategy } from './pickers';
-import type { Endpoint } from './types';
+import { ChurnMap } from '../churn-map';
+import { createPicker, type Picker, type Strategy } from '../pickers';
+import type { Endpoint } from '../types';
 
 export interface ListEntry {
   readonly endpoint: Endpoint;
@@ -19,6 +19,8 @@ export class ServiceList {
   private readonly pickers = new Map<Strategy, Picker>();
   /** Filled from etcd at least once: later differences are changes, the first fill is not. */
   synced = false;
+  /** Read (endpoints(), pick(), …) since the idle sweep last looked: set on every read, cleared by the sweep. */
+  used = false;
 
   constructor(readonly service: string) {}
 

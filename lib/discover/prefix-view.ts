@@ -6,19 +6,21 @@
  * between the two. When etcd ends the watch (compacted history) or loses its
  * data, the prefix is read again, the lists replaced, and exactly what was
  * added and removed meanwhile reported. While the view is open it always has a
- * working watch or is retrying to get one.
+ * working watch or is retrying to get one. Every read goes through the
+ * registry's Limiter: a reset re-reads many views a few at a time.
  */
 import { EtcdPermissionDeniedError, Range, type IEvent, type IKeyValue } from 'etcd3';
-import { cappedBackoff } from './backoff';
-import { type Connection, isUnreachableError, watchRefusal } from './connection';
-import { RegistryClosedError, quote } from './errors';
-import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from './keys';
-import { logger } from './log';
-import { readPrefix } from './read-prefix';
+import { cappedBackoff } from '../backoff';
+import { type Connection, isUnreachableError, watchRefusal } from '../connection';
+import { RegistryClosedError, quote } from '../errors';
+import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from '../keys';
+import { logger } from '../log';
+import { readPrefix } from '../read-prefix';
+import type { Limiter } from './limiter';
 import type { ListEntry, ServiceList } from './service-list';
-import { delay } from './time';
-import type { Endpoint, InvalidEndpointEvent } from './types';
-import type { WatchStream, WatchTarget } from './watch-stream';
+import { delay } from '../time';
+import type { Endpoint, InvalidEndpointEvent } from '../types';
+import type { WatchStream, WatchTarget } from '../watch-stream';
 
 const debug = logger('view');
 
@@ -69,6 +71,7 @@ export class PrefixView implements WatchTarget {
     private readonly conn: Connection,
     private readonly stream: WatchStream,
     private readonly hooks: ViewHooks,
+    private readonly limiter: Limiter,
   ) {
     this.prefix = service === undefined ? keys.root : keys.servicePrefix(service);
     this.name = service === undefined ? 'all services' : `service ${service}`;
@@ -81,10 +84,32 @@ export class PrefixView implements WatchTarget {
     return this.synced;
   }
 
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Synced, and its watch on the stream: `nextRevision` is exactly where its lists stand. */
+  get isWatching(): boolean {
+    return this.synced && !this.resyncing && !this.closed;
+  }
+
+  /**
+   * Takes over lists that another view kept up to date until `nextRevision` - 1
+   * (the whole-registry view handing services over): watches from there, no read.
+   */
+  adopt(nextRevision: number): void {
+    if (this.closed || this.synced) return;
+    this.nextRevision = nextRevision;
+    this.synced = true;
+    this.initial = Promise.resolve();
+    this.stream.add(this);
+    debug('%s adopted at revision %d', this.name, nextRevision);
+  }
+
   /** The first read and watch; concurrent callers share it, a failure lets the next call try again. */
   sync(): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('endpoints'));
-    this.initial ??= this.load('initial').catch((e: unknown) => {
+    this.initial ??= this.limiter.run(() => this.load('initial')).catch((e: unknown) => {
       this.initial = undefined;
       throw this.conn.error(e, `read the prefix ${quote(this.prefix)}`);
     });
@@ -93,6 +118,7 @@ export class PrefixView implements WatchTarget {
 
   /** Reads the whole prefix, replaces the lists with it and (re)starts the watch after it. */
   private async load(kind: ChangeKind): Promise<void> {
+    if (this.closed) throw new RegistryClosedError('endpoints');
     const fresh = new Map<ServiceList, Map<string, ListEntry>>();
     for (const list of this.hooks.lists()) fresh.set(list, new Map());
     // Each page is decoded as it arrives, while the next one is on its way.
@@ -105,7 +131,8 @@ export class PrefixView implements WatchTarget {
         entries.set(decoded.key, decoded.entry);
       }
     });
-    if (this.closed) return;
+    // Closed while reading: nothing was applied, and the caller must not take the lists as read.
+    if (this.closed) throw new RegistryClosedError('endpoints');
     let total = 0;
     const batches: Batch[] = [];
     for (const [list, entries] of fresh) {
@@ -166,7 +193,7 @@ export class PrefixView implements WatchTarget {
       if (delayMs > 0) await delay(delayMs, this.conn.signal);
       for (;;) {
         try {
-          await this.load('resync');
+          await this.limiter.run(() => this.load('resync'));
           return;
         } catch (e) {
           if (this.closed) return;

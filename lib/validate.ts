@@ -1,0 +1,138 @@
+/**
+ * One validator per value. Every path that takes a service name, an address or
+ * metadata (register(), the command line, REGISTRY_* variables and typed
+ * options) calls these, so the same value is accepted or rejected everywhere,
+ * with the same message: `<what> <quoted value> is invalid: <why>`.
+ * (config.ts turns that into `VARIABLE=<value> is invalid: <why>`.)
+ *
+ * Two address checks, on purpose:
+ * - validateAddress(): what any address must be to be a key segment (non-empty,
+ *   at most 1024 characters, printable, well-formed Unicode). Discovery applies
+ *   only this to what others (Go services, gsr, etcdctl) wrote.
+ * - validateServiceAddress(): what this library publishes: `host:port` with a
+ *   port from 1 to 65535 (IPv6 in brackets), or a URL.
+ */
+import { RegistryError, quote } from './errors';
+
+/** 1 to 253 letters, digits, ".", "_" or "-", but not "." or ".." alone. */
+export const SERVICE_NAME_PATTERN = /^(?!\.\.?$)[A-Za-z0-9._-]{1,253}$/;
+/** Largest address accepted, in characters. */
+export const MAX_ADDRESS_LENGTH = 1024;
+/** Largest metadata accepted, in bytes of JSON (UTF-8). */
+export const MAX_METADATA_BYTES = 16 * 1024;
+/** `host` or `[ipv6]`, then an optional `:port`. */
+export const HOST_PORT = /^(\[[^\]]+\]|[^:[\]/?#@\\]+)(?::(\d+))?$/;
+/** C0 and C1 controls, white space (incl. U+2028/9, U+FEFF), zero-width and text-direction characters. */
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\s\u200b-\u200f\u202a-\u202e\u2060-\u2069]/;
+
+/** True when `text` has no lone surrogate, i.e. it survives UTF-8 encoding unchanged. */
+export function isWellFormed(text: string): boolean {
+  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
+}
+
+export function validateServiceName(service: unknown, what = 'service name'): string {
+  if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) {
+    throw new RegistryError(
+      'ERR_INVALID_SERVICE_NAME',
+      `${what} ${quote(service)} is invalid: use 1 to 253 letters, digits, ".", "_" or "-" (not "." or ".." alone)`,
+    );
+  }
+  return service;
+}
+
+/** Any address that can be a key segment: what discovery accepts from other writers. */
+export function validateAddress(address: unknown, what = 'address'): string {
+  const invalid = (why: string): RegistryError => new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
+  if (typeof address !== 'string' || address.length === 0) throw invalid('expected a non-empty "host:port" or URL');
+  if (address.length > MAX_ADDRESS_LENGTH) throw invalid(`longer than ${MAX_ADDRESS_LENGTH} characters`);
+  if (UNPRINTABLE.test(address)) throw invalid('it contains white space, control, invisible or text-direction characters');
+  if (!isWellFormed(address)) throw invalid('it is not valid Unicode (a lone surrogate)');
+  if (address === '.' || address === '..') throw invalid('expected a "host:port" or URL');
+  return address;
+}
+
+/** An address this library publishes: `host:port` (port 1 to 65535, IPv6 as `[::1]:80`) or a URL. */
+export function validateServiceAddress(address: unknown, what = 'address'): string {
+  const checked = validateAddress(address, what);
+  const invalid = (why: string): RegistryError => new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
+  if (checked.includes('://')) {
+    if (!URL.canParse(checked)) throw invalid('expected host:port or a valid URL');
+    return checked;
+  }
+  const m = HOST_PORT.exec(checked);
+  const port = Number(m?.[2]);
+  if (!m || !(port >= 1 && port <= 65535) || !URL.canParse(`http://${m[1]}`)) {
+    throw invalid('expected host:port with a port from 1 to 65535 (IPv6 as [::1]:80), or a URL');
+  }
+  return checked;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/** Where `value` holds something JSON would drop or change, described; undefined when it is JSON data only. */
+function notJson(value: unknown, path: string): string | undefined {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return undefined;
+    case 'number':
+      return Number.isFinite(value) ? undefined : `${path} is ${value}`;
+    case 'object': {
+      if (value === null) return undefined;
+      if (Array.isArray(value)) {
+        if (Object.getOwnPropertySymbols(value).length > 0) return `${path} has a symbol key`;
+        for (let i = 0; i < value.length; i++) {
+          if (!(i in value)) return `${path}[${i}] is a hole`;
+          const found = notJson(value[i], `${path}[${i}]`);
+          if (found) return found;
+        }
+        return undefined;
+      }
+      if (!isPlainObject(value)) return `${path} is ${value instanceof Date ? 'a Date' : `a ${value.constructor?.name ?? 'class'} instance`}`;
+      if (Object.getOwnPropertySymbols(value).length > 0) return `${path} has a symbol key`;
+      for (const [key, child] of Object.entries(value)) {
+        const found = notJson(child, `${path}.${key}`);
+        if (found) return found;
+      }
+      return undefined;
+    }
+    default:
+      return `${path} is ${typeof value === 'undefined' ? 'undefined' : `a ${typeof value}`}`;
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/**
+ * A plain object of JSON data only (no undefined, functions, symbols, bigints,
+ * Dates, class instances, NaN or Infinity, at any depth), at most
+ * MAX_METADATA_BYTES as JSON. Returns a deep-frozen copy: what is stored is
+ * exactly what discovery reads back.
+ */
+export function validateMetadata(metadata: unknown, what = 'metadata'): Readonly<Record<string, unknown>> {
+  const invalid = (why: string, cause?: unknown): RegistryError =>
+    new RegistryError('ERR_INVALID_METADATA', `${what} ${quote(metadata)} is invalid: ${why}`, cause === undefined ? undefined : { cause });
+  if (!isPlainObject(metadata)) throw invalid('expected a plain JSON object');
+  let json: string;
+  try {
+    json = JSON.stringify(metadata);
+  } catch (e) {
+    throw invalid(`it cannot be written as JSON (${(e as Error).message})`, e);
+  }
+  const found = notJson(metadata, what);
+  if (found) throw invalid(`expected JSON data only (no undefined, functions, symbols, Dates, class instances, NaN or Infinity): ${found}`);
+  const bytes = Buffer.byteLength(json);
+  if (bytes > MAX_METADATA_BYTES) throw invalid(`larger than ${MAX_METADATA_BYTES} bytes as JSON (${bytes})`);
+  return deepFreeze(JSON.parse(json) as Record<string, unknown>);
+}
