@@ -12,7 +12,7 @@ export {
   isRegistryError,
   type RegistryErrorCode,
 } from './errors';
-export { encodeAddress, decodeAddress, encodeValue, decodeEndpoint, KeySpace } from './keys';
+export { encodeAddress, decodeAddress, encodeValue, decodeEndpoint, KeySpace, type NonObjectMetadata } from './keys';
 export type {
   Endpoint,
   EndpointInput,

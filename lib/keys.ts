@@ -3,10 +3,20 @@
  *
  * Key:   `$PREFIX/services/$SERVICE/$ENDPOINT`, where $ENDPOINT is the address with
  *        only `%` and `/` percent-encoded, so it stays one readable path segment.
- * Value: the JSON of etcd's naming package, `{"Op":0,"Addr":"…","Metadata":{…}}`.
+ * Value: the JSON of etcd's naming package, `{"Op":0,"Addr":"…","Metadata":{…}}`, with
+ *        `"Metadata":null` when there is none: byte for byte what etcd's Go `endpoints.Manager`
+ *        writes (Go gRPC clients of etcd 3.5.0–3.5.26 / 3.6.0–3.6.7 using `round_robin` panic on
+ *        any JSON object there, `{}` included).
  *        An empty value (what gsr writes) means the address is the key's last segment.
+ *
+ * Read, beyond what the library writes (what Go's `endpoints.Manager` may publish):
+ * - a key of several segments whose segments spell the value's `Addr` (Go's key is
+ *   `target + "/" + addr`, e.g. `…/svc/unix:///tmp/svc.sock`);
+ * - `Metadata` of any JSON type: an object is `metadata`; a string, number, boolean or array
+ *   is `nonObjectMetadata` (and `metadata` is `{}`).
  */
 import { quote } from './errors';
+import type { Endpoint } from './types';
 import { validateAddress } from './validate';
 
 export {
@@ -56,9 +66,19 @@ export class KeySpace {
   }
 }
 
-export type DecodeResult =
-  | { ok: true; endpoint: { service: string; address: string; metadata: Record<string, unknown>; key: string } }
-  | { ok: false; reason: string };
+/** `Metadata` that is valid JSON but not an object, as etcd's Go naming code accepts it. */
+export type NonObjectMetadata = NonNullable<Endpoint['nonObjectMetadata']>;
+
+export interface DecodedEndpoint {
+  service: string;
+  address: string;
+  metadata: Record<string, unknown>;
+  key: string;
+  /** Present only when the value's `Metadata` is a string, number, boolean or array. */
+  nonObjectMetadata?: NonObjectMetadata;
+}
+
+export type DecodeResult = { ok: true; endpoint: DecodedEndpoint } | { ok: false; reason: string };
 
 /** Largest value read from etcd before it is rejected as absurd. */
 export const MAX_VALUE_BYTES = 64 * 1024;
@@ -71,14 +91,15 @@ export function decodeEndpoint(service: string, servicePrefix: string, key: stri
   if (!key.startsWith(servicePrefix)) return { ok: false, reason: 'key is outside the service prefix' };
   const segment = key.slice(servicePrefix.length);
   if (segment.length === 0) return { ok: false, reason: 'key has no endpoint segment' };
-  if (segment.includes('/')) return { ok: false, reason: 'key has extra path segments' };
   // A string of n UTF-16 units is at most 3n bytes of UTF-8: count bytes only when it could matter.
   const tooLarge = typeof value === 'string' ? value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES : value.length > MAX_VALUE_BYTES;
   if (tooLarge) return { ok: false, reason: `value is larger than ${MAX_VALUE_BYTES} bytes` };
   const text = typeof value === 'string' ? value : value.toString('utf8');
+  const nested = segment.includes('/');
   if (text.length === 0) {
+    if (nested) return { ok: false, reason: EXTRA_SEGMENTS };
     const address = decodeAddress(segment);
-    return checked(service, key, address, {});
+    return checked(service, key, address, {}, undefined);
   }
   let parsed: unknown;
   try {
@@ -92,22 +113,29 @@ export function decodeEndpoint(service: string, servicePrefix: string, key: stri
   const record = parsed as Record<string, unknown>;
   if (record.Op !== undefined && record.Op !== 0) return { ok: false, reason: `value has Op ${quote(record.Op)}, not 0 (add)` };
   if (typeof record.Addr !== 'string') return { ok: false, reason: 'value has no string "Addr"' };
+  // Go's endpoints.Manager keys an endpoint `target + "/" + addr`: several segments are fine
+  // when they are exactly the address; anything else nested stays someone else's layout.
+  if (nested && segment !== record.Addr) return { ok: false, reason: EXTRA_SEGMENTS };
   const metadata = record.Metadata;
-  if (metadata !== undefined && metadata !== null && (typeof metadata !== 'object' || Array.isArray(metadata))) {
-    return { ok: false, reason: 'value has a "Metadata" that is not an object' };
-  }
-  return checked(service, key, record.Addr, (metadata ?? {}) as Record<string, unknown>);
+  if (metadata === undefined || metadata === null) return checked(service, key, record.Addr, {}, undefined);
+  if (typeof metadata === 'object' && !Array.isArray(metadata)) return checked(service, key, record.Addr, metadata as Record<string, unknown>, undefined);
+  return checked(service, key, record.Addr, {}, Array.isArray(metadata) ? Object.freeze(metadata) : (metadata as string | number | boolean));
 }
 
-function checked(service: string, key: string, address: string, metadata: Record<string, unknown>): DecodeResult {
+const EXTRA_SEGMENTS = 'key has extra path segments that do not spell the value\'s "Addr"';
+
+function checked(service: string, key: string, address: string, metadata: Record<string, unknown>, nonObjectMetadata: NonObjectMetadata | undefined): DecodeResult {
   try {
     validateAddress(address);
   } catch (e) {
     return { ok: false, reason: (e as Error).message };
   }
-  return { ok: true, endpoint: Object.freeze({ service, address, metadata: Object.freeze(metadata), key }) };
+  const endpoint: DecodedEndpoint = { service, address, metadata: Object.freeze(metadata), key };
+  if (nonObjectMetadata !== undefined) endpoint.nonObjectMetadata = nonObjectMetadata;
+  return { ok: true, endpoint: Object.freeze(endpoint) };
 }
 
+/** The value for an endpoint: `"Metadata":null` when there is none, exactly as etcd's Go `endpoints.Manager` writes. */
 export function encodeValue(address: string, metadata: Readonly<Record<string, unknown>>): string {
-  return JSON.stringify({ Op: 0, Addr: address, Metadata: metadata });
+  return JSON.stringify({ Op: 0, Addr: address, Metadata: Object.keys(metadata).length === 0 ? null : metadata });
 }

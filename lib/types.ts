@@ -9,6 +9,12 @@ export interface Endpoint {
   readonly metadata: Readonly<Record<string, unknown>>;
   /** The etcd key: `$PREFIX/services/$SERVICE/$ENDPOINT`. */
   readonly key: string;
+  /**
+   * Set only for an endpoint written by another client (etcd's Go `endpoints.Manager` takes any
+   * JSON) whose `Metadata` is a string, number, boolean or array: that value, as read; `metadata`
+   * is then `{}`. Never set on what this library writes.
+   */
+  readonly nonObjectMetadata?: string | number | boolean | readonly unknown[];
 }
 
 /** What `register()` accepts; the service and address default to the environment's. */

@@ -1,7 +1,7 @@
 /**
  * Whoever can write the prefix can put anything there. Every record discovery cannot use
- * (not JSON, wrong shape, huge, an empty or absurd address, extra path segments, a key with
- * no service, a key that is not UTF-8) is skipped, reported once per read with an
+ * (not JSON, wrong shape, huge, an empty or absurd address, extra path segments that are not
+ * the value's Addr, a key with no service, a key that is not UTF-8) is skipped, reported once per read with an
  * `invalid-endpoint` event and a debug line, and the rest of the list keeps working and updating.
  */
 import { format } from 'node:util';
@@ -46,8 +46,8 @@ describe('hostile or broken data in etcd', () => {
     ['addr-control', JSON.stringify({ Op: 0, Addr: '10.0.0.9:80\u0007\u001b[2J' }), /control/],
     ['addr-bidi', JSON.stringify({ Op: 0, Addr: '10.0.0.9:80\u202e' }), /text-direction/],
     ['op-delete', '{"Op":1,"Addr":"10.0.0.9:80"}', /Op 1/],
-    ['metadata-string', '{"Op":0,"Addr":"10.0.0.9:80","Metadata":"zone=a"}', /"Metadata" that is not an object/],
     ['extra/segments', '{"Op":0,"Addr":"10.0.0.9:80"}', /extra path segments/],
+    ['unix:///tmp/other.sock', '{"Op":0,"Addr":"unix:///tmp/svc.sock"}', /extra path segments/],
   ];
 
   beforeAll(() => {
@@ -74,13 +74,21 @@ describe('hostile or broken data in etcd', () => {
     for (const [suffix, value] of HOSTILE) await etcd.put(`${web}${suffix}`).value(value);
     await etcd.put(Buffer.concat([Buffer.from(web), Buffer.from([0xff, 0xfe])])).value('{"Op":0,"Addr":"10.0.0.9:80"}');
     await etcd.put(`${web}10.0.0.2:80`).value(''); // gsr's format: the address is the key
+    // What etcd's Go endpoints.Manager may write: Metadata of any JSON type, a key target + "/" + addr.
+    await etcd.put(`${web}metadata-string`).value('{"Op":0,"Addr":"10.0.0.4:80","Metadata":"zone=a"}');
+    await etcd.put(`${web}unix:///tmp/svc.sock`).value('{"Op":0,"Addr":"unix:///tmp/svc.sock","Metadata":null}');
     const before = captured.length;
 
     const b = registry(prefix);
     const events = invalidEvents(b);
     const errors: Error[] = [];
     b.on('error', (e) => errors.push(e));
-    expect(addresses(await b.endpoints('web'))).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
+    expect(addresses(await b.endpoints('web'))).toEqual(['10.0.0.1:80', '10.0.0.2:80', '10.0.0.4:80', 'unix:///tmp/svc.sock']);
+    const fromGo = (await b.endpoints('web')).find((e) => e.address === '10.0.0.4:80');
+    expect(fromGo).toMatchObject({ metadata: {}, nonObjectMetadata: 'zone=a', key: `${web}metadata-string` });
+    await etcd.delete().key(`${web}metadata-string`);
+    await etcd.delete().key(`${web}unix:///tmp/svc.sock`);
+    await eventually(async () => expect(addresses(await b.endpoints('web'))).toEqual(['10.0.0.1:80', '10.0.0.2:80']));
 
     // Each one skipped and reported, with a short reason.
     for (const [suffix, , reason] of HOSTILE) {

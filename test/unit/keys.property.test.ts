@@ -3,7 +3,8 @@
  * (full Unicode, lone surrogates, control characters, `/`, `%`, `.`, `..`, `services`, empty)
  * for the prefix, the service and the address. Every accepted input round-trips, and every
  * key produced stays inside `$PREFIX/services/$SERVICE/`, one segment deep, and outside every
- * other registry's prefix.
+ * other registry's prefix. What etcd's Go endpoints.Manager writes (key `target + "/" + addr`,
+ * Metadata of any JSON type) is read too.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -169,7 +170,7 @@ describe('decodeEndpoint on arbitrary records', () => {
     anyString,
   );
 
-  it('never throws; what it accepts is one segment deep with a valid address and plain metadata', () => {
+  it('never throws; what it accepts is one segment deep (or segments spelling Addr) with a valid address and plain metadata', () => {
     fc.assert(
       fc.property(key, value, (k, v) => {
         const result = decodeEndpoint('web', servicePrefix, k, v);
@@ -179,14 +180,59 @@ describe('decodeEndpoint on arbitrary records', () => {
           return;
         }
         expect(k.startsWith(servicePrefix)).toBe(true);
-        expect(k.slice(servicePrefix.length)).not.toContain('/');
+        const segment = k.slice(servicePrefix.length);
+        // Go's layout, target + "/" + addr, is the only nested key read.
+        if (segment.includes('/')) expect(segment).toBe(result.endpoint.address);
         expect(validateAddress(result.endpoint.address)).toBe(result.endpoint.address);
-        const { metadata } = result.endpoint;
+        const { metadata, nonObjectMetadata } = result.endpoint;
         expect(typeof metadata === 'object' && metadata !== null && !Array.isArray(metadata)).toBe(true);
+        if (nonObjectMetadata !== undefined) {
+          expect(Object.keys(metadata)).toEqual([]);
+          expect(typeof nonObjectMetadata !== 'object' || Array.isArray(nonObjectMetadata)).toBe(true);
+        }
         expect(result.endpoint.key).toBe(k);
       }),
       { numRuns: RUNS },
     );
+  });
+
+  it("reads what etcd's Go endpoints.Manager writes: key target + \"/\" + addr, Metadata of any JSON type", () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(anyString, fc.oneof(fc.constant(null), fc.constant(undefined), fc.jsonValue()), (address, meta) => {
+        if (accepted(() => validateAddress(address)) === undefined) return;
+        checked++;
+        const k = `${servicePrefix}${address}`;
+        const value = JSON.stringify({ Op: 0, Addr: address, Metadata: meta });
+        const result = decodeEndpoint('web', servicePrefix, k, value);
+        expect(result.ok).toBe(true);
+        if (!result.ok) return;
+        expect(result.endpoint.address).toBe(address);
+        // What JSON gives back for the metadata (undefined inside arrays becomes null, -0 becomes 0).
+        const roundTripped: unknown = JSON.parse(value).Metadata;
+        if (roundTripped === undefined || roundTripped === null) {
+          expect(result.endpoint).toStrictEqual({ service: 'web', address, metadata: {}, key: k });
+        } else if (typeof roundTripped === 'object' && !Array.isArray(roundTripped)) {
+          expect(result.endpoint).toStrictEqual({ service: 'web', address, metadata: roundTripped, key: k });
+        } else {
+          expect(result.endpoint).toStrictEqual({ service: 'web', address, metadata: {}, key: k, nonObjectMetadata: roundTripped });
+        }
+      }),
+      { numRuns: RUNS },
+    );
+    expect(checked).toBeGreaterThan(RUNS / 20);
+    // The two shapes the issue names.
+    const unix = decodeEndpoint('web', servicePrefix, `${servicePrefix}unix:///tmp/svc.sock`, '{"Op":0,"Addr":"unix:///tmp/svc.sock","Metadata":null}');
+    expect(unix).toStrictEqual({ ok: true, endpoint: { service: 'web', address: 'unix:///tmp/svc.sock', metadata: {}, key: `${servicePrefix}unix:///tmp/svc.sock` } });
+    const zone = decodeEndpoint('web', servicePrefix, `${servicePrefix}10.0.0.1:80`, '{"Op":0,"Addr":"10.0.0.1:80","Metadata":"zone=a"}');
+    expect(zone).toMatchObject({ ok: true, endpoint: { address: '10.0.0.1:80', metadata: {}, nonObjectMetadata: 'zone=a' } });
+    expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}10.0.0.1:80`, '{"Addr":"10.0.0.1:80","Metadata":42}')).toMatchObject({ ok: true, endpoint: { nonObjectMetadata: 42 } });
+  });
+
+  it('writes "Metadata":null when there is none, as etcd\'s endpoints.Manager does, and the object otherwise', () => {
+    expect(encodeValue('10.0.0.1:80', {})).toBe('{"Op":0,"Addr":"10.0.0.1:80","Metadata":null}');
+    expect(encodeValue('10.0.0.1:80', Object.create(null) as Record<string, unknown>)).toBe('{"Op":0,"Addr":"10.0.0.1:80","Metadata":null}');
+    expect(encodeValue('10.0.0.1:80', { zone: 'a' })).toBe('{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"zone":"a"}}');
   });
 
   it('rejects every listed kind of hostile value with a reason', () => {
@@ -206,8 +252,6 @@ describe('decodeEndpoint on arbitrary records', () => {
       ['{"Addr":"10.0.0.1:80\\u0007"}', /control/],
       ['{"Addr":"10.0.0.1:80\\n"}', /white space/],
       ['{"Addr":"a\\ud800"}', /lone surrogate/],
-      ['{"Addr":"10.0.0.1:80","Metadata":"zone=a"}', /Metadata/],
-      ['{"Addr":"10.0.0.1:80","Metadata":[1]}', /Metadata/],
       [Buffer.alloc(MAX_VALUE_BYTES + 1, 'x'), /larger than/],
       [Buffer.alloc(1024 * 1024, '{'), /larger than/],
     ];
@@ -221,6 +265,10 @@ describe('decodeEndpoint on arbitrary records', () => {
   it('rejects keys with extra segments, no segment, or outside the service prefix', () => {
     const value = encodeValue('10.0.0.1:80', {});
     expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}a/b`, value)).toMatchObject({ ok: false, reason: expect.stringMatching(/extra path segments/) });
+    // Nested segments are read only when they are the value's Addr (Go's target + "/" + addr), never from an empty value.
+    expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}a/b`, encodeValue('a/b', {}))).toMatchObject({ ok: true, endpoint: { address: 'a/b' } });
+    expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}a/b`, encodeValue('a%2Fb', {}))).toMatchObject({ ok: false, reason: expect.stringMatching(/extra path segments/) });
+    expect(decodeEndpoint('web', servicePrefix, `${servicePrefix}a/b`, '')).toMatchObject({ ok: false, reason: expect.stringMatching(/extra path segments/) });
     expect(decodeEndpoint('web', servicePrefix, servicePrefix, value)).toMatchObject({ ok: false, reason: expect.stringMatching(/no endpoint segment/) });
     expect(decodeEndpoint('web', servicePrefix, 'p/services/webapp/x', value)).toMatchObject({ ok: false, reason: expect.stringMatching(/outside/) });
     expect(decodeEndpoint('web', servicePrefix, 'p/services/x', value)).toMatchObject({ ok: false, reason: expect.stringMatching(/outside/) });

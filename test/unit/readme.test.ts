@@ -1,7 +1,7 @@
 /**
  * The README is the front door: every TypeScript sample in it must compile
  * against the real API. Each ```ts block is type-checked as its own ES module,
- * with `etcd-service-registry` mapped to lib/.
+ * with `etcd-service-registry` mapped to lib/ (and `etcd-service-registry/grpc` to lib/grpc/).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -52,7 +52,12 @@ describe('README samples', () => {
       types: ['node'],
       typeRoots: [path.join(root, 'node_modules/@types')],
       baseUrl: root,
-      paths: { 'etcd-service-registry': [path.join(root, 'lib/index.ts')] },
+      paths: {
+        'etcd-service-registry': [path.join(root, 'lib/index.ts')],
+        'etcd-service-registry/grpc': [path.join(root, 'lib/grpc/index.ts')],
+        // The samples live in a temporary directory: resolve the peer dependency from here.
+        '@grpc/grpc-js': [path.join(root, 'node_modules/@grpc/grpc-js/build/src/index.d.ts')],
+      },
     });
     const errors = ts.getPreEmitDiagnostics(program).map((d) => {
       const where = d.file ? `${path.basename(d.file.fileName)}:${d.file.getLineAndCharacterOfPosition(d.start ?? 0).line + 1}` : '';
