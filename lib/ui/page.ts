@@ -34,7 +34,8 @@ export const HTML = `<!doctype html>
   <section id="services-panel" aria-labelledby="services-title">
     <h2 id="services-title">Services</h2>
     <table id="services">
-      <thead><tr><th>Service</th><th class="num">Endpoints</th><th>Last change</th></tr></thead>
+      <colgroup><col><col class="w-count"><col class="w-change"></colgroup>
+      <thead><tr><th>Service</th><th class="num">Endpoints</th><th class="num">Last change</th></tr></thead>
       <tbody></tbody>
     </table>
     <p id="services-empty" class="note" hidden>No services under the prefix.</p>
@@ -45,6 +46,7 @@ export const HTML = `<!doctype html>
       <input id="filter" type="search" placeholder="filter by address or metadata" aria-label="filter endpoints" autocomplete="off" spellcheck="false">
     </div>
     <table id="endpoints">
+      <colgroup><col class="w-address"><col><col class="w-lease"><col class="w-ttl"><col class="w-age"></colgroup>
       <thead><tr><th>Address</th><th>Metadata</th><th>Lease</th><th class="num">Time left</th><th class="num">Age</th></tr></thead>
       <tbody></tbody>
     </table>
@@ -71,7 +73,7 @@ h2 { font-size: 14px; margin: 0 0 8px; }
 .banner.ok { color: var(--ok); background: var(--okbg); }
 .banner.bad { color: var(--bad); background: var(--badbg); }
 .banner.wait { color: var(--muted); background: #eceef2; }
-main { display: grid; grid-template-columns: minmax(220px, 1fr) 3fr; grid-template-areas: "services endpoints" "feed feed"; gap: 12px; padding: 12px 16px; }
+main { display: grid; grid-template-columns: minmax(370px, 1fr) 2.6fr; grid-template-areas: "services endpoints" "feed feed"; gap: 12px; padding: 12px 16px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; min-width: 0; }
 #services-panel { grid-area: services; }
 #endpoints-panel { grid-area: endpoints; }
@@ -79,8 +81,10 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 8px; p
 .bar { display: flex; align-items: baseline; gap: 12px; }
 .bar h2 { flex: 1; overflow-wrap: anywhere; }
 #filter { width: 260px; padding: 4px 8px; border: 1px solid var(--line); border-radius: 4px; font: inherit; }
-table { width: 100%; border-collapse: collapse; }
-th { text-align: left; font-weight: 600; color: var(--muted); border-bottom: 1px solid var(--line); padding: 4px 6px; white-space: nowrap; }
+table { width: 100%; border-collapse: collapse; table-layout: fixed; }
+.w-count { width: 100px; } .w-change { width: 118px; }
+.w-address { width: 18%; } .w-lease { width: 140px; } .w-ttl { width: 84px; } .w-age { width: 70px; }
+th { text-align: left; font-weight: 600; color: var(--muted); border-bottom: 1px solid var(--line); padding: 4px 6px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 td { border-bottom: 1px solid #eef0f3; padding: 4px 6px; vertical-align: top; }
 .num { text-align: right; white-space: nowrap; }
 code { font: 12.5px/1.4 ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; overflow-wrap: anywhere; }
@@ -260,7 +264,7 @@ export const SCRIPT = `'use strict';
       td.appendChild(button);
       tr.appendChild(td);
       tr.appendChild(el('td', s.count, 'num'));
-      var last = el('td', '');
+      var last = el('td', '', 'num');
       serviceTimes.push([last, s]);
       tr.appendChild(last);
       body.appendChild(tr);
@@ -343,7 +347,7 @@ export const SCRIPT = `'use strict';
   function refreshServiceTimes() {
     serviceTimes.forEach(function (x) {
       var s = x[1];
-      x[0].textContent = s.lastChange === null ? 'before the view started' : duration(serverNow() - s.lastChange) + ' ago';
+      x[0].textContent = s.lastChange === null ? '≥ ' + duration(serverNow() - info.startedAt) + ' ago' : duration(serverNow() - s.lastChange) + ' ago';
     });
   }
   function refreshEndpointTimes() {

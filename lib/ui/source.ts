@@ -145,7 +145,7 @@ export class RegistrySource implements WatchTarget {
       key,
       service,
       address: result.endpoint.address,
-      metadata: JSON.stringify(result.endpoint.metadata),
+      metadata: spacedJson(result.endpoint.metadata),
       lease: leaseHex(kv.lease) ?? '',
       createRevision: Number(kv.create_revision),
       modRevision: Number(kv.mod_revision),
@@ -160,4 +160,10 @@ export class RegistrySource implements WatchTarget {
     this.conn.off('reachable', this.onReachable);
     this.conn.off('reset', this.onReset);
   }
+}
+
+/** JSON on one line with a space after each `,` and `:` (`{ "zone": "a", "weight": 2 }`): still JSON, and it wraps at spaces. */
+export function spacedJson(value: unknown): string {
+  // Line breaks only come from the indentation: JSON escapes those inside strings.
+  return JSON.stringify(value, null, 1).replace(/\n */g, ' ');
 }

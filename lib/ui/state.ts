@@ -14,7 +14,7 @@ export interface EndpointRow {
   readonly key: string;
   readonly service: string;
   readonly address: string;
-  /** The metadata as compact JSON (shown as text). */
+  /** The metadata as JSON on one line (shown as text). */
   readonly metadata: string;
   /** Lease id as 16 hex digits (as etcdctl prints it); '' for a key without lease. */
   readonly lease: string;

@@ -348,6 +348,7 @@ describe.runIf(hasChromium)('web view in headless Chromium', () => {
     await expect.poll(() => watch.page.locator('#feed li').count()).toBe(4);
     await expect.poll(() => watch.page.locator('#endpoints td.ttl').allTextContents()).not.toContain('…');
     await new Promise((r) => setTimeout(r, 2000));
+    await watch.page.setViewportSize({ width: 1200, height: 480 });
     const file = path.resolve(process.env.UI_SCREENSHOT!);
     fs.mkdirSync(path.dirname(file), { recursive: true });
     await watch.page.screenshot({ path: file, fullPage: true });
