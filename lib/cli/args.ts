@@ -128,6 +128,28 @@ export function ttlSeconds(args: Parsed, command: string): number | undefined {
   return n;
 }
 
+/** `--port N`: a TCP port from 0 (any free one) to 65535, or undefined when not given. */
+export function portOption(args: Parsed, command: string): number | undefined {
+  const text = string(args, 'port');
+  if (text === undefined) return undefined;
+  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text) : NaN;
+  if (!(Number.isInteger(n) && n >= 0 && n <= 65535)) {
+    throw new UsageError(`--port ${quote(text)} is invalid: expected a TCP port from 0 (any free port) to 65535`, command);
+  }
+  return n;
+}
+
+/** `--host NAME`: the address to listen on, or undefined when not given. */
+export function hostOption(args: Parsed, command: string): string | undefined {
+  const text = string(args, 'host');
+  if (text === undefined) return undefined;
+  const host = text.trim();
+  if (host === '' || /[\s/]/.test(host)) {
+    throw new UsageError(`--host ${quote(text)} is invalid: expected an address or name to listen on, such as 127.0.0.1`, command);
+  }
+  return host;
+}
+
 /** `--metadata JSON`: a JSON object, or undefined when not given. */
 export function metadataOption(args: Parsed, command: string): Readonly<Record<string, unknown>> | undefined {
   const text = string(args, 'metadata');

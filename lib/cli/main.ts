@@ -15,12 +15,13 @@ import { ls } from './ls';
 import { err, oneLine, out } from './output';
 import { register } from './register';
 import { stopAsOnSigterm } from './signals';
+import { ui } from './ui';
 import { unregister } from './unregister';
 import { watch } from './watch';
 
 const debug = logger('cli');
 
-export const COMMANDS: readonly Command[] = [ls, watch, register, unregister, doctor];
+export const COMMANDS: readonly Command[] = [ls, watch, register, unregister, doctor, ui];
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
