@@ -27,6 +27,7 @@ import { DelegateBackoff, handleWhen, retry } from 'cockatiel';
 import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
+import type { FetchOutcome } from './observe/metrics';
 import { isStrategy, type Strategy } from './pickers';
 import type { Endpoint } from './types';
 
@@ -36,6 +37,8 @@ const debug = logger('fetch');
 export interface EndpointSource {
   pickAsync(service: string, options?: { strategy?: Strategy; key?: string }): Promise<Endpoint>;
   markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options?: { seconds?: number }): void;
+  /** Told the outcome and duration (seconds, until the response headers) of every attempt, if present. */
+  recordFetchAttempt?(service: string, outcome: FetchOutcome, seconds: number): void;
 }
 
 export interface FailoverRequestInit extends RequestInit {
@@ -170,12 +173,17 @@ export async function fetchWithFailover(
       options.attemptTimeout,
     );
     const started = Date.now();
+    const record = (outcome: FetchOutcome): void => source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
     try {
       const response = await fetch(url, { ...request, signal: AbortSignal.any([stop, timeout.signal]) });
       debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Date.now() - started);
+      record(response.status >= 500 ? 'http_5xx' : 'ok');
       return response;
     } catch (e) {
-      if (stop.aborted) throw stop.reason;
+      if (stop.aborted) {
+        record('error');
+        throw stop.reason;
+      }
       const refused = badPort(e, url);
       if (refused) {
         debug('%s: %s refused by fetch: bad port %s', what, endpoint.address, refused);
@@ -187,9 +195,11 @@ export async function fetchWithFailover(
       }
       let failure: AttemptFailed;
       if (timeout.signal.aborted) {
+        record('timeout');
         failure = new AttemptFailed(endpoint, `no response within ${options.attemptTimeout} ms`, { cause: timeout.signal.reason });
       } else {
         const cause = connectionError(e);
+        record(cause ? 'connect_error' : 'error');
         if (!cause) {
           debug('%s: %s failed after %d ms, not retried: %s', what, endpoint.address, Date.now() - started, describe(e));
           throw e;

@@ -21,3 +21,6 @@ export type {
   RegistryEvents,
   RegistryStatus,
 } from './types';
+export type { RegistryStats, FetchOutcome, LeaseLossReason, ResyncReason } from './observe/metrics';
+export type { HealthInput, HealthCheckOptions, HealthCheckFunction, HealthState } from './publish/health';
+export type { ListeningServer, ServerRegistration } from './publish/server';

@@ -24,6 +24,7 @@ import type { Subscription } from './discover/subscription';
 import { enroll } from './shutdown';
 import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
+import { RegistryMetrics, type FetchOutcome, type RegistryStats } from './observe/metrics';
 import { WatchStream } from './watch-stream';
 
 const debug = logger('registry');
@@ -50,6 +51,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly keeper: LeaseKeeper;
   /** What is watched, and for how long (lib/discover/discovery.ts). */
   private readonly discovery: Discovery;
+  private readonly metrics: RegistryMetrics;
   /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
   private readonly down = new Map<string, number>();
   private currentStatus: RegistryStatus = 'idle';
@@ -60,6 +62,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     super();
     this.config = resolveConfig(options);
     this.keys = new KeySpace(this.config.keyPrefix);
+    this.metrics = new RegistryMetrics(this.config.keyPrefix, {
+      lists: () => this.discovery.lists.values(),
+      ownEndpoints: () => this.keeper.endpoints.length,
+    });
     this.conn = new Connection({
       endpoints: this.config.etcdEndpoints,
       dialTimeoutMs: this.config.dialTimeoutMs,
@@ -71,15 +77,24 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.stream = new WatchStream(this.conn, (e) => this.reportError(e));
     this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {
       registered: (endpoint) => this.emit('registered', endpoint),
-      leaseLost: (leaseId, reason) => this.emit('lease-lost', { leaseId, reason }),
-      reregistered: (leaseId, endpoints) => this.emit('reregistered', { leaseId, endpoints }),
+      leaseLost: (leaseId, reason) => {
+        this.metrics.leaseLost(reason);
+        this.emit('lease-lost', { leaseId, reason });
+      },
+      reregistered: (leaseId, endpoints) => {
+        this.metrics.reregistered();
+        this.emit('reregistered', { leaseId, endpoints });
+      },
       restored: (endpoint) => this.emit('restored', endpoint),
       healthy: (endpoint) => this.emit('healthy', { endpoint }),
       unhealthy: (endpoint, reason) => this.emit('unhealthy', { endpoint, reason }),
       status: (state) => this.setStatus(state),
       error: (e) => this.reportError(e),
     });
-    this.conn.on('unreachable', (error) => this.emit('etcd-unreachable', { error }));
+    this.conn.on('unreachable', (error) => {
+      this.metrics.unreachable();
+      this.emit('etcd-unreachable', { error });
+    });
     this.conn.on('reachable', () => this.emit('etcd-reachable'));
     this.discovery = new Discovery({
       keys: this.keys,
@@ -90,6 +105,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       hooks: {
         onChange: (list, added, removed, kind, subscriptions) => this.onListChange(list, added, removed, kind, subscriptions),
         onInvalid: (event) => this.emit('invalid-endpoint', event),
+        onResynced: (reason) => this.metrics.resynced(reason),
         onError: (e) => this.reportError(e),
         pick: (service, options) => this.pickFast(service, options) ?? this.pickChecked(service, options, false),
       },
@@ -351,7 +367,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   ): void {
     const changed = kind !== 'initial' && (added.length > 0 || removed.length > 0);
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
-    if (changed) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
+    if (changed) {
+      debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
+      this.metrics.changed(list.service);
+    }
     const subs = subscriptions !== undefined && subscriptions.size > 0 ? [...subscriptions] : undefined;
     const wantsChange = changed && (subs !== undefined || this.listenerCount('change') > 0);
     const wantsResync = kind === 'resync' && (subs !== undefined || this.listenerCount('resynced') > 0);
@@ -445,7 +464,21 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     const key = this.keys.endpointKey(validateServiceName(endpoint?.service), validateAddress(endpoint?.address));
     this.down.set(key, Date.now() + seconds * 1000);
+    this.metrics.ejected(endpoint.service);
     debug('%s marked down for %d s', key, seconds);
+  }
+
+  /** fetch() tells the outcome of each attempt (for metrics). */
+  recordFetchAttempt(service: string, outcome: FetchOutcome, seconds: number): void {
+    this.metrics.fetchAttempt(service, outcome, seconds);
+  }
+
+  /**
+   * The registry's figures as a plain object: what the OpenTelemetry instruments
+   * report (see the README's Metrics section), for those without an SDK.
+   */
+  stats(): RegistryStats {
+    return this.metrics.stats();
   }
 
   /**
@@ -628,6 +661,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.discovery.close();
     this.stream.close();
     this.conn.close();
+    this.metrics.close();
     this.setStatus('closed');
     debug('closed');
   }

@@ -41,6 +41,7 @@ export const READ_CONCURRENCY = 8;
 export interface DiscoveryHooks {
   onChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind, subscriptions: ReadonlySet<Subscription> | undefined): void;
   onInvalid(event: InvalidEndpointEvent): void;
+  onResynced(reason: string): void;
   onError(error: Error): void;
   pick(service: string, options?: PickerOptions): Endpoint;
 }
@@ -366,6 +367,7 @@ export class Discovery {
         this.options.hooks.onChange(list, added, removed, kind, this.holds.get(list.service)?.subscriptions);
       },
       onInvalid: (event) => this.options.hooks.onInvalid(event),
+      onResynced: (reason) => this.options.hooks.onResynced(reason),
       onError: (e) => this.options.hooks.onError(e),
     };
   }

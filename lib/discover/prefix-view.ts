@@ -39,6 +39,8 @@ export interface ViewHooks {
   lists(): Iterable<ServiceList>;
   onChange(list: ServiceList, added: readonly Endpoint[], removed: readonly Endpoint[], kind: ChangeKind): void;
   onInvalid(event: InvalidEndpointEvent): void;
+  /** The prefix was read again (compaction, data loss, a refused watch): for metrics. */
+  onResynced(reason: string): void;
   onError(error: Error): void;
 }
 
@@ -194,6 +196,7 @@ export class PrefixView implements WatchTarget {
       for (;;) {
         try {
           await this.limiter.run(() => this.load('resync'));
+          this.hooks.onResynced(reason);
           return;
         } catch (e) {
           if (this.closed) return;
