@@ -17,7 +17,7 @@ import { Etcd3 } from 'etcd3';
 import type { Registry } from '../lib';
 import { KeySpace } from '../lib/keys';
 import { etcdLoad, procUsage, startGrpcProxy, type EtcdLoad, type GrpcProxy } from './grpc-proxy';
-import { fmtBytes, fmtMs, fmtP, fmtRatio, nowMs, round, roundSummary, sleep, summarize, type Summary } from './stats';
+import { fmtBytes, fmtMs, fmtP, fmtRatio, median, nowMs, round, roundSummary, sleep, summarize, type Summary } from './stats';
 import { address, deletePrefix, rawClient, registry, spawnChild, uniquePrefix, value, type BenchChild, type Context, type Figure, type Row } from './support';
 
 type Impl = 'ours' | 'raw';
@@ -51,7 +51,9 @@ export interface Phase {
   /** etcd-side streams opened by the fleet, per client (directly: the clients' own). */
   streamsPerClient: Record<string, number>;
   etcd: {
+    /** Median of 5 samples over the idle window. */
     watchers: number;
+    watcherSamples: number[];
     watchStreams: number;
     /** CPU seconds over the idle window plus the rounds. */
     cpuSeconds: number;
@@ -60,7 +62,9 @@ export interface Phase {
     /** Requests per second while idle, per method (watchdog reads, stream probes). */
     idleRequestsPerSecond: Record<string, number>;
     rssBytes: number;
-    rssGrowthBytes: number;
+    /** Live heap while the fleet watches, and its growth over etcd's before the fleet. */
+    heapInuseBytes: number;
+    heapGrowthBytes: number;
   };
   proxy?: { cpuSeconds: number; rssBytes: number };
   windowSeconds: number;
@@ -132,13 +136,13 @@ class Fanin {
 interface Started {
   started: true;
   setupMs: number;
+  fdsPerClient: number;
 }
 
 interface Stopped {
   stopped: true;
   heapPerClient: number;
   rssPerClient: number;
-  fdsPerClient: number;
 }
 
 /** The fleet's processes: spawned once, they serve every phase (spawning costs seconds on a loaded machine). */
@@ -238,8 +242,15 @@ async function phase(ctx: Context, fleet: Fleet, impl: Impl, via: Via, url: stri
     const watching = await etcdLoad(ctx.endpoint);
     const proxy0 = proxy ? procUsage(proxy.pid) : undefined;
     const t0 = nowMs();
-    await sleep(idleMs);
+    // Watchers sampled across the idle window: a snapshot can catch short-lived ones (a
+    // Registry's canary watch through the proxy); the median is the steady count.
+    const watcherSamples: number[] = [watching.watchers];
+    for (let i = 1; i <= 4; i++) {
+      await sleep(t0 + (idleMs * i) / 4 - nowMs());
+      if (i < 4) watcherSamples.push((await etcdLoad(ctx.endpoint)).watchers);
+    }
     const idle = await etcdLoad(ctx.endpoint);
+    watcherSamples.push(idle.watchers);
     const idleSeconds = (nowMs() - t0) / 1000;
     const toFirst: number[] = [];
     const toLast: number[] = [];
@@ -268,16 +279,18 @@ async function phase(ctx: Context, fleet: Fleet, impl: Impl, via: Via, url: stri
       setupMs: round(Math.max(...ready.map((r) => r.setupMs))),
       heapPerClient: NaN,
       rssPerClient: NaN,
-      fdsPerClient: NaN,
+      fdsPerClient: round(ready.reduce((sum, r, i) => sum + (r.fdsPerClient * share(i)) / k, 0)),
       streamsPerClient: delta(before.openStreams, up.openStreams, k),
       etcd: {
-        watchers: watching.watchers,
+        watchers: median(watcherSamples),
+        watcherSamples,
         watchStreams: watching.watchStreams,
         cpuSeconds: round(end.cpuSeconds - watching.cpuSeconds),
         idleCpuMsPerSecond: round(((idle.cpuSeconds - watching.cpuSeconds) * 1000) / idleSeconds),
         idleRequestsPerSecond: perSecond(watching.received, idle.received, idleSeconds),
         rssBytes: Math.max(watching.rssBytes, end.rssBytes),
-        rssGrowthBytes: Math.max(watching.rssBytes, end.rssBytes) - before.rssBytes,
+        heapInuseBytes: watching.heapInuseBytes,
+        heapGrowthBytes: watching.heapInuseBytes - before.heapInuseBytes,
       },
       ...(proxy0 && proxy1 && { proxy: { cpuSeconds: round(proxy1.cpuSeconds - proxy0.cpuSeconds), rssBytes: proxy1.rssBytes } }),
       windowSeconds: round(windowSeconds),
@@ -287,7 +300,6 @@ async function phase(ctx: Context, fleet: Fleet, impl: Impl, via: Via, url: stri
     const avg = (f: (r: Stopped) => number): number => stopped.reduce((sum, r, i) => sum + (f(r) * share(i)) / k, 0);
     result.heapPerClient = round(avg((r) => r.heapPerClient));
     result.rssPerClient = round(avg((r) => r.rssPerClient));
-    result.fdsPerClient = round(avg((r) => r.fdsPerClient));
     ctx.log(
       `fig9: ${impl} ${via} K=${k}: to all ${fmtP(result.toLast)}, etcd watchers ${result.etcd.watchers}, CPU ${result.etcd.cpuSeconds} s over ${result.windowSeconds} s ` +
         `(idle ${result.etcd.idleCpuMsPerSecond} ms/s), heap/client ${fmtBytes(result.heapPerClient)}, setup ${fmtMs(result.setupMs)}`,
@@ -314,7 +326,7 @@ export function fleetTable(phases: readonly Phase[]): string {
     'etcd watchers (raw)',
     'etcd CPU, idle + rounds (raw)',
     'etcd idle reads/s',
-    'etcd RSS',
+    'etcd heap in use',
     'proxy CPU / RSS',
     'heap / client (raw)',
     'fds / client',
@@ -328,7 +340,7 @@ export function fleetTable(phases: readonly Phase[]): string {
       if (!o) continue;
       lines.push(
         `| ${via} | ${k} | ${fmtP(o.toLast)} (${fmtP(r?.toLast)}) | ${o.etcd.watchers} (${r?.etcd.watchers ?? '—'}) | ` +
-          `${o.etcd.cpuSeconds.toFixed(2)} s (${r ? r.etcd.cpuSeconds.toFixed(2) : '—'} s) | ${o.etcd.idleRequestsPerSecond.Range ?? 0} | ${fmtBytes(o.etcd.rssBytes)} | ` +
+          `${o.etcd.cpuSeconds.toFixed(2)} s (${r ? r.etcd.cpuSeconds.toFixed(2) : '—'} s) | ${o.etcd.idleRequestsPerSecond.Range ?? 0} | ${fmtBytes(o.etcd.heapInuseBytes)} | ` +
           `${o.proxy ? `${o.proxy.cpuSeconds.toFixed(2)} s / ${fmtBytes(o.proxy.rssBytes)}` : '—'} | ${fmtBytes(o.heapPerClient)} (${r ? fmtBytes(r.heapPerClient) : '—'}) | ${o.fdsPerClient.toFixed(2)} |`,
       );
     }
@@ -412,10 +424,10 @@ export const fig9: Figure = async (ctx) => {
     });
     rows.push({
       figure: '9',
-      what: `  ${via}: etcd resident memory`,
-      ours: series((p) => fmtBytes(p.etcd.rssBytes), 'ours'),
-      baseline: series((p) => fmtBytes(p.etcd.rssBytes), 'raw'),
-      ratio: fmtRatio(oN.etcd.rssBytes / rN.etcd.rssBytes),
+      what: `  ${via}: etcd live heap while the fleet watches (go_memstats_heap_inuse_bytes)`,
+      ours: series((p) => fmtBytes(p.etcd.heapInuseBytes), 'ours'),
+      baseline: series((p) => fmtBytes(p.etcd.heapInuseBytes), 'raw'),
+      ratio: fmtRatio(oN.etcd.heapInuseBytes / rN.etcd.heapInuseBytes),
       target: 'info',
       met: undefined,
     });

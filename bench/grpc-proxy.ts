@@ -110,12 +110,14 @@ export interface EtcdLoad {
   received: Record<string, number>;
   cpuSeconds: number;
   rssBytes: number;
+  /** go_memstats_heap_inuse_bytes: live heap (a Go process's RSS seldom shrinks, so it carries earlier load). */
+  heapInuseBytes: number;
 }
 
 /** etcd's own view of its load, from `<client URL>/metrics`. */
 export async function etcdLoad(endpoint: string): Promise<EtcdLoad> {
   const text = await httpGet(`${endpoint}/metrics`);
-  const load: EtcdLoad = { watchers: 0, watchStreams: 0, openStreams: {}, received: {}, cpuSeconds: 0, rssBytes: 0 };
+  const load: EtcdLoad = { watchers: 0, watchStreams: 0, openStreams: {}, received: {}, cpuSeconds: 0, rssBytes: 0, heapInuseBytes: 0 };
   const method = (name: string): string => /grpc_method="([^"]+)"/.exec(name)?.[1] ?? '?';
   for (const line of text.split('\n')) {
     if (line.startsWith('#') || line === '') continue;
@@ -126,6 +128,7 @@ export async function etcdLoad(endpoint: string): Promise<EtcdLoad> {
     else if (name === 'etcd_debugging_mvcc_watch_stream_total') load.watchStreams = v;
     else if (name === 'process_cpu_seconds_total') load.cpuSeconds = v;
     else if (name === 'process_resident_memory_bytes') load.rssBytes = v;
+    else if (name === 'go_memstats_heap_inuse_bytes') load.heapInuseBytes = v;
     else if (name.startsWith('grpc_server_started_total{') && name.includes('_stream"')) {
       const m = method(name);
       load.openStreams[m] = (load.openStreams[m] ?? 0) + v;
