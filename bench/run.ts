@@ -19,6 +19,8 @@ import { fig5 } from './fig5-cold-sync';
 import { fig6 } from './fig6-apply';
 import { fig7 } from './fig7-register-many';
 import { fig8 } from './fig8-restart';
+import { fig9 } from './fig9-fleet';
+import { fig10 } from './fig10-many';
 import { renderTable } from './table';
 import { killAllChildren, type Context, type Figure, type Row } from './support';
 
@@ -31,6 +33,8 @@ const FIGURES: Record<string, { name: string; run: Figure }> = {
   '6': { name: 'cost of one change', run: fig6 },
   '7': { name: 'registering many endpoints', run: fig7 },
   '8': { name: 'etcd restart', run: fig8 },
+  '9': { name: 'a growing fleet, directly and through grpc-proxy', run: fig9 },
+  '10': { name: 'many registries in one process', run: fig10 },
 };
 
 interface Args {
@@ -59,7 +63,7 @@ function parseArgs(argv: readonly string[]): Args {
           .split(',')
           .map((s) => s.trim())
           .filter((s) => s !== '');
-        for (const f of only) if (!(f in FIGURES)) usage(`unknown figure ${JSON.stringify(f)}: expected 1 to 8`);
+        for (const f of only) if (!(f in FIGURES)) usage(`unknown figure ${JSON.stringify(f)}: expected one of ${Object.keys(FIGURES).join(', ')}`);
         args.only = Object.keys(FIGURES).filter((f) => only.includes(f));
         break;
       }
