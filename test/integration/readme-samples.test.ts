@@ -3,7 +3,8 @@
  * own process, and ends on its own (test/unit/readme.test.ts type-checks them).
  *
  * What the test adds, and nothing else:
- * - `etcd-service-registry` is imported from lib/ (the import path is rewritten);
+ * - `etcd-service-registry` (and `/grpc`) is imported from lib/, `@grpc/grpc-js` from node_modules
+ *   (the import paths are rewritten);
  * - the environment: REGISTRY_ETCD_ENDPOINTS of the test etcd and a unique
  *   REGISTRY_KEY_PREFIX (a sample that sets its own prefix keeps it);
  * - the services the samples talk to: billing (two HTTP servers), sessions and
@@ -36,6 +37,10 @@ const samples = Array.from(readme.matchAll(/```ts\n([\s\S]*?)```/g), (m) => ({
   line: readme.slice(0, m.index).split('\n').length + 1,
 }));
 const LIB = JSON.stringify(path.join(root, 'lib/index.ts'));
+const GRPC = JSON.stringify(path.join(root, 'lib/grpc/index.ts'));
+const GREETER = JSON.stringify(path.join(root, 'examples/grpc-greeter.ts'));
+/** The samples run from a temporary folder, where bare package names do not resolve. */
+const GRPC_JS = JSON.stringify(require.resolve('@grpc/grpc-js'));
 const standIns: Record<string, string> = {
   userId: "const userId = 'user-42';",
   invoice: 'const invoice = { id: 42, total: 10 };',
@@ -84,7 +89,14 @@ describe('README samples run against a real etcd and end on their own', () => {
 
   /** The sample as a runnable .mts file (see the module comment for what is added). */
   function program(code: string): string {
-    let text = code.replaceAll("from 'etcd-service-registry'", `from ${LIB}`);
+    let text = code
+      .replaceAll("from 'etcd-service-registry'", `from ${LIB}`)
+      .replaceAll("from 'etcd-service-registry/grpc'", `from ${GRPC}`)
+      .replaceAll("from '@grpc/grpc-js'", `from ${GRPC_JS}`);
+    // What the gRPC samples declare as the reader's own: the Greeter of examples/grpc-greeter.ts.
+    text = text
+      .replace(/^declare const greeterDefinition: .*;$/m, `import { greeterService as greeterDefinition } from ${GREETER};`)
+      .replace(/^declare const greeterImplementation: .*;$/m, "const greeterImplementation = { sayHello: (call: { request: { name: string } }, done: (e: null, r: { message: string }) => void) => done(null, { message: `hello ${call.request.name}` }) };");
     text = text.replaceAll("'/run/secrets/etcd-password'", JSON.stringify(passwordFile)).replaceAll("'/etc/etcd-client/ca.crt'", JSON.stringify(certs.caCert));
     const defined = Object.entries(standIns)
       .filter(([name]) => new RegExp(`\\b${name}\\b`).test(code) && !new RegExp(`\\b(const|let|function) ${name}\\b`).test(code))
