@@ -57,6 +57,23 @@ export interface ConnectionEvents {
   suspected: [reason: string];
 }
 
+/**
+ * The useful part of a grpc-js error message: without the status prefix, the
+ * "No connection established. Last error:" wrapping, timestamps and the empty
+ * "Resolution note:" it appends, and with a DNS failure said as one.
+ */
+export function grpcReason(message: string): string {
+  const text = message
+    .replace(/\.?\s*Resolution note:[\s\S]*$/, '')
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)/g, '')
+    .replace(/^\d+ [A-Z_]+: /, '')
+    .replace(/^No connection established\. Last error: (?:Error: )?/, '')
+    .replace(/^Name resolution failed for target dns:([^\s]+).*$/s, 'DNS lookup of $1 failed (no such host)')
+    .replace(/^Deadline exceeded after ([\d.]+s).*$/s, 'no answer within $1')
+    .trim();
+  return text === '' || text === 'null' ? message : text;
+}
+
 /** Errors that mean "etcd did not answer", as opposed to "etcd said no". */
 export function isUnreachableError(e: unknown): boolean {
   // A BrokenCircuitError says every member was skipped for failing: nobody answered either.
@@ -183,13 +200,17 @@ class FailoverPolicy extends NoopPolicy {
     const deadline = Date.now() + this.budgetMs;
     return callDeadline.run(deadline, async () => {
       let pause = cappedBackoff(this.budgetMs / 4).next();
+      /** The last failure that said why (a refused connection, a failed lookup), to report instead of the deadline it ran into. */
+      let telling: unknown;
       for (let attempt = 1; ; attempt++) {
         try {
           return await super.execute(fn, signal);
         } catch (e) {
           const left = deadline - Date.now();
           const again = isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && left > 0 && signal?.aborted !== true;
+          if (isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && !isBrokenCircuitError(e)) telling = e;
           if (!again) {
+            if (e instanceof GRPCDeadlineExceededError && telling !== undefined) throw telling;
             if (!isBrokenCircuitError(e)) throw e;
             // Never etcd3's breaker: say that no member answered.
             throw new GRPCUnavailableError(`no member of etcd at ${this.members.join(',')} answered within ${this.budgetMs} ms (${attempt} attempt(s))`);
@@ -432,26 +453,31 @@ export class Connection extends EventEmitter<ConnectionEvents> {
           } catch (e) {
             lastError = e;
             if (!/Last error: null/.test((e as Error).message)) telling = e;
-            debug('contact attempt %d failed: %s', attempts, (e as Error).message);
+            debug('contact attempt %d with %s failed (retrying until the connect timeout): %s', attempts, endpoints.join(','), grpcReason((e as Error).message));
             throw e;
           }
         }, deadline.signal),
         connectTimeoutMs,
         () => new Error('connect timeout'),
+        // Ref'd: a process whose only work is `await registry.endpoints()` must not end, silently,
+        // while the attempts wait (grpc-js's reconnect timers keep nothing alive).
+        true,
       );
       debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Date.now() - started);
       this.startWatchdog();
     } catch (e) {
       deadline.abort();
       if (this.closed) throw new RegistryClosedError('connect');
-      const cause = lastError ?? e;
+      // The connect timeout came before any attempt answered: etcd did not answer, too.
+      const cause = lastError ?? new GRPCDeadlineExceededError(`no answer within ${connectTimeoutMs} ms`);
       if (!isUnreachableError(cause) || tlsFailure(cause) !== undefined) {
         throw this.error(cause, `read the key ${quote(this.options.probeKey)} (first contact with etcd at ${endpoints.join(',')})`);
       }
       const why = telling ?? cause;
+      const members = endpoints.length === 1 ? `the member ${endpoints[0]}` : `each of the ${endpoints.length} members ${endpoints.join(', ')}`;
       throw new RegistryError(
         'ERR_ETCD_UNREACHABLE',
-        `could not reach etcd at ${endpoints.join(',')} within ${connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS), ${attempts} attempt(s): ${(why as Error).message}${tlsHint(why, this.options.clientOptions?.credentials !== undefined)}`,
+        `could not reach etcd at ${endpoints.join(',')} within ${connectTimeoutMs / 1000} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS): ${attempts} attempt(s) at ${members}, each a count-only read with a ${this.options.dialTimeoutMs / 1000} s deadline (REGISTRY_ETCD_DIAL_TIMEOUT_SECONDS); last: ${grpcReason((why as Error).message)}${tlsHint(why, this.options.clientOptions?.credentials !== undefined)}`,
         { cause: why },
       );
     } finally {
@@ -672,8 +698,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   markUnreachable(error: Error): void {
     if (!this.reachable || this.closed) return;
     this.reachable = false;
-    debug('etcd unreachable: %s', error.message);
-    this.emit('unreachable', error);
+    // Said at once, cleanly, naming the members: the first contact may go on retrying for minutes.
+    const clean = new RegistryError('ERR_ETCD_UNREACHABLE', `etcd at ${this.options.endpoints.join(', ')} did not answer: ${grpcReason(error.message)}`, { cause: error });
+    debug('etcd unreachable: %s', clean.message);
+    this.emit('unreachable', clean);
   }
 
   private startWatchdog(): void {
