@@ -24,6 +24,7 @@ import type { Subscription } from './discover/subscription';
 import { enroll } from './shutdown';
 import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
+import { emitSurfacing } from './emit';
 import { RegistryMetrics, type FetchOutcome, type RegistryStats } from './observe/metrics';
 import { WatchStream } from './watch-stream';
 
@@ -142,14 +143,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * 'uncaughtException' as an exception thrown from any Node callback does.
    */
   override emit<K extends keyof RegistryEvents>(event: K, ...args: RegistryEvents[K]): boolean {
-    try {
-      return EventEmitter.prototype.emit.call(this, event, ...args);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-      return true;
-    }
+    return emitSurfacing(this, event, args);
   }
 
   /** The `error` event always carries a RegistryError: anything else is wrapped (the original as `cause`). */

@@ -6,6 +6,7 @@
  * list and its pickers are freed.
  */
 import { EventEmitter } from 'node:events';
+import { emitSurfacing } from '../emit';
 import { RegistryError, quote } from '../errors';
 import type { PickerOptions } from '../pickers';
 import type { ChangeEvent, Endpoint } from '../types';
@@ -79,13 +80,6 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
 
   /** As Registry.emit(): a listener's exception is rethrown on the next tick, the state stays complete. */
   override emit<K extends keyof SubscriptionEvents>(event: K, ...args: SubscriptionEvents[K]): boolean {
-    try {
-      return EventEmitter.prototype.emit.call(this, event, ...args);
-    } catch (e) {
-      process.nextTick(() => {
-        throw e;
-      });
-      return true;
-    }
+    return emitSurfacing(this, event, args);
   }
 }
