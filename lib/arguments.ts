@@ -5,7 +5,7 @@
  * validators and codes in keys.ts.)
  */
 import { RegistryError, quote } from './errors';
-import { isStrategy } from './pickers';
+import { isStrategy, STRATEGY_LIST } from './pickers';
 
 /** Longest timer Node honours: setTimeout fires at once beyond 2^31-1 ms. */
 export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
@@ -38,7 +38,7 @@ export function checkPickOptions(method: string, options: unknown): void {
   checkOptions(method, options);
   const { strategy, key } = (options ?? {}) as { strategy?: unknown; key?: unknown };
   if (strategy !== undefined && !isStrategy(strategy)) {
-    throw invalid(method, 'strategy', strategy, 'round-robin, random, consistent-hash or weighted');
+    throw invalid(method, 'strategy', strategy, STRATEGY_LIST);
   }
   if (key !== undefined && typeof key !== 'string') throw invalid(method, 'key', key, 'a string');
   if (strategy === 'consistent-hash' && key === undefined) throw invalid(method, 'key', key, 'a string: the consistent-hash strategy needs one');

@@ -28,7 +28,7 @@ import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
 import type { FetchOutcome } from './observe/metrics';
-import { isStrategy, type Strategy } from './pickers';
+import { isStrategy, STRATEGY_LIST, type Strategy } from './pickers';
 import type { Endpoint } from './types';
 
 const debug = logger('fetch');
@@ -295,7 +295,7 @@ function resolveOptions(init: FailoverRequestInit): ResolvedOptions {
   const bad = (name: string, value: unknown, expected: string): RegistryError =>
     new RegistryError('ERR_INVALID_ARGUMENT', `${name} ${quote(value)} is invalid: expected ${expected}`);
   const strategy = init.strategy ?? 'round-robin';
-  if (!isStrategy(strategy)) throw bad('strategy', strategy, 'round-robin, random, consistent-hash or weighted');
+  if (!isStrategy(strategy)) throw bad('strategy', strategy, STRATEGY_LIST);
   if (init.key !== undefined && typeof init.key !== 'string') throw bad('key', init.key, 'a string');
   const attempts = init.attempts ?? FETCH_DEFAULTS.attempts;
   if (typeof attempts !== 'number' || !Number.isInteger(attempts) || attempts < 1 || attempts > MAX_FETCH_ATTEMPTS) {

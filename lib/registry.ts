@@ -15,7 +15,7 @@ import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { healthSpec, type HealthState } from './publish/health';
 import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
 import { listeningAddress, serverAddress, type ListeningServer, type ServerRegistration } from './publish/server';
-import { isStrategy, type Picker, type PickerOptions } from './pickers';
+import { isStrategy, STRATEGY_LIST, type Picker, type PickerOptions } from './pickers';
 import { logger } from './log';
 import { Discovery } from './discover/discovery';
 import type { ChangeKind } from './discover/prefix-view';
@@ -423,7 +423,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     const strategy = options.strategy ?? 'round-robin';
     if (!isStrategy(strategy)) {
-      throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use round-robin, random, consistent-hash or weighted`);
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use ${STRATEGY_LIST}`);
     }
     const list = this.discovery.lists.get(service);
     if (!list) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);

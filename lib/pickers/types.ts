@@ -5,14 +5,19 @@
  */
 import type { Endpoint } from '../types';
 
-export type Strategy = 'round-robin' | 'random' | 'consistent-hash' | 'weighted';
+export type Strategy = 'round-robin' | 'random' | 'consistent-hash' | 'weighted' | 'least-request' | 'least-latency';
 
 export const STRATEGIES: readonly Strategy[] = Object.freeze([
   'round-robin',
   'random',
   'consistent-hash',
   'weighted',
+  'least-request',
+  'least-latency',
 ] as const);
+
+/** The strategies for messages: "round-robin, random, …, or least-latency". */
+export const STRATEGY_LIST = 'round-robin, random, consistent-hash, weighted, least-request or least-latency';
 
 export function isStrategy(value: unknown): value is Strategy {
   return typeof value === 'string' && (STRATEGIES as readonly string[]).includes(value);
