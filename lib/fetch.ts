@@ -30,6 +30,8 @@ import { logger } from './log';
 import type { FetchOutcome } from './observe/metrics';
 import { isStrategy, STRATEGY_LIST, type Strategy } from './pickers';
 import type { Endpoint } from './types';
+import type { Call } from './choose/call';
+import { resolveOutlierOptions, type OutlierOptions } from './choose/outlier';
 
 const debug = logger('fetch');
 
@@ -37,6 +39,8 @@ const debug = logger('fetch');
 export interface EndpointSource {
   pickAsync(service: string, options?: { strategy?: Strategy; key?: string }): Promise<Endpoint>;
   markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options?: { seconds?: number }): void;
+  /** Told when each attempt starts and how it ended (load-aware picks, outlier ejection), if present. */
+  begin?(endpoint: Endpoint, options?: { outlier?: OutlierOptions | false }): Call;
   /** Told the outcome and duration (seconds, until the response headers) of every attempt, if present. */
   recordFetchAttempt?(service: string, outcome: FetchOutcome, seconds: number): void;
 }
@@ -56,6 +60,11 @@ export interface FailoverRequestInit extends RequestInit {
   markDownSeconds?: number;
   /** Retry methods that are not idempotent (POST, PATCH, …) too; default false. */
   retryNonIdempotent?: boolean;
+  /**
+   * Outlier ejection for this request: `false` keeps its outcomes out of it, an
+   * object overrides fields of the registry's `outlier` option.
+   */
+  outlier?: OutlierOptions | false;
 }
 
 export const FETCH_DEFAULTS = Object.freeze({
@@ -132,7 +141,8 @@ export async function fetchWithFailover(
   validateServiceName(service);
   validatePath(path);
   const options = resolveOptions(init);
-  const { strategy, key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, signal, ...request } = init;
+  const { strategy, key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, outlier, signal, ...request } = init;
+  const beginOptions = outlier === undefined ? undefined : { outlier };
   const callerSignal = signal ?? undefined;
   callerSignal?.throwIfAborted();
 
@@ -173,7 +183,14 @@ export async function fetchWithFailover(
       options.attemptTimeout,
     );
     const started = Date.now();
-    const record = (outcome: FetchOutcome): void => source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
+    const call = source.begin?.(endpoint, beginOptions);
+    const record = (outcome: FetchOutcome): void => {
+      // A failure for load and ejection: no answer, a timeout, a 5xx; other errors and aborts give no verdict.
+      if (outcome === 'ok') call?.end({ ok: true });
+      else if (outcome === 'error') call?.end();
+      else call?.end({ ok: false });
+      source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
+    };
     try {
       const response = await fetch(url, { ...request, signal: AbortSignal.any([stop, timeout.signal]) });
       debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Date.now() - started);
@@ -186,6 +203,7 @@ export async function fetchWithFailover(
       }
       const refused = badPort(e, url);
       if (refused) {
+        call?.end();
         debug('%s: %s refused by fetch: bad port %s', what, endpoint.address, refused);
         throw new RegistryError(
           'ERR_INVALID_ADDRESS',
@@ -311,6 +329,7 @@ function resolveOptions(init: FailoverRequestInit): ResolvedOptions {
   }
   const retryNonIdempotent = init.retryNonIdempotent ?? false;
   if (typeof retryNonIdempotent !== 'boolean') throw bad('retryNonIdempotent', retryNonIdempotent, 'a boolean');
+  if (init.outlier !== undefined) resolveOutlierOptions(init.outlier);
   if (init.method !== undefined && typeof init.method !== 'string') throw bad('method', init.method, 'a string');
   if (init.signal !== undefined && init.signal !== null && !(init.signal instanceof AbortSignal)) throw bad('signal', init.signal, 'an AbortSignal');
   return { strategy, key: init.key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent };

@@ -26,6 +26,9 @@ import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
 import { RegistryMetrics, type FetchOutcome, type RegistryStats } from './observe/metrics';
 import { WatchStream } from './watch-stream';
+import { EndpointCall, type Call } from './choose/call';
+import { OutlierDetector, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
+import type { LeastLoadedPicker } from './pickers/least';
 
 const debug = logger('registry');
 
@@ -54,6 +57,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly metrics: RegistryMetrics;
   /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
   private readonly down = new Map<string, number>();
+  /** Outlier ejection (lib/choose/outlier.ts). */
+  private readonly outliers: OutlierDetector;
   private currentStatus: RegistryStatus = 'idle';
   private unenroll: (() => void) | undefined;
   private closing: Promise<void> | undefined;
@@ -62,6 +67,18 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     super();
     this.config = resolveConfig(options);
     this.keys = new KeySpace(this.config.keyPrefix);
+    this.outliers = new OutlierDetector({
+      size: (service) => this.discovery.lists.get(service)?.size ?? 0,
+      ejected: (info) => {
+        debug('%s ejected for %d s after %d failures in a row (ejection %d)', info.endpoint.key, info.seconds, info.failures, info.times);
+        this.metrics.ejected(info.endpoint.service);
+        this.emit('ejected', info);
+      },
+      returned: (endpoint) => {
+        debug('%s returned after its ejection', endpoint.key);
+        this.emit('returned', { endpoint });
+      },
+    });
     this.metrics = new RegistryMetrics(this.config.keyPrefix, {
       lists: () => this.discovery.lists.values(),
       ownEndpoints: () => this.keeper.endpoints.length,
@@ -367,6 +384,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   ): void {
     const changed = kind !== 'initial' && (added.length > 0 || removed.length > 0);
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
+    if (removed.length > 0) {
+      const kept = added.length > 0 ? new Set(added.map((e) => e.key)) : undefined;
+      for (const e of removed) if (!kept?.has(e.key)) this.outliers.forget(e.key);
+    }
     if (changed) {
       debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
       this.metrics.changed(list.service);
@@ -402,7 +423,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * caller down the checked path.
    */
   private pickFast(service: string, options: PickerOptions | undefined): Endpoint | undefined {
-    if (this.down.size !== 0 || this.closing !== undefined) return undefined;
+    if (this.down.size !== 0 || this.outliers.any || this.closing !== undefined) return undefined;
     const list = this.discovery.lists.get(service);
     if (list === undefined || !list.synced) return undefined;
     list.used = true;
@@ -429,7 +450,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (!list) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     list.used = true;
     const picker = list.picker(strategy);
-    const endpoint = picker.pick(options, this.down.size > 0 ? this.isDown : undefined);
+    const endpoint = picker.pick(options, this.down.size > 0 || this.outliers.any ? this.isExcluded : undefined);
     if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
     return endpoint;
@@ -441,6 +462,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     await this.syncedList(service, 'pickAsync');
     return this.pick(service, options);
   }
+
+  /** Marked down or ejected. */
+  private isExcluded = (endpoint: Endpoint): boolean => this.outliers.isEjected(endpoint.key) || this.isDown(endpoint);
 
   private isDown = (endpoint: Endpoint): boolean => {
     const until = this.down.get(endpoint.key);
@@ -466,6 +490,35 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.down.set(key, Date.now() + seconds * 1000);
     this.metrics.ejected(endpoint.service);
     debug('%s marked down for %d s', key, seconds);
+  }
+
+  /**
+   * Reports a request to an endpoint made by a client of your own (gRPC, a
+   * database driver; fetch() does it by itself): `const call =
+   * registry.begin(endpoint)` as it starts, `call.end({ ok })` when it is over
+   * (`ok: false` for no answer, a timeout or a 5xx), or `call.end()` when it
+   * was cancelled. Feeds the 'least-request' and 'least-latency' pickers of the
+   * service (requests in flight, latency) and outlier ejection; `outlier`
+   * overrides the registry's `outlier` option for this request (`false`: its
+   * outcome does not count towards ejection).
+   */
+  begin(endpoint: Pick<Endpoint, 'service' | 'address'> & { key?: string }, options: { outlier?: OutlierOptions | false } = {}): Call {
+    this.assertOpen('begin');
+    if (typeof endpoint !== 'object' || endpoint === null) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `begin() expects an endpoint { service, address }, got ${quote(endpoint)}`);
+    }
+    checkOptions('begin', options);
+    const outlier: ResolvedOutlierOptions | false =
+      options.outlier === undefined ? this.config.outlier : resolveOutlierOptions(options.outlier, this.config.outlier, 'outlier');
+    const service = endpoint.service;
+    const list = this.discovery.lists.get(service);
+    const key = typeof endpoint.key === 'string' && list !== undefined ? endpoint.key : this.keys.endpointKey(validateServiceName(service), validateAddress(endpoint.address));
+    const request = (list?.existingPicker('least-request') as LeastLoadedPicker | undefined)?.load(key);
+    const latency = (list?.existingPicker('least-latency') as LeastLoadedPicker | undefined)?.load(key);
+    const target: Endpoint = typeof endpoint.key === 'string' && 'metadata' in endpoint ? (endpoint as Endpoint) : Object.freeze({ service, address: endpoint.address, metadata: {}, key });
+    return new EndpointCall(request, latency, (ok) => {
+      if (outlier !== false && !this.closed) this.outliers.record(target, ok, outlier);
+    });
   }
 
   /** fetch() tells the outcome of each attempt (for metrics). */
@@ -658,6 +711,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);
+    this.outliers.close();
     this.discovery.close();
     this.stream.close();
     this.conn.close();
