@@ -28,7 +28,7 @@ import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
 import type { FetchOutcome } from './observe/metrics';
-import { isStrategy, STRATEGY_LIST, type Strategy } from './pickers';
+import { isStrategy, STRATEGY_LIST, ZONE_MODES, type Strategy, type ZoneMode } from './pickers';
 import type { Endpoint } from './types';
 import type { Call } from './choose/call';
 import { resolveOutlierOptions, type OutlierOptions } from './choose/outlier';
@@ -37,7 +37,7 @@ const debug = logger('fetch');
 
 /** What fetchWithFailover() needs of a registry (a Registry satisfies it). */
 export interface EndpointSource {
-  pickAsync(service: string, options?: { strategy?: Strategy; key?: string }): Promise<Endpoint>;
+  pickAsync(service: string, options?: { strategy?: Strategy; key?: string; zone?: ZoneMode; filter?: (endpoint: Endpoint) => boolean }): Promise<Endpoint>;
   markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options?: { seconds?: number }): void;
   /** Told when each attempt starts and how it ended (load-aware picks, outlier ejection), if present. */
   begin?(endpoint: Endpoint, options?: { outlier?: OutlierOptions | false }): Call;
@@ -50,6 +50,10 @@ export interface FailoverRequestInit extends RequestInit {
   strategy?: Strategy;
   /** The affinity key for the consistent-hash strategy. */
   key?: string;
+  /** How picks use zones: 'prefer' (default), 'only' or 'any' (see PickerOptions). */
+  zone?: ZoneMode;
+  /** Only endpoints for which it returns true are tried. */
+  filter?: (endpoint: Endpoint) => boolean;
   /** Total attempts (the first one included), an integer from 1 to 100; default 3. */
   attempts?: number;
   /** Milliseconds each attempt may wait for the response headers; default 5000. */
@@ -141,7 +145,7 @@ export async function fetchWithFailover(
   validateServiceName(service);
   validatePath(path);
   const options = resolveOptions(init);
-  const { strategy, key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, outlier, signal, ...request } = init;
+  const { strategy, key, zone, filter, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, outlier, signal, ...request } = init;
   const beginOptions = outlier === undefined ? undefined : { outlier };
   const callerSignal = signal ?? undefined;
   callerSignal?.throwIfAborted();
@@ -154,7 +158,12 @@ export async function fetchWithFailover(
       ? `${method} is not idempotent (set retryNonIdempotent: true to retry it)`
       : undefined;
   const maxAttempts = notRetried === undefined ? options.attempts : 1;
-  const pickOptions = { strategy: options.strategy, ...(options.key !== undefined && { key: options.key }) };
+  const pickOptions = {
+    strategy: options.strategy,
+    ...(options.key !== undefined && { key: options.key }),
+    ...(zone !== undefined && { zone }),
+    ...(filter !== undefined && { filter }),
+  };
   const tried: string[] = [];
   let lastFailure: AttemptFailed | undefined;
 
@@ -315,6 +324,8 @@ function resolveOptions(init: FailoverRequestInit): ResolvedOptions {
   const strategy = init.strategy ?? 'round-robin';
   if (!isStrategy(strategy)) throw bad('strategy', strategy, STRATEGY_LIST);
   if (init.key !== undefined && typeof init.key !== 'string') throw bad('key', init.key, 'a string');
+  if (init.zone !== undefined && !(ZONE_MODES as readonly unknown[]).includes(init.zone)) throw bad('zone', init.zone, '"prefer", "only" or "any"');
+  if (init.filter !== undefined && typeof init.filter !== 'function') throw bad('filter', init.filter, 'a function (endpoint) => boolean');
   const attempts = init.attempts ?? FETCH_DEFAULTS.attempts;
   if (typeof attempts !== 'number' || !Number.isInteger(attempts) || attempts < 1 || attempts > MAX_FETCH_ATTEMPTS) {
     throw bad('attempts', attempts, `an integer from 1 to ${MAX_FETCH_ATTEMPTS}`);

@@ -204,7 +204,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     validateServiceName(service);
     validateServiceAddress(address);
-    const metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
+    let metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
+    if (this.config.zone !== undefined && metadata.zone === undefined) metadata = Object.freeze({ ...metadata, zone: this.config.zone });
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
     // From the environment only for the endpoint the environment describes.
     const fromEnv = input.service === undefined && input.address === undefined ? this.config.healthUrl : undefined;
@@ -349,10 +350,17 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * subscription of a service closes and no other use is live, its watch is
    * cancelled and its list freed.
    */
-  async subscribe(service: string): Promise<Subscription> {
+  async subscribe(service: string, options: { filter?: (endpoint: Endpoint) => boolean } = {}): Promise<Subscription> {
     this.assertOpen('subscribe');
     validateServiceName(service);
-    return this.discovery.subscribe(service, 'subscribe');
+    checkOptions('subscribe', options);
+    const { filter } = options;
+    if (filter !== undefined && typeof filter !== 'function') {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `subscribe() option filter ${quote(filter)} is invalid: expected a function (endpoint) => boolean`);
+    }
+    const sub = await this.discovery.subscribe(service, 'subscribe');
+    if (filter !== undefined) sub.setFilter(filter);
+    return sub;
   }
 
   /**
@@ -424,6 +432,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    */
   private pickFast(service: string, options: PickerOptions | undefined): Endpoint | undefined {
     if (this.down.size !== 0 || this.outliers.any || this.closing !== undefined) return undefined;
+    if (this.config.zone !== undefined && options?.zone !== 'any') return undefined;
     const list = this.discovery.lists.get(service);
     if (list === undefined || !list.synced) return undefined;
     list.used = true;
@@ -450,10 +459,88 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (!list) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     list.used = true;
     const picker = list.picker(strategy);
+    const zone = this.config.zone;
+    const mode = zone === undefined ? 'any' : (options.zone ?? 'prefer');
+    if (options.filter !== undefined || mode !== 'any') return this.pickConstrained(list, picker, options, mode);
     const endpoint = picker.pick(options, this.down.size > 0 || this.outliers.any ? this.isExcluded : undefined);
     if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
     return endpoint;
+  }
+
+  /** The current constrained pick (see pickConstrained); fields, so that no closure is made per pick. */
+  private pickFilter: ((endpoint: Endpoint) => boolean) | undefined;
+  private pickZone: string | undefined;
+  private pickSoft = false;
+
+  private constrained = (endpoint: Endpoint): boolean =>
+    (this.pickZone !== undefined && endpoint.metadata.zone !== this.pickZone) ||
+    (this.pickFilter !== undefined && !this.pickFilter(endpoint)) ||
+    (this.pickSoft && this.isExcluded(endpoint));
+
+  /**
+   * A pick with a filter or a zone: first among the endpoints that pass the
+   * filter, are in the zone (mode 'only', or 'prefer' while enough of the
+   * zone is up) and are neither marked down nor ejected; then, if there is
+   * none, without the preferred zone; then including the marked-down and
+   * ejected ones; then ERR_NO_ENDPOINTS saying what the filter and zone left.
+   */
+  private pickConstrained(list: ServiceList, picker: Picker, options: PickerOptions, mode: 'prefer' | 'only' | 'any'): Endpoint {
+    const zone = this.config.zone;
+    const soft = this.down.size > 0 || this.outliers.any;
+    const preferLocal = mode === 'prefer' && this.localIsUp(list, zone!);
+    const saved = [this.pickFilter, this.pickZone, this.pickSoft] as const;
+    this.pickFilter = options.filter;
+    this.pickZone = mode === 'only' || preferLocal ? zone : undefined;
+    this.pickSoft = soft;
+    try {
+      let endpoint = picker.pick(options, this.constrained);
+      if (endpoint !== undefined && picker.lastAllExcluded && preferLocal) {
+        this.pickZone = undefined;
+        endpoint = picker.pick(options, this.constrained);
+      }
+      if (endpoint !== undefined && picker.lastAllExcluded && soft) {
+        this.pickSoft = false;
+        endpoint = picker.pick(options, this.constrained);
+        if (endpoint !== undefined && !picker.lastAllExcluded) debug('%s: every endpoint left by the filter or zone is marked down or ejected; picked %s anyway', list.service, endpoint.address);
+      }
+      if (endpoint === undefined) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(list.service)} has no endpoints`);
+      if (picker.lastAllExcluded) throw this.noneLeft(list, options.filter, mode === 'only' ? zone : undefined);
+      return endpoint;
+    } finally {
+      [this.pickFilter, this.pickZone, this.pickSoft] = saved;
+    }
+  }
+
+  private noneLeft(list: ServiceList, filter: ((endpoint: Endpoint) => boolean) | undefined, zone: string | undefined): RegistryError {
+    const all = list.endpoints;
+    const passing = filter === undefined ? all.length : all.filter((e) => filter(e)).length;
+    const parts: string[] = [];
+    if (filter !== undefined) parts.push(passing === 0 ? `none of its ${all.length} endpoint(s) passes the filter` : `${passing} of its ${all.length} endpoint(s) pass the filter`);
+    if (zone !== undefined && passing > 0) parts.push(`${filter === undefined ? `none of its ${all.length} endpoint(s)` : 'none of those'} is in zone ${quote(zone)} (zone: 'only')`);
+    return new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(list.service)} has no endpoint to pick: ${parts.join(' and ')}`);
+  }
+
+  /** Local endpoints of a list (metadata.zone === this zone), computed once per version of the list. */
+  private readonly localKeys = new WeakMap<readonly Endpoint[], ReadonlySet<string>>();
+
+  /** Whether at least one endpoint of this zone, and at least half of them, are neither marked down nor ejected. */
+  private localIsUp(list: ServiceList, zone: string): boolean {
+    const endpoints = list.endpoints;
+    let keys = this.localKeys.get(endpoints);
+    if (keys === undefined) {
+      const set = new Set<string>();
+      for (const e of endpoints) if (e.metadata.zone === zone) set.add(e.key);
+      this.localKeys.set(endpoints, (keys = set));
+    }
+    if (keys.size === 0) return false;
+    let out = this.outliers.countEjectedIn(keys);
+    if (this.down.size > 0) {
+      const now = Date.now();
+      for (const [key, until] of this.down) if (until > now && keys.has(key) && !this.outliers.isEjected(key)) out++;
+    }
+    const up = keys.size - out;
+    return up >= 1 && up * 2 >= keys.size;
   }
 
   /** pick(), after the first sync of the service. */

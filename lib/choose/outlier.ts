@@ -100,6 +100,14 @@ export class OutlierDetector {
     return this.ejectedCount > 0 && this.states.get(key)?.ejected === true;
   }
 
+  /** How many of `keys` are ejected. */
+  countEjectedIn(keys: ReadonlySet<string>): number {
+    if (this.ejectedCount === 0) return 0;
+    let n = 0;
+    for (const [key, state] of this.states) if (state.ejected && keys.has(key)) n++;
+    return n;
+  }
+
   /** One outcome of a request to `endpoint`. */
   record(endpoint: Endpoint, ok: boolean, options: ResolvedOutlierOptions): void {
     let state = this.states.get(endpoint.key);

@@ -3,6 +3,8 @@ export {
   isStrategy,
   STRATEGIES,
   STRATEGY_LIST,
+  ZONE_MODES,
+  type ZoneMode,
   type CreatePickerOptions,
   type ExcludePredicate,
   type Picker,

@@ -63,8 +63,21 @@ export interface Picker {
   pick(options?: PickOptions, exclude?: ExcludePredicate): Endpoint | undefined;
 }
 
+/** How a pick uses zones (REGISTRY_ZONE): see the README's "Choosing an endpoint". */
+export type ZoneMode = 'prefer' | 'only' | 'any';
+
+export const ZONE_MODES: readonly ZoneMode[] = Object.freeze(['prefer', 'only', 'any'] as const);
+
 /** What pick() and pickAsync() of a Registry (and Subscription.pick()) take. */
 export interface PickerOptions extends PickOptions {
   /** Defaults to 'round-robin'. */
   strategy?: Strategy;
+  /**
+   * With a zone (REGISTRY_ZONE): 'prefer' (the default) picks in this zone while at least
+   * half of its endpoints (and at least one) are up, else in every zone; 'only' never
+   * leaves it; 'any' ignores zones. Without a zone: ignored.
+   */
+  zone?: ZoneMode;
+  /** Only endpoints for which it returns true are picked (canaries, versions). */
+  filter?: (endpoint: Endpoint) => boolean;
 }
