@@ -834,5 +834,6 @@ function fastPicker(list: ServiceList, options: PickerOptions): Picker | undefin
   if (typeof options !== 'object' || options === null) return undefined;
   const { key } = options;
   if (key !== undefined && typeof key !== 'string') return undefined;
+  if (options.filter !== undefined) return undefined;
   return list.existingPicker(options.strategy ?? 'round-robin');
 }

@@ -165,6 +165,16 @@ describe('choosing endpoints against a real etcd: ejection, least-latency, zones
     await expect(client.pickAsync('web', { filter: (e) => v2(e) && e.address !== a1.address, zone: 'only' })).rejects.toThrow(
       'service "web" has no endpoint to pick: 1 of its 4 endpoint(s) pass the filter and none of those is in zone "a" (zone: \'only\')',
     );
+    // a client without a zone, nothing marked down: the fast path must apply the filter too
+    const plain = registry(prefix);
+    await plain.waitFor('web', { min: 4, timeout: 10_000 });
+    for (const strategy of ['round-robin', 'random', 'least-latency'] as const) {
+      plain.pick('web', { strategy }); // the picker exists: the next picks may take the fast path
+      for (let i = 0; i < 20; i++) expect(plain.pick('web', { strategy, filter: v2 }).metadata.version).toBe('2');
+    }
+    const plainSub = await plain.subscribe('web', { filter: v2 });
+    for (let i = 0; i < 20; i++) expect(plainSub.pick().metadata.version).toBe('2');
+    await plainSub.close();
     const sub = await client.subscribe('web', { filter: v2 });
     expect(sub.endpoints.map((e) => e.address).sort()).toEqual([servers[0]!.address, servers[3]!.address].sort());
     expect(sub.pick({ zone: 'any' }).address).toBe(servers[3]!.address);
