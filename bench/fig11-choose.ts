@@ -112,7 +112,7 @@ async function run(
   return { times, ok, status503, failed };
 }
 
-const share = (part: number, n: number): string => `${((100 * part) / n).toFixed(part === 0 || part / n >= 0.1 ? 0 : 2)} %`;
+const share = (part: number, n: number): string => `${((100 * part) / n).toFixed(part === 0 || part === n ? 0 : 2)} %`;
 const pct = (r: RunResult): string => `p50 ${fmtMs(r.p50)}, p99 ${fmtMs(r.p99)}, p99.9 ${fmtMs(r.p999)}, ok ${share(r.ok, r.n)}`;
 
 export const fig11: Figure = async (ctx) => {
