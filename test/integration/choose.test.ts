@@ -89,6 +89,28 @@ describe('choosing endpoints against a real etcd: ejection, least-latency, zones
     expect(ejected).toHaveLength(1);
   });
 
+  it('begin()/end() from another client feeds least-request and ejection; bad arguments are ERR_INVALID_ARGUMENT', async () => {
+    const prefix = uniquePrefix('choose-begin');
+    const owner = registry(prefix);
+    for (let i = 1; i <= 4; i++) await owner.register({ service: 'db', address: `10.0.0.${i}:5432` }); // stored, never dialled
+    const client = registry(prefix);
+    await client.waitFor('db', { min: 4, timeout: 10_000 });
+    const busy = client.pick('db', { strategy: 'least-request' });
+    const calls = [client.begin(busy), client.begin(busy)];
+    for (let i = 0; i < 200; i++) expect(client.pick('db', { strategy: 'least-request' }).key).not.toBe(busy.key);
+    for (const call of calls) call.end();
+    const ejected: string[] = [];
+    client.on('ejected', ({ endpoint }) => ejected.push(endpoint.address));
+    for (let i = 0; i < 5; i++) client.begin({ service: 'db', address: '10.0.0.2:5432' }).end({ ok: false });
+    expect(ejected).toEqual(['10.0.0.2:5432']);
+    for (let i = 0; i < 100; i++) expect(client.pick('db').address).not.toBe('10.0.0.2:5432');
+    for (let i = 0; i < 10; i++) client.begin({ service: 'db', address: '10.0.0.3:5432' }, { outlier: false }).end({ ok: false });
+    expect(ejected).toHaveLength(1);
+    expect(() => client.begin(null as never)).toThrow('begin() expects an endpoint { service, address }, got null');
+    expect(() => client.begin(busy, { outlier: { failures: 0 } })).toThrow('outlier.failures 0 is invalid: expected an integer ≥ 1');
+    expect(() => client.begin(busy).end({ ok: 1 } as never)).toThrow('call.end() expects { ok: boolean } or nothing');
+  });
+
   it('never ejects more than half of a service', async () => {
     const prefix = uniquePrefix('choose-half');
     const all = await Promise.all(['a', 'b', 'c', 'd'].map((n) => serve(n, { status: 500 })));
