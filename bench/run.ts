@@ -21,6 +21,7 @@ import { fig7 } from './fig7-register-many';
 import { fig8 } from './fig8-restart';
 import { fig9 } from './fig9-fleet';
 import { fig10 } from './fig10-many';
+import { fig11 } from './fig11-choose';
 import { renderTable } from './table';
 import { killAllChildren, type Context, type Figure, type Row } from './support';
 
@@ -35,6 +36,7 @@ const FIGURES: Record<string, { name: string; run: Figure }> = {
   '8': { name: 'etcd restart', run: fig8 },
   '9': { name: 'a growing fleet, directly and through grpc-proxy', run: fig9 },
   '10': { name: 'many registries in one process', run: fig10 },
+  '11': { name: 'choosing that holds the tail (latency-aware picks, ejection)', run: fig11 },
 };
 
 interface Args {

@@ -5,7 +5,7 @@
  * validators and codes in keys.ts.)
  */
 import { RegistryError, quote } from './errors';
-import { isStrategy } from './pickers';
+import { isStrategy, STRATEGY_LIST, ZONE_MODES } from './pickers';
 
 /** Longest timer Node honours: setTimeout fires at once beyond 2^31-1 ms. */
 export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
@@ -36,9 +36,11 @@ export function checkTimeout(method: string, timeout: unknown): void {
 /** Pick options: an object with a known strategy and a string key, which consistent-hash requires. */
 export function checkPickOptions(method: string, options: unknown): void {
   checkOptions(method, options);
-  const { strategy, key } = (options ?? {}) as { strategy?: unknown; key?: unknown };
+  const { strategy, key, zone, filter } = (options ?? {}) as { strategy?: unknown; key?: unknown; zone?: unknown; filter?: unknown };
+  if (zone !== undefined && !(ZONE_MODES as readonly unknown[]).includes(zone)) throw invalid(method, 'zone', zone, '"prefer", "only" or "any"');
+  if (filter !== undefined && typeof filter !== 'function') throw invalid(method, 'filter', filter, 'a function (endpoint) => boolean');
   if (strategy !== undefined && !isStrategy(strategy)) {
-    throw invalid(method, 'strategy', strategy, 'round-robin, random, consistent-hash or weighted');
+    throw invalid(method, 'strategy', strategy, STRATEGY_LIST);
   }
   if (key !== undefined && typeof key !== 'string') throw invalid(method, 'key', key, 'a string');
   if (strategy === 'consistent-hash' && key === undefined) throw invalid(method, 'key', key, 'a string: the consistent-hash strategy needs one');

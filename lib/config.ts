@@ -8,6 +8,7 @@ import { RegistryConfigError, isRegistryError, quote } from './errors';
 import { HOST_PORT, MAX_METADATA_BYTES, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { HEALTH_DEFAULTS, type HealthDefaults } from './publish/health';
 import { REDACTED, Secret, isSecret } from './secret';
+import { OUTLIER_DEFAULTS, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
 
 export interface RegistryOptions {
@@ -71,6 +72,16 @@ export interface RegistryOptions {
   etcdPassword?: string | Secret;
   /** REGISTRY_ETCD_PASSWORD_FILE: a file holding the password (Docker and Kubernetes secrets); one trailing newline is dropped. */
   etcdPasswordFile?: string;
+  /**
+   * REGISTRY_ZONE: this process's zone (e.g. "eu-west-1a"). Written into the metadata of the
+   * endpoints it registers as `zone` unless they set one; picks prefer endpoints of the same zone.
+   */
+  zone?: string;
+  /**
+   * Outlier ejection of fetch() and begin()/end() (no environment variable): `false` disables it;
+   * the fields default to 5 failures, 30 s, 300 s and 50 %.
+   */
+  outlier?: OutlierOptions | false;
   /** Where REGISTRY_* variables are read from; defaults to process.env. */
   env?: Readonly<Record<string, string | undefined>>;
 }
@@ -99,6 +110,10 @@ export interface RegistryConfig {
   readonly tls: TlsConfig | undefined;
   /** etcd credentials; undefined: no authentication. */
   readonly auth: AuthConfig | undefined;
+  /** REGISTRY_ZONE; undefined: no zone (picks ignore zones). */
+  readonly zone: string | undefined;
+  /** Outlier ejection settings; false: disabled. */
+  readonly outlier: ResolvedOutlierOptions | false;
 }
 
 export interface TlsConfig {
@@ -148,7 +163,8 @@ export const ENV_VARIABLES = {
   etcdUsername: 'REGISTRY_ETCD_USERNAME',
   etcdPassword: 'REGISTRY_ETCD_PASSWORD',
   etcdPasswordFile: 'REGISTRY_ETCD_PASSWORD_FILE',
-} as const satisfies Record<Exclude<keyof RegistryOptions, 'env'>, string>;
+  zone: 'REGISTRY_ZONE',
+} as const satisfies Record<Exclude<keyof RegistryOptions, 'env' | 'outlier'>, string>;
 
 type Key = keyof typeof ENV_VARIABLES;
 
@@ -220,6 +236,8 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     discoveryIdleMs: field('discoveryIdleSeconds', nonNegativeMs, 300_000),
     tls,
     auth: resolveAuth(options, read),
+    zone: field('zone', zone, undefined),
+    outlier: resolveOutlier(options.outlier),
   });
 }
 
@@ -346,6 +364,26 @@ function signals(input: Input): NodeJS.Signals[] {
 }
 
 // ---- strings ----------------------------------------------------------------------------
+
+/** Longest zone name accepted. */
+export const MAX_ZONE_LENGTH = 128;
+
+function zone(input: Input): string {
+  const { value } = input;
+  const expected = `expected a zone name such as "eu-west-1a": 1 to ${MAX_ZONE_LENGTH} characters, no white space or control characters`;
+  if (typeof value !== 'string') return fail(input, expected);
+  const name = input.typed ? value : value.trim();
+  if (name.length === 0 || name.length > MAX_ZONE_LENGTH || CONTROL_OR_SPACE.test(name) || !isWellFormed(name)) fail(input, expected);
+  return name;
+}
+
+function resolveOutlier(value: unknown): ResolvedOutlierOptions | false {
+  try {
+    return resolveOutlierOptions(value as OutlierOptions | false | undefined, OUTLIER_DEFAULTS, 'options.outlier');
+  } catch (e) {
+    throw new RegistryConfigError('options.outlier', value, (e as Error).message, { cause: e });
+  }
+}
 
 function keyPrefix(input: Input): string {
   const { value } = input;

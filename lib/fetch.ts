@@ -28,15 +28,19 @@ import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
 import type { FetchOutcome } from './observe/metrics';
-import { isStrategy, type Strategy } from './pickers';
+import { isStrategy, STRATEGY_LIST, ZONE_MODES, type Strategy, type ZoneMode } from './pickers';
 import type { Endpoint } from './types';
+import type { Call } from './choose/call';
+import { resolveOutlierOptions, type OutlierOptions } from './choose/outlier';
 
 const debug = logger('fetch');
 
 /** What fetchWithFailover() needs of a registry (a Registry satisfies it). */
 export interface EndpointSource {
-  pickAsync(service: string, options?: { strategy?: Strategy; key?: string }): Promise<Endpoint>;
+  pickAsync(service: string, options?: { strategy?: Strategy; key?: string; zone?: ZoneMode; filter?: (endpoint: Endpoint) => boolean }): Promise<Endpoint>;
   markDown(endpoint: Pick<Endpoint, 'service' | 'address'>, options?: { seconds?: number }): void;
+  /** Told when each attempt starts and how it ended (load-aware picks, outlier ejection), if present. */
+  begin?(endpoint: Endpoint, options?: { outlier?: OutlierOptions | false }): Call;
   /** Told the outcome and duration (seconds, until the response headers) of every attempt, if present. */
   recordFetchAttempt?(service: string, outcome: FetchOutcome, seconds: number): void;
 }
@@ -46,6 +50,10 @@ export interface FailoverRequestInit extends RequestInit {
   strategy?: Strategy;
   /** The affinity key for the consistent-hash strategy. */
   key?: string;
+  /** How picks use zones: 'prefer' (default), 'only' or 'any' (see PickerOptions). */
+  zone?: ZoneMode;
+  /** Only endpoints for which it returns true are tried. */
+  filter?: (endpoint: Endpoint) => boolean;
   /** Total attempts (the first one included), an integer from 1 to 100; default 3. */
   attempts?: number;
   /** Milliseconds each attempt may wait for the response headers; default 5000. */
@@ -56,6 +64,11 @@ export interface FailoverRequestInit extends RequestInit {
   markDownSeconds?: number;
   /** Retry methods that are not idempotent (POST, PATCH, …) too; default false. */
   retryNonIdempotent?: boolean;
+  /**
+   * Outlier ejection for this request: `false` keeps its outcomes out of it, an
+   * object overrides fields of the registry's `outlier` option.
+   */
+  outlier?: OutlierOptions | false;
 }
 
 export const FETCH_DEFAULTS = Object.freeze({
@@ -132,7 +145,8 @@ export async function fetchWithFailover(
   validateServiceName(service);
   validatePath(path);
   const options = resolveOptions(init);
-  const { strategy, key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, signal, ...request } = init;
+  const { strategy, key, zone, filter, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent, outlier, signal, ...request } = init;
+  const beginOptions = outlier === undefined ? undefined : { outlier };
   const callerSignal = signal ?? undefined;
   callerSignal?.throwIfAborted();
 
@@ -144,7 +158,12 @@ export async function fetchWithFailover(
       ? `${method} is not idempotent (set retryNonIdempotent: true to retry it)`
       : undefined;
   const maxAttempts = notRetried === undefined ? options.attempts : 1;
-  const pickOptions = { strategy: options.strategy, ...(options.key !== undefined && { key: options.key }) };
+  const pickOptions = {
+    strategy: options.strategy,
+    ...(options.key !== undefined && { key: options.key }),
+    ...(zone !== undefined && { zone }),
+    ...(filter !== undefined && { filter }),
+  };
   const tried: string[] = [];
   let lastFailure: AttemptFailed | undefined;
 
@@ -173,7 +192,14 @@ export async function fetchWithFailover(
       options.attemptTimeout,
     );
     const started = Date.now();
-    const record = (outcome: FetchOutcome): void => source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
+    const call = source.begin?.(endpoint, beginOptions);
+    const record = (outcome: FetchOutcome): void => {
+      // A failure for load and ejection: no answer, a timeout, a 5xx; other errors and aborts give no verdict.
+      if (outcome === 'ok') call?.end({ ok: true });
+      else if (outcome === 'error') call?.end();
+      else call?.end({ ok: false });
+      source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
+    };
     try {
       const response = await fetch(url, { ...request, signal: AbortSignal.any([stop, timeout.signal]) });
       debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Date.now() - started);
@@ -186,6 +212,7 @@ export async function fetchWithFailover(
       }
       const refused = badPort(e, url);
       if (refused) {
+        call?.end();
         debug('%s: %s refused by fetch: bad port %s', what, endpoint.address, refused);
         throw new RegistryError(
           'ERR_INVALID_ADDRESS',
@@ -295,8 +322,10 @@ function resolveOptions(init: FailoverRequestInit): ResolvedOptions {
   const bad = (name: string, value: unknown, expected: string): RegistryError =>
     new RegistryError('ERR_INVALID_ARGUMENT', `${name} ${quote(value)} is invalid: expected ${expected}`);
   const strategy = init.strategy ?? 'round-robin';
-  if (!isStrategy(strategy)) throw bad('strategy', strategy, 'round-robin, random, consistent-hash or weighted');
+  if (!isStrategy(strategy)) throw bad('strategy', strategy, STRATEGY_LIST);
   if (init.key !== undefined && typeof init.key !== 'string') throw bad('key', init.key, 'a string');
+  if (init.zone !== undefined && !(ZONE_MODES as readonly unknown[]).includes(init.zone)) throw bad('zone', init.zone, '"prefer", "only" or "any"');
+  if (init.filter !== undefined && typeof init.filter !== 'function') throw bad('filter', init.filter, 'a function (endpoint) => boolean');
   const attempts = init.attempts ?? FETCH_DEFAULTS.attempts;
   if (typeof attempts !== 'number' || !Number.isInteger(attempts) || attempts < 1 || attempts > MAX_FETCH_ATTEMPTS) {
     throw bad('attempts', attempts, `an integer from 1 to ${MAX_FETCH_ATTEMPTS}`);
@@ -311,6 +340,7 @@ function resolveOptions(init: FailoverRequestInit): ResolvedOptions {
   }
   const retryNonIdempotent = init.retryNonIdempotent ?? false;
   if (typeof retryNonIdempotent !== 'boolean') throw bad('retryNonIdempotent', retryNonIdempotent, 'a boolean');
+  if (init.outlier !== undefined) resolveOutlierOptions(init.outlier);
   if (init.method !== undefined && typeof init.method !== 'string') throw bad('method', init.method, 'a string');
   if (init.signal !== undefined && init.signal !== null && !(init.signal instanceof AbortSignal)) throw bad('signal', init.signal, 'an AbortSignal');
   return { strategy, key: init.key, attempts, attemptTimeout, totalTimeout, markDownSeconds, retryNonIdempotent };

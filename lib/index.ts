@@ -1,7 +1,10 @@
 export { Registry, type WatchOptions, type PickerOptions, type WaitForOptions } from './registry';
 export { Subscription, type SubscriptionEvents } from './discover/subscription';
 export { fetchWithFailover, type FailoverRequestInit, type EndpointSource } from './fetch';
-export { STRATEGIES, type Strategy } from './pickers';
+export { STRATEGIES, ZONE_MODES, type Strategy, type ZoneMode } from './pickers';
+export type { Call, CallOutcome } from './choose/call';
+export { OUTLIER_DEFAULTS, type OutlierOptions, type EjectedInfo } from './choose/outlier';
+export { DECAY_MS, INITIAL_LATENCY_MS, FAILURE_PENALTY_MS } from './choose/load';
 export { resolveConfig, describeConfig, type RegistryConfig, type RegistryOptions, type TlsConfig, type AuthConfig } from './config';
 export { Secret } from './secret';
 export {

@@ -15,7 +15,7 @@ import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { healthSpec, type HealthState } from './publish/health';
 import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
 import { listeningAddress, serverAddress, type ListeningServer, type ServerRegistration } from './publish/server';
-import { isStrategy, type Picker, type PickerOptions } from './pickers';
+import { isStrategy, STRATEGY_LIST, type Picker, type PickerOptions } from './pickers';
 import { logger } from './log';
 import { Discovery } from './discover/discovery';
 import type { ChangeKind } from './discover/prefix-view';
@@ -27,6 +27,9 @@ import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStat
 import { emitSurfacing } from './emit';
 import { RegistryMetrics, type FetchOutcome, type RegistryStats } from './observe/metrics';
 import { WatchStream } from './watch-stream';
+import { EndpointCall, type Call } from './choose/call';
+import { OutlierDetector, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
+import type { LeastLoadedPicker } from './pickers/least';
 
 const debug = logger('registry');
 
@@ -55,6 +58,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly metrics: RegistryMetrics;
   /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
   private readonly down = new Map<string, number>();
+  /** Outlier ejection (lib/choose/outlier.ts). */
+  private readonly outliers: OutlierDetector;
   private currentStatus: RegistryStatus = 'idle';
   private unenroll: (() => void) | undefined;
   private closing: Promise<void> | undefined;
@@ -63,6 +68,18 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     super();
     this.config = resolveConfig(options);
     this.keys = new KeySpace(this.config.keyPrefix);
+    this.outliers = new OutlierDetector({
+      size: (service) => this.discovery.lists.get(service)?.size ?? 0,
+      ejected: (info) => {
+        debug('%s ejected for %d s after %d failures in a row (ejection %d)', info.endpoint.key, info.seconds, info.failures, info.times);
+        this.metrics.ejected(info.endpoint.service);
+        this.emit('ejected', info);
+      },
+      returned: (endpoint) => {
+        debug('%s returned after its ejection', endpoint.key);
+        this.emit('returned', { endpoint });
+      },
+    });
     this.metrics = new RegistryMetrics(this.config.keyPrefix, {
       lists: () => this.discovery.lists.values(),
       ownEndpoints: () => this.keeper.endpoints.length,
@@ -181,7 +198,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     validateServiceName(service);
     validateServiceAddress(address);
-    const metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
+    let metadata = input.metadata === undefined ? this.config.serviceMetadata : validateMetadata(input.metadata);
+    if (this.config.zone !== undefined && metadata.zone === undefined) metadata = Object.freeze({ ...metadata, zone: this.config.zone });
     const endpoint: Endpoint = Object.freeze({ service, address, metadata, key: this.keys.endpointKey(service, address) });
     // From the environment only for the endpoint the environment describes.
     const fromEnv = input.service === undefined && input.address === undefined ? this.config.healthUrl : undefined;
@@ -326,10 +344,17 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * subscription of a service closes and no other use is live, its watch is
    * cancelled and its list freed.
    */
-  async subscribe(service: string): Promise<Subscription> {
+  async subscribe(service: string, options: { filter?: (endpoint: Endpoint) => boolean } = {}): Promise<Subscription> {
     this.assertOpen('subscribe');
     validateServiceName(service);
-    return this.discovery.subscribe(service, 'subscribe');
+    checkOptions('subscribe', options);
+    const { filter } = options;
+    if (filter !== undefined && typeof filter !== 'function') {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `subscribe() option filter ${quote(filter)} is invalid: expected a function (endpoint) => boolean`);
+    }
+    const sub = await this.discovery.subscribe(service, 'subscribe');
+    if (filter !== undefined) sub.setFilter(filter);
+    return sub;
   }
 
   /**
@@ -361,6 +386,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   ): void {
     const changed = kind !== 'initial' && (added.length > 0 || removed.length > 0);
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
+    if (removed.length > 0) {
+      const kept = added.length > 0 ? new Set(added.map((e) => e.key)) : undefined;
+      for (const e of removed) if (!kept?.has(e.key)) this.outliers.forget(e.key);
+    }
     if (changed) {
       debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
       this.metrics.changed(list.service);
@@ -396,7 +425,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * caller down the checked path.
    */
   private pickFast(service: string, options: PickerOptions | undefined): Endpoint | undefined {
-    if (this.down.size !== 0 || this.closing !== undefined) return undefined;
+    if (this.down.size !== 0 || this.outliers.any || this.closing !== undefined) return undefined;
+    if (this.config.zone !== undefined && options?.zone !== 'any') return undefined;
     const list = this.discovery.lists.get(service);
     if (list === undefined || !list.synced) return undefined;
     list.used = true;
@@ -417,16 +447,94 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     const strategy = options.strategy ?? 'round-robin';
     if (!isStrategy(strategy)) {
-      throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use round-robin, random, consistent-hash or weighted`);
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `strategy ${quote(strategy)} is invalid: use ${STRATEGY_LIST}`);
     }
     const list = this.discovery.lists.get(service);
     if (!list) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     list.used = true;
     const picker = list.picker(strategy);
-    const endpoint = picker.pick(options, this.down.size > 0 ? this.isDown : undefined);
+    const zone = this.config.zone;
+    const mode = zone === undefined ? 'any' : (options.zone ?? 'prefer');
+    if (options.filter !== undefined || mode !== 'any') return this.pickConstrained(list, picker, options, mode);
+    const endpoint = picker.pick(options, this.down.size > 0 || this.outliers.any ? this.isExcluded : undefined);
     if (!endpoint) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(service)} has no endpoints`);
     if (picker.lastAllExcluded) debug('%s: every endpoint is marked down; picked %s anyway', service, endpoint.address);
     return endpoint;
+  }
+
+  /** The current constrained pick (see pickConstrained); fields, so that no closure is made per pick. */
+  private pickFilter: ((endpoint: Endpoint) => boolean) | undefined;
+  private pickZone: string | undefined;
+  private pickSoft = false;
+
+  private constrained = (endpoint: Endpoint): boolean =>
+    (this.pickZone !== undefined && endpoint.metadata.zone !== this.pickZone) ||
+    (this.pickFilter !== undefined && !this.pickFilter(endpoint)) ||
+    (this.pickSoft && this.isExcluded(endpoint));
+
+  /**
+   * A pick with a filter or a zone: first among the endpoints that pass the
+   * filter, are in the zone (mode 'only', or 'prefer' while enough of the
+   * zone is up) and are neither marked down nor ejected; then, if there is
+   * none, without the preferred zone; then including the marked-down and
+   * ejected ones; then ERR_NO_ENDPOINTS saying what the filter and zone left.
+   */
+  private pickConstrained(list: ServiceList, picker: Picker, options: PickerOptions, mode: 'prefer' | 'only' | 'any'): Endpoint {
+    const zone = this.config.zone;
+    const soft = this.down.size > 0 || this.outliers.any;
+    const preferLocal = mode === 'prefer' && this.localIsUp(list, zone!);
+    const saved = [this.pickFilter, this.pickZone, this.pickSoft] as const;
+    this.pickFilter = options.filter;
+    this.pickZone = mode === 'only' || preferLocal ? zone : undefined;
+    this.pickSoft = soft;
+    try {
+      let endpoint = picker.pick(options, this.constrained);
+      if (endpoint !== undefined && picker.lastAllExcluded && preferLocal) {
+        this.pickZone = undefined;
+        endpoint = picker.pick(options, this.constrained);
+      }
+      if (endpoint !== undefined && picker.lastAllExcluded && soft) {
+        this.pickSoft = false;
+        endpoint = picker.pick(options, this.constrained);
+        if (endpoint !== undefined && !picker.lastAllExcluded) debug('%s: every endpoint left by the filter or zone is marked down or ejected; picked %s anyway', list.service, endpoint.address);
+      }
+      if (endpoint === undefined) throw new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(list.service)} has no endpoints`);
+      if (picker.lastAllExcluded) throw this.noneLeft(list, options.filter, mode === 'only' ? zone : undefined);
+      return endpoint;
+    } finally {
+      [this.pickFilter, this.pickZone, this.pickSoft] = saved;
+    }
+  }
+
+  private noneLeft(list: ServiceList, filter: ((endpoint: Endpoint) => boolean) | undefined, zone: string | undefined): RegistryError {
+    const all = list.endpoints;
+    const passing = filter === undefined ? all.length : all.filter((e) => filter(e)).length;
+    const parts: string[] = [];
+    if (filter !== undefined) parts.push(passing === 0 ? `none of its ${all.length} endpoint(s) passes the filter` : `${passing} of its ${all.length} endpoint(s) pass the filter`);
+    if (zone !== undefined && passing > 0) parts.push(`${filter === undefined ? `none of its ${all.length} endpoint(s)` : 'none of those'} is in zone ${quote(zone)} (zone: 'only')`);
+    return new RegistryError('ERR_NO_ENDPOINTS', `service ${quote(list.service)} has no endpoint to pick: ${parts.join(' and ')}`);
+  }
+
+  /** Local endpoints of a list (metadata.zone === this zone), computed once per version of the list. */
+  private readonly localKeys = new WeakMap<readonly Endpoint[], ReadonlySet<string>>();
+
+  /** Whether at least one endpoint of this zone, and at least half of them, are neither marked down nor ejected. */
+  private localIsUp(list: ServiceList, zone: string): boolean {
+    const endpoints = list.endpoints;
+    let keys = this.localKeys.get(endpoints);
+    if (keys === undefined) {
+      const set = new Set<string>();
+      for (const e of endpoints) if (e.metadata.zone === zone) set.add(e.key);
+      this.localKeys.set(endpoints, (keys = set));
+    }
+    if (keys.size === 0) return false;
+    let out = this.outliers.countEjectedIn(keys);
+    if (this.down.size > 0) {
+      const now = Date.now();
+      for (const [key, until] of this.down) if (until > now && keys.has(key) && !this.outliers.isEjected(key)) out++;
+    }
+    const up = keys.size - out;
+    return up >= 1 && up * 2 >= keys.size;
   }
 
   /** pick(), after the first sync of the service. */
@@ -435,6 +543,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     await this.syncedList(service, 'pickAsync');
     return this.pick(service, options);
   }
+
+  /** Marked down or ejected. */
+  private isExcluded = (endpoint: Endpoint): boolean => this.outliers.isEjected(endpoint.key) || this.isDown(endpoint);
 
   private isDown = (endpoint: Endpoint): boolean => {
     const until = this.down.get(endpoint.key);
@@ -460,6 +571,35 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.down.set(key, Date.now() + seconds * 1000);
     this.metrics.ejected(endpoint.service);
     debug('%s marked down for %d s', key, seconds);
+  }
+
+  /**
+   * Reports a request to an endpoint made by a client of your own (gRPC, a
+   * database driver; fetch() does it by itself): `const call =
+   * registry.begin(endpoint)` as it starts, `call.end({ ok })` when it is over
+   * (`ok: false` for no answer, a timeout or a 5xx), or `call.end()` when it
+   * was cancelled. Feeds the 'least-request' and 'least-latency' pickers of the
+   * service (requests in flight, latency) and outlier ejection; `outlier`
+   * overrides the registry's `outlier` option for this request (`false`: its
+   * outcome does not count towards ejection).
+   */
+  begin(endpoint: Pick<Endpoint, 'service' | 'address'> & { key?: string }, options: { outlier?: OutlierOptions | false } = {}): Call {
+    this.assertOpen('begin');
+    if (typeof endpoint !== 'object' || endpoint === null) {
+      throw new RegistryError('ERR_INVALID_ARGUMENT', `begin() expects an endpoint { service, address }, got ${quote(endpoint)}`);
+    }
+    checkOptions('begin', options);
+    const outlier: ResolvedOutlierOptions | false =
+      options.outlier === undefined ? this.config.outlier : resolveOutlierOptions(options.outlier, this.config.outlier, 'outlier');
+    const service = endpoint.service;
+    const list = this.discovery.lists.get(service);
+    const key = typeof endpoint.key === 'string' && list !== undefined ? endpoint.key : this.keys.endpointKey(validateServiceName(service), validateAddress(endpoint.address));
+    const request = (list?.existingPicker('least-request') as LeastLoadedPicker | undefined)?.load(key);
+    const latency = (list?.existingPicker('least-latency') as LeastLoadedPicker | undefined)?.load(key);
+    const target: Endpoint = typeof endpoint.key === 'string' && 'metadata' in endpoint ? (endpoint as Endpoint) : Object.freeze({ service, address: endpoint.address, metadata: {}, key });
+    return new EndpointCall(request, latency, (ok) => {
+      if (outlier !== false && !this.closed) this.outliers.record(target, ok, outlier);
+    });
   }
 
   /** fetch() tells the outcome of each attempt (for metrics). */
@@ -652,6 +792,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);
+    this.outliers.close();
     this.discovery.close();
     this.stream.close();
     this.conn.close();
@@ -687,5 +828,6 @@ function fastPicker(list: ServiceList, options: PickerOptions): Picker | undefin
   if (typeof options !== 'object' || options === null) return undefined;
   const { key } = options;
   if (key !== undefined && typeof key !== 'string') return undefined;
+  if (options.filter !== undefined) return undefined;
   return list.existingPicker(options.strategy ?? 'round-robin');
 }

@@ -76,6 +76,10 @@ export interface RegistryEvents {
   'etcd-reachable': [];
   /** A record under a watched service could not be used; it is skipped. */
   'invalid-endpoint': [event: InvalidEndpointEvent];
+  /** fetch() (or begin()/end()) saw `failures` failures in a row: the endpoint is left out of this process's picks for `seconds`. */
+  ejected: [info: { endpoint: Endpoint; failures: number; seconds: number; times: number }];
+  /** An ejected endpoint's time is up: it is picked again. */
+  returned: [info: { endpoint: Endpoint }];
   status: [status: RegistryStatus];
   /** A background failure that the registry is retrying (never thrown). */
   error: [error: RegistryError];

@@ -31,6 +31,9 @@ const NONE: readonly Endpoint[] = Object.freeze([]);
 export class Subscription extends EventEmitter<SubscriptionEvents> implements AsyncDisposable {
   private open = true;
   private last: readonly Endpoint[] = NONE;
+  private filter: ((endpoint: Endpoint) => boolean) | undefined;
+  /** With a filter: the unfiltered list `last` was made from. */
+  private source: readonly Endpoint[] | undefined;
 
   /** @internal Created by `registry.subscribe()`. */
   constructor(
@@ -42,8 +45,21 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
 
   /** The live list: the same frozen array until the next change. After close(), the last list seen. */
   get endpoints(): readonly Endpoint[] {
-    if (this.open) this.last = this.host.endpoints(this.service) ?? this.last;
+    if (!this.open) return this.last;
+    const all = this.host.endpoints(this.service);
+    if (all === undefined) return this.last;
+    if (this.filter === undefined) return (this.last = all);
+    if (all !== this.source) {
+      this.source = all;
+      this.last = Object.freeze(all.filter(this.filter));
+    }
     return this.last;
+  }
+
+  /** @internal `registry.subscribe(service, { filter })`: the list, picks and events only show endpoints that pass it. */
+  setFilter(filter: (endpoint: Endpoint) => boolean): void {
+    this.filter = filter;
+    this.source = undefined;
   }
 
   get closed(): boolean {
@@ -55,7 +71,10 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
     if (!this.open) {
       throw new RegistryError('ERR_REGISTRY_CLOSED', `subscription.pick() was called after the subscription to service ${quote(this.service)} was closed`);
     }
-    return this.host.pick(this.service, options);
+    if (this.filter === undefined) return this.host.pick(this.service, options);
+    const own = this.filter;
+    const given = options?.filter;
+    return this.host.pick(this.service, { ...options, filter: given === undefined ? own : (e) => own(e) && given(e) });
   }
 
   /** Releases the hold (idempotent). Resolves at once: cancelling the watch needs no answer from etcd. */
@@ -75,7 +94,17 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
 
   /** @internal Delivers an event of the service; a listener that throws cannot break the registry. */
   notify(event: 'change' | 'resynced', payload: ChangeEvent): void {
-    if (this.open && this.listenerCount(event) > 0) this.emit(event, payload);
+    if (!this.open || this.listenerCount(event) === 0) return;
+    const filter = this.filter;
+    if (filter === undefined) {
+      this.emit(event, payload);
+      return;
+    }
+    const added = payload.added.filter(filter);
+    const removed = payload.removed.filter(filter);
+    const updated = payload.updated.filter(filter);
+    if (event === 'change' && added.length === 0 && removed.length === 0) return; // nothing this subscription shows changed
+    this.emit(event, { ...payload, endpoints: this.endpoints, added, removed, updated });
   }
 
   /** As Registry.emit(): a listener's exception is rethrown on the next tick, the state stays complete. */

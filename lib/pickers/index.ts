@@ -2,6 +2,9 @@ export { createPicker } from './picker';
 export {
   isStrategy,
   STRATEGIES,
+  STRATEGY_LIST,
+  ZONE_MODES,
+  type ZoneMode,
   type CreatePickerOptions,
   type ExcludePredicate,
   type Picker,
@@ -15,3 +18,5 @@ export { RandomPicker } from './random';
 export { ConsistentHashPicker, VIRTUAL_NODES } from './consistent-hash';
 export { WeightedPicker, weightOf, DEFAULT_WEIGHT, MAX_WEIGHT } from './weighted';
 export { hash32 } from './hash';
+export { LeastLoadedPicker, PAIR_ATTEMPTS, type LoadStrategy } from './least';
+export { EndpointLoad, DECAY_MS, INITIAL_LATENCY_MS, FAILURE_PENALTY_MS } from '../choose/load';

@@ -9,6 +9,7 @@ import { RandomPicker } from './random';
 import { RoundRobinPicker } from './round-robin';
 import { STRATEGIES, type CreatePickerOptions, type Picker, type Strategy } from './types';
 import { WeightedPicker } from './weighted';
+import { LeastLoadedPicker } from './least';
 
 export {
   STRATEGIES,
@@ -41,6 +42,9 @@ export function createPicker(
       return new ConsistentHashPicker(initial);
     case 'weighted':
       return new WeightedPicker(initial, options);
+    case 'least-request':
+    case 'least-latency':
+      return new LeastLoadedPicker(strategy, initial, options);
     default:
       throw new RegistryError(
         'ERR_INVALID_ARGUMENT',

@@ -5,14 +5,19 @@
  */
 import type { Endpoint } from '../types';
 
-export type Strategy = 'round-robin' | 'random' | 'consistent-hash' | 'weighted';
+export type Strategy = 'round-robin' | 'random' | 'consistent-hash' | 'weighted' | 'least-request' | 'least-latency';
 
 export const STRATEGIES: readonly Strategy[] = Object.freeze([
   'round-robin',
   'random',
   'consistent-hash',
   'weighted',
+  'least-request',
+  'least-latency',
 ] as const);
+
+/** The strategies for messages: "round-robin, random, …, or least-latency". */
+export const STRATEGY_LIST = 'round-robin, random, consistent-hash, weighted, least-request or least-latency';
 
 export function isStrategy(value: unknown): value is Strategy {
   return typeof value === 'string' && (STRATEGIES as readonly string[]).includes(value);
@@ -58,8 +63,21 @@ export interface Picker {
   pick(options?: PickOptions, exclude?: ExcludePredicate): Endpoint | undefined;
 }
 
+/** How a pick uses zones (REGISTRY_ZONE): see the README's "Choosing an endpoint". */
+export type ZoneMode = 'prefer' | 'only' | 'any';
+
+export const ZONE_MODES: readonly ZoneMode[] = Object.freeze(['prefer', 'only', 'any'] as const);
+
 /** What pick() and pickAsync() of a Registry (and Subscription.pick()) take. */
 export interface PickerOptions extends PickOptions {
   /** Defaults to 'round-robin'. */
   strategy?: Strategy;
+  /**
+   * With a zone (REGISTRY_ZONE): 'prefer' (the default) picks in this zone while at least
+   * half of its endpoints (and at least one) are up, else in every zone; 'only' never
+   * leaves it; 'any' ignores zones. Without a zone: ignored.
+   */
+  zone?: ZoneMode;
+  /** Only endpoints for which it returns true are picked (canaries, versions). */
+  filter?: (endpoint: Endpoint) => boolean;
 }

@@ -60,6 +60,8 @@ describe('resolveConfig defaults', () => {
       discoveryIdleMs: 300_000,
       tls: undefined,
       auth: undefined,
+      zone: undefined,
+      outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
     });
   });
 
@@ -95,6 +97,7 @@ describe('resolveConfig good values from the environment', () => {
       REGISTRY_HEALTH_FAILURES: '2',
       REGISTRY_HEALTH_PASSES: '4',
       REGISTRY_DISCOVERY_IDLE_SECONDS: '60',
+      REGISTRY_ZONE: ' eu-west-1a ',
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['https://etcd-0:2379', 'https://etcd-1:2379'],
@@ -114,7 +117,20 @@ describe('resolveConfig good values from the environment', () => {
       discoveryIdleMs: 60_000,
       tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
       auth: undefined,
+      zone: 'eu-west-1a',
+      outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
     });
+  });
+
+  it('rejects a bad REGISTRY_ZONE or options.zone, and bad options.outlier, naming them and quoting the value', () => {
+    expect(() => resolve({ REGISTRY_ZONE: 'eu west' })).toThrow('REGISTRY_ZONE="eu west" is invalid: expected a zone name such as "eu-west-1a"');
+    expect(() => resolve({ REGISTRY_ZONE: 'x'.repeat(129) })).toThrow('REGISTRY_ZONE="xxx');
+    expect(() => resolve({}, { zone: 42 as unknown as string })).toThrow('options.zone=42 is invalid');
+    expect(() => resolve({}, { zone: '' })).toThrow('options.zone="" is invalid');
+    expect(() => resolve({}, { outlier: { failures: 0 } })).toThrow('options.outlier.failures 0 is invalid: expected an integer ≥ 1');
+    expect(() => resolve({}, { outlier: 'off' as unknown as false })).toThrow('options.outlier="off" is invalid');
+    expect(resolve({}, { outlier: false }).outlier).toBe(false);
+    expect(resolve({}, { outlier: { baseSeconds: 1 } }).outlier).toStrictEqual({ failures: 5, baseSeconds: 1, maxSeconds: 300, maxEjectedPercent: 50 });
   });
 
   it('rejects bad health settings naming the variable and quoting the value', () => {
@@ -507,6 +523,7 @@ describe('options and environment', () => {
     REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '7',
     REGISTRY_DRAIN_SECONDS: '7',
     REGISTRY_DISCOVERY_IDLE_SECONDS: '7',
+    REGISTRY_ZONE: 'env-zone',
   };
 
   it('typed options win over the environment', () => {
@@ -529,6 +546,7 @@ describe('options and environment', () => {
       healthFailures: 1,
       healthPasses: 1,
       discoveryIdleSeconds: 9,
+      zone: 'opt-zone',
     });
     expect(config).toStrictEqual({
       etcdEndpoints: ['http://opt-etcd:2379'],
@@ -548,6 +566,8 @@ describe('options and environment', () => {
       discoveryIdleMs: 9_000,
       tls: undefined,
       auth: undefined,
+      zone: 'opt-zone',
+      outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
     });
   });
 

@@ -73,8 +73,8 @@ const keyOf = (i: number) => `user-${i}`;
 // ---------------------------------------------------------------------------
 
 describe('createPicker', () => {
-  it('knows the four strategies', () => {
-    expect([...STRATEGIES]).toEqual(['round-robin', 'random', 'consistent-hash', 'weighted']);
+  it('knows the six strategies', () => {
+    expect([...STRATEGIES]).toEqual(['round-robin', 'random', 'consistent-hash', 'weighted', 'least-request', 'least-latency']);
     for (const s of STRATEGIES) {
       expect(isStrategy(s)).toBe(true);
       const picker = createPicker(s, eps(0, 3));
