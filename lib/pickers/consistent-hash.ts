@@ -56,24 +56,26 @@ export function pointHash(state: number, v: number): number {
 
 /** Points per block at most; a full block splits in two halves. */
 const BLOCK = 512;
-
-interface Block {
-  readonly hash: Int32Array;
-  readonly owner: Int32Array;
-  n: number;
-}
-
-function newBlock(): Block {
-  return { hash: new Int32Array(BLOCK), owner: new Int32Array(BLOCK), n: 0 };
-}
+/** A rebuild fills blocks to 3/4, so that inserts split blocks rarely. */
+const FILL = (BLOCK * 3) >> 2;
 
 export class ConsistentHashPicker implements Picker {
   readonly strategy = 'consistent-hash' as const;
   private _lastAllExcluded = false;
-  /** The ring in blocks, each non-empty and sorted, in ring order. */
-  private blocks: Block[] = [];
-  /** The last hash of each block (contiguous, for the binary search over blocks). */
+  // The ring in blocks of up to BLOCK points, each block sorted, the blocks in
+  // ring order. Physical block p holds its points at [p·BLOCK, p·BLOCK + count[p])
+  // of H (hash) and O (owner slot); the k-th block of the ring is phys[k], and
+  // lasts[k] is its last hash (the binary search over blocks reads only lasts).
+  private H = new Int32Array(0);
+  private O = new Int32Array(0);
+  private count = new Int32Array(0);
+  private phys = new Int32Array(0);
   private lasts = new Int32Array(0);
+  /** Blocks in the ring. */
+  private nb = 0;
+  /** Physical blocks ever handed out (≤ capacity); freed ones are in freeBlocks. */
+  private used = 0;
+  private readonly freeBlocks: number[] = [];
   private total = 0;
   private readonly slots: (Endpoint | undefined)[] = [];
   private readonly slotByKey = new ChurnMap<number>();
@@ -129,7 +131,7 @@ export class ConsistentHashPicker implements Picker {
       for (const s of dead) this.removePoints(s);
       for (const s of dead) this.slots[s] = undefined;
       for (const s of fresh) this.addPoints(s);
-      if (this.blocks.length > 8 && this.total * 4 < this.blocks.length * BLOCK) this.repack();
+      if (this.nb > 8 && this.total * 4 < this.nb * BLOCK) this.repack();
     }
     for (const s of dead) this.freeSlots.push(s);
     if (this.seen.length < this.slots.length) {
@@ -145,9 +147,9 @@ export class ConsistentHashPicker implements Picker {
     const slots = this.slots;
     const live: number[] = [];
     this.slotByKey.forEach((s) => live.push(s));
-    const count = live.length * V;
-    const hash = new Int32Array(count);
-    const owner = new Int32Array(count);
+    const n = live.length * V;
+    const hash = new Int32Array(n);
+    const owner = new Int32Array(n);
     let k = 0;
     for (const s of live) {
       const state = fnv1a(FNV_OFFSET, `${slots[s]!.key}#`);
@@ -157,70 +159,103 @@ export class ConsistentHashPicker implements Picker {
       }
     }
     sortRing(hash, owner, slots);
-    const blocks: Block[] = [];
-    const fill = BLOCK >> 1;
-    for (let at = 0; at < count; at += fill) {
-      const b = newBlock();
-      const end = Math.min(count, at + fill);
-      b.hash.set(hash.subarray(at, end));
-      b.owner.set(owner.subarray(at, end));
-      b.n = end - at;
-      blocks.push(b);
-    }
-    this.blocks = blocks;
-    this.total = count;
-    this.syncLasts();
+    this.load(hash, owner);
   }
 
-  /** Blocks half full again after many removals. */
+  /** Blocks 3/4 full again after many removals. */
   private repack(): void {
-    const blocks: Block[] = [];
-    const fill = BLOCK >> 1;
-    let out = newBlock();
-    for (const b of this.blocks) {
-      for (let i = 0; i < b.n; i++) {
-        if (out.n === fill) {
-          blocks.push(out);
-          out = newBlock();
-        }
-        out.hash[out.n] = b.hash[i]!;
-        out.owner[out.n++] = b.owner[i]!;
-      }
+    const hash = new Int32Array(this.total);
+    const owner = new Int32Array(this.total);
+    let k = 0;
+    for (let b = 0; b < this.nb; b++) {
+      const base = this.phys[b]! * BLOCK;
+      const n = this.count[this.phys[b]!]!;
+      hash.set(this.H.subarray(base, base + n), k);
+      owner.set(this.O.subarray(base, base + n), k);
+      k += n;
     }
-    if (out.n > 0) blocks.push(out);
-    this.blocks = blocks;
-    this.syncLasts();
+    this.load(hash, owner);
   }
 
-  private syncLasts(): void {
-    const blocks = this.blocks;
-    if (this.lasts.length < blocks.length) this.lasts = new Int32Array(blocks.length * 2);
-    for (let b = 0; b < blocks.length; b++) this.lasts[b] = blocks[b]!.hash[blocks[b]!.n - 1]!;
+  /** New blocks from a sorted ring, each FILL points (the last one fewer). */
+  private load(hash: Int32Array, owner: Int32Array): void {
+    const n = hash.length;
+    const nb = Math.ceil(n / FILL);
+    this.allocate(nb + (nb >> 2) + 4);
+    for (let b = 0; b < nb; b++) {
+      const at = b * FILL;
+      const end = Math.min(n, at + FILL);
+      this.H.set(hash.subarray(at, end), b * BLOCK);
+      this.O.set(owner.subarray(at, end), b * BLOCK);
+      this.count[b] = end - at;
+      this.phys[b] = b;
+      this.lasts[b] = hash[end - 1]!;
+    }
+    this.nb = nb;
+    this.used = nb;
+    this.freeBlocks.length = 0;
+    this.total = n;
   }
 
-  /** Is the point (h, owner o) ordered before (h2, key2)? */
-  private before(h: number, o: number, h2: number, key2: string): boolean {
-    return h < h2 || (h === h2 && this.slots[o]!.key < key2);
+  /** Fresh, empty storage for `capacity` blocks. */
+  private allocate(capacity: number): void {
+    this.H = new Int32Array(capacity * BLOCK);
+    this.O = new Int32Array(capacity * BLOCK);
+    this.count = new Int32Array(capacity);
+    this.phys = new Int32Array(capacity);
+    this.lasts = new Int32Array(capacity);
   }
 
-  /** The first block whose last point is not before (h, key), or blocks.length. */
+  /** A physical block for a new block of the ring (growing the storage by half when full). */
+  private newBlock(): number {
+    const free = this.freeBlocks.pop();
+    if (free !== undefined) return free;
+    const capacity = this.count.length;
+    if (this.used === capacity) {
+      const more = capacity + (capacity >> 1) + 4;
+      const { H, O, count, phys, lasts } = this;
+      this.allocate(more);
+      this.H.set(H);
+      this.O.set(O);
+      this.count.set(count);
+      this.phys.set(phys);
+      this.lasts.set(lasts);
+    }
+    return this.used++;
+  }
+
+  /** Puts physical block p at position k of the ring. */
+  private insertBlock(k: number, p: number): void {
+    this.phys.copyWithin(k + 1, k, this.nb);
+    this.lasts.copyWithin(k + 1, k, this.nb);
+    this.phys[k] = p;
+    this.nb++;
+  }
+
+  private removeBlock(k: number): void {
+    this.freeBlocks.push(this.phys[k]!);
+    this.phys.copyWithin(k, k + 1, this.nb);
+    this.lasts.copyWithin(k, k + 1, this.nb);
+    this.nb--;
+  }
+
+  /** The first block whose last point is not ordered before (h, key) — by hash, then owner key — or nb. */
   private blockFor(h: number, key: string): number {
-    const blocks = this.blocks;
-    const nb = blocks.length;
-    let lo = lowerBound(this.lasts, h, 0, nb);
-    while (lo < nb && this.lasts[lo] === h) {
-      const b = blocks[lo]!;
-      if (!this.before(h, b.owner[b.n - 1]!, h, key)) break;
-      lo++;
+    const nb = this.nb;
+    let k = lowerBound(this.lasts, h, 0, nb);
+    while (k < nb && this.lasts[k] === h) {
+      const p = this.phys[k]!;
+      if (this.slots[this.O[p * BLOCK + this.count[p]! - 1]!]!.key >= key) break;
+      k++;
     }
-    return lo;
+    return k;
   }
 
-  /** The first index in block b not before (h, key). */
-  private indexIn(b: Block, h: number, key: string): number {
-    let lo = lowerBound(b.hash, h, 0, b.n);
-    while (lo < b.n && b.hash[lo] === h && this.slots[b.owner[lo]!]!.key < key) lo++;
-    return lo;
+  /** The first index in [lo, hi) of H not ordered before (h, key). */
+  private indexIn(lo: number, hi: number, h: number, key: string): number {
+    let i = lowerBound(this.H, h, lo, hi);
+    while (i < hi && this.H[i] === h && this.slots[this.O[i]!]!.key < key) i++;
+    return i;
   }
 
   private addPoints(s: number): void {
@@ -228,58 +263,68 @@ export class ConsistentHashPicker implements Picker {
     const state = fnv1a(FNV_OFFSET, `${key}#`);
     for (let v = 0; v < VIRTUAL_NODES; v++) {
       const h = pointHash(state, v);
-      if (this.blocks.length === 0) {
-        this.blocks.push(newBlock());
-        this.syncLasts();
+      if (this.nb === 0) {
+        const p = this.newBlock();
+        this.count[p] = 0;
+        this.insertBlock(0, p);
       }
-      let bi = this.blockFor(h, key);
-      if (bi === this.blocks.length) bi--; // after every point: the end of the last block
-      let b = this.blocks[bi]!;
-      let i = this.indexIn(b, h, key);
-      if (b.n === BLOCK) {
+      let k = this.blockFor(h, key);
+      if (k === this.nb) k--; // after every point: the end of the last block
+      let p = this.phys[k]!;
+      let base = p * BLOCK;
+      let n = this.count[p]!;
+      let i = this.indexIn(base, base + n, h, key) - base;
+      if (n === BLOCK) {
         const half = BLOCK >> 1;
-        const upper = newBlock();
-        upper.hash.set(b.hash.subarray(half, BLOCK));
-        upper.owner.set(b.owner.subarray(half, BLOCK));
-        upper.n = BLOCK - half;
-        b.n = half;
-        this.blocks.splice(bi + 1, 0, upper);
-        this.syncLasts();
+        const q = this.newBlock(); // may reallocate H and O
+        this.H.copyWithin(q * BLOCK, base + half, base + BLOCK);
+        this.O.copyWithin(q * BLOCK, base + half, base + BLOCK);
+        this.count[q] = BLOCK - half;
+        this.count[p] = half;
+        this.insertBlock(k + 1, q);
+        this.lasts[k] = this.H[base + half - 1]!;
+        this.lasts[k + 1] = this.H[q * BLOCK + BLOCK - half - 1]!;
         if (i > half) {
-          b = upper;
+          k++;
+          p = q;
+          base = q * BLOCK;
           i -= half;
-          bi++;
         }
+        n = this.count[p]!;
       }
-      b.hash.copyWithin(i + 1, i, b.n);
-      b.owner.copyWithin(i + 1, i, b.n);
-      b.hash[i] = h;
-      b.owner[i] = s;
-      b.n++;
+      const H = this.H;
+      const O = this.O;
+      H.copyWithin(base + i + 1, base + i, base + n);
+      O.copyWithin(base + i + 1, base + i, base + n);
+      H[base + i] = h;
+      O[base + i] = s;
+      this.count[p] = n + 1;
+      this.lasts[k] = H[base + n]!;
       this.total++;
-      this.lasts[bi] = b.hash[b.n - 1]!;
     }
   }
 
   private removePoints(s: number): void {
     const key = this.slots[s]!.key;
     const state = fnv1a(FNV_OFFSET, `${key}#`);
+    const H = this.H;
+    const O = this.O;
     for (let v = 0; v < VIRTUAL_NODES; v++) {
       const h = pointHash(state, v);
-      const bi = this.blockFor(h, key);
-      const b = this.blocks[bi];
-      const i = b === undefined ? 0 : this.indexIn(b, h, key);
-      if (b === undefined || i === b.n || b.hash[i] !== h || b.owner[i] !== s) {
+      const k = this.blockFor(h, key);
+      const p = k < this.nb ? this.phys[k]! : -1;
+      const base = p * BLOCK;
+      const n = p >= 0 ? this.count[p]! : 0;
+      const i = p >= 0 ? this.indexIn(base, base + n, h, key) - base : 0;
+      if (p < 0 || i === n || H[base + i] !== h || O[base + i] !== s) {
         throw new Error('consistent-hash ring is inconsistent (a point of a removed endpoint is missing)');
       }
-      b.hash.copyWithin(i, i + 1, b.n);
-      b.owner.copyWithin(i, i + 1, b.n);
-      b.n--;
+      H.copyWithin(base + i, base + i + 1, base + n);
+      O.copyWithin(base + i, base + i + 1, base + n);
+      this.count[p] = n - 1;
       this.total--;
-      if (b.n === 0) {
-        this.blocks.splice(bi, 1);
-        this.syncLasts();
-      } else this.lasts[bi] = b.hash[b.n - 1]!;
+      if (n === 1) this.removeBlock(k);
+      else this.lasts[k] = H[base + n - 2]!;
     }
   }
 
@@ -291,28 +336,29 @@ export class ConsistentHashPicker implements Picker {
         `the consistent-hash strategy needs options.key (a string), got ${quote(key)}`,
       );
     }
-    const blocks = this.blocks;
     if (this.total === 0) {
       this._lastAllExcluded = false;
       return undefined;
     }
     // First point with hash >= h, wrapping to the first point.
     const h = hashInt32(key);
-    let bi = lowerBound(this.lasts, h, 0, blocks.length);
+    let k = lowerBound(this.lasts, h, 0, this.nb);
     let i = 0;
-    if (bi === blocks.length) bi = 0;
-    else i = lowerBound(blocks[bi]!.hash, h, 0, blocks[bi]!.n);
-    const primary = this.slots[blocks[bi]!.owner[i]!]!;
+    if (k === this.nb) k = 0;
+    else {
+      const base = this.phys[k]! * BLOCK;
+      i = lowerBound(this.H, h, base, base + this.count[this.phys[k]!]!) - base;
+    }
+    const primary = this.slots[this.O[this.phys[k]! * BLOCK + i]!]!;
     if (exclude === undefined || !exclude(primary)) {
       this._lastAllExcluded = false;
       return primary;
     }
-    return this.walk(bi, i, primary, exclude);
+    return this.walk(k, i, primary, exclude);
   }
 
-  /** Walks clockwise from point i of block bi to the next distinct endpoint that is not excluded. */
-  private walk(bi: number, i: number, primary: Endpoint, exclude: ExcludePredicate): Endpoint {
-    const blocks = this.blocks;
+  /** Walks clockwise from point i of the ring's block k to the next distinct endpoint that is not excluded. */
+  private walk(k: number, i: number, primary: Endpoint, exclude: ExcludePredicate): Endpoint {
     const n = this.total;
     const size = this.slotByKey.size;
     const seen = this.seen;
@@ -321,16 +367,16 @@ export class ConsistentHashPicker implements Picker {
       this.stamp = 1;
     }
     const stamp = this.stamp;
-    let block = blocks[bi]!;
-    seen[block.owner[i]!] = stamp;
+    let p = this.phys[k]!;
+    seen[this.O[p * BLOCK + i]!] = stamp;
     let distinct = 1;
     for (let steps = 1; steps < n && distinct < size; steps++) {
-      if (++i === block.n) {
+      if (++i === this.count[p]) {
         i = 0;
-        if (++bi === blocks.length) bi = 0;
-        block = blocks[bi]!;
+        if (++k === this.nb) k = 0;
+        p = this.phys[k]!;
       }
-      const s = block.owner[i]!;
+      const s = this.O[p * BLOCK + i]!;
       if (seen[s] === stamp) continue;
       seen[s] = stamp;
       distinct++;
