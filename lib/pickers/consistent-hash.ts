@@ -55,7 +55,7 @@ export function pointHash(state: number, v: number): number {
 }
 
 /** Points per block at most; a full block splits in two halves. */
-const BLOCK = 512;
+const BLOCK = 256;
 /** A rebuild fills blocks to 3/4, so that inserts split blocks rarely. */
 const FILL = (BLOCK * 3) >> 2;
 
