@@ -193,8 +193,8 @@ export const fig6: Figure = async (ctx) => {
       }
     }
     const s = {
-      quiet: { 10: summarize(e2e.quiet![10]!), 10000: summarize(e2e.quiet![10000]!) },
-      reading: { 10: summarize(e2e.reading![10]!), 10000: summarize(e2e.reading![10000]!) },
+      quiet: { 10: summarize(e2e.quiet![10]!, 'e2e quiet, 10 endpoints'), 10000: summarize(e2e.quiet![10000]!, 'e2e quiet, 10,000 endpoints') },
+      reading: { 10: summarize(e2e.reading![10]!, 'e2e reading endpoints, 10 endpoints'), 10000: summarize(e2e.reading![10000]!, 'e2e reading endpoints, 10,000 endpoints') },
     };
     data.endToEnd = {
       samples: samples * 2,
