@@ -71,8 +71,12 @@ function collect(chunks: readonly Chunk[], length: number, live: number): readon
 
 export class ServiceList {
   private chunks: Chunk[] = [];
-  /** Epoch in which each chunk was copied (or made): a chunk of an older epoch may be shared with a view. */
-  private chunkEpoch: number[] = [];
+  /**
+   * Epoch in which each chunk was copied (or made): a chunk of an older epoch
+   * may be shared with a view. Undefined until the first view (no chunk is shared
+   * before): a list that never had a view pays nothing for it.
+   */
+  private chunkEpoch: number[] | undefined;
   private epoch = 0;
   /** The chunk table is referenced by a view: copy it before writing. */
   private tableShared = false;
@@ -104,6 +108,7 @@ export class ServiceList {
   /** An O(1) snapshot of the list as it is now; its `endpoints` is built on first read. */
   view(): ListView {
     if (this.lastView?.version === this.version) return this.lastView;
+    this.chunkEpoch ??= [];
     this.tableShared = true;
     this.epoch++;
     this.lastView = new Snapshot(this, this.version, this.chunks, this.length, this.size);
@@ -181,10 +186,13 @@ export class ServiceList {
     const c = slot >> SHIFT;
     let chunk = this.chunks[c];
     if (chunk === undefined) {
-      chunk = [];
-      this.chunks[c] = chunk;
-      this.chunkEpoch[c] = this.epoch;
-    } else if (this.chunkEpoch[c] !== this.epoch) {
+      chunk = [entry];
+      if (c === 0) this.chunks = [chunk]; // exact size: most lists are small
+      else this.chunks[c] = chunk;
+      if (this.chunkEpoch) this.chunkEpoch[c] = this.epoch;
+      return;
+    }
+    if (this.chunkEpoch && this.chunkEpoch[c] !== this.epoch) {
       chunk = chunk.slice();
       this.chunks[c] = chunk;
       this.chunkEpoch[c] = this.epoch;
@@ -206,7 +214,7 @@ export class ServiceList {
     });
     this.epoch++;
     this.chunks = chunks;
-    this.chunkEpoch = chunks.map(() => this.epoch);
+    this.chunkEpoch = undefined; // the new chunks are in no view
     this.tableShared = false;
     this.index = index;
     this.length = n;
