@@ -41,7 +41,7 @@ export const fig2: Figure = async (ctx) => {
   } finally {
     await bench.close();
   }
-  const s = { ours: summarize(gone.ours), raw: summarize(gone.raw) };
+  const s = { ours: summarize(gone.ours, 'gone, ours'), raw: summarize(gone.raw, 'gone, raw') };
   const ratio = s.ours.p50 / s.raw.p50;
   return {
     rows: [
@@ -59,7 +59,7 @@ export const fig2: Figure = async (ctx) => {
       unit: 'ms',
       perMode,
       gone: { ours: roundSummary(s.ours), raw: roundSummary(s.raw) },
-      processExit: { ours: roundSummary(summarize(exit.ours)), raw: roundSummary(summarize(exit.raw)) },
+      processExit: { ours: roundSummary(summarize(exit.ours, 'process exit, ours')), raw: roundSummary(summarize(exit.raw, 'process exit, raw')) },
       ratioP50: ratio,
       failures,
     },

@@ -1,7 +1,13 @@
 /**
- * `npm run bench [-- --quick] [-- --only 1,4]`: measures the registry against raw
+ * `npm run bench [-- --quick] [-- --only 1,4] [-- --json FILE]`: measures the registry against raw
  * etcd3 calls doing the same work, in the same run, against one etcd started the way
- * the tests start it; prints one table and writes bench/results.json.
+ * the tests start it; prints one table, then one line per figure (met / missed
+ * against its targets), and writes bench/results.json (or FILE): every row, with
+ * its ratio as a number, and the summary (n, min, p50, p90, p99, max, mean) of
+ * every set of samples each figure took.
+ *
+ * `npm run bench -- --compare a.json b.json` runs nothing: it prints, for every
+ * row of two such files, both ratios and the ratio of ratios (b / a).
  *
  * Exit status 0 whether or not targets are met (the bench reports, it never fails
  * a build); 1 only when a figure could not be measured at all (it crashed).
@@ -22,6 +28,8 @@ import { fig8 } from './fig8-restart';
 import { fig9 } from './fig9-fleet';
 import { fig10 } from './fig10-many';
 import { fig11 } from './fig11-choose';
+import { compareResults, parseRatio, verdictLines, verdicts } from './compare';
+import { collectSummaries } from './stats';
 import { renderTable } from './table';
 import { killAllChildren, type Context, type Figure, type Row } from './support';
 
@@ -43,10 +51,11 @@ interface Args {
   quick: boolean;
   only: string[];
   out: string;
+  compare?: [string, string];
 }
 
 function usage(message: string): never {
-  process.stderr.write(`${message}\nusage: npm run bench -- [--quick] [--only 1,4] [--out FILE]\n`);
+  process.stderr.write(`${message}\nusage: npm run bench -- [--quick] [--only 1,4] [--json FILE]\n       npm run bench -- --compare a.json b.json\n`);
   process.exit(2);
 }
 
@@ -70,8 +79,16 @@ function parseArgs(argv: readonly string[]): Args {
         break;
       }
       case '--out':
+      case '--json':
         args.out = path.resolve(valueOf());
         break;
+      case '--compare': {
+        const a = inline ?? argv[++i];
+        const b = argv[++i];
+        if (a === undefined || b === undefined) usage('--compare needs two results files');
+        args.compare = [path.resolve(a), path.resolve(b)];
+        break;
+      }
       case '--help':
       case '-h':
         usage('');
@@ -91,8 +108,24 @@ function etcdVersion(): string {
   }
 }
 
+function compare([a, b]: [string, string]): number {
+  const read = (file: string): Parameters<typeof compareResults>[0] => {
+    try {
+      return JSON.parse(fs.readFileSync(file, 'utf8')) as Parameters<typeof compareResults>[0];
+    } catch (e) {
+      usage(`cannot read results file ${JSON.stringify(file)}: ${(e as Error).message}`);
+    }
+  };
+  const ra = read(a);
+  const rb = read(b);
+  process.stdout.write(`a = ${path.relative(process.cwd(), a)} (${ra.date ?? '?'}${ra.quick ? ', quick' : ''})\nb = ${path.relative(process.cwd(), b)} (${rb.date ?? '?'}${rb.quick ? ', quick' : ''})\n\n`);
+  process.stdout.write(`${compareResults(ra, rb)}\n`);
+  return 0;
+}
+
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.compare) return compare(args.compare);
   const started = Date.now();
   const log = (message: string): void => {
     process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s] ${message}\n`);
@@ -112,12 +145,20 @@ async function main(): Promise<number> {
       const figure = FIGURES[id]!;
       const t0 = Date.now();
       log(`figure ${id}: ${figure.name}`);
+      const stop = collectSummaries();
       try {
         const result = await figure.run(ctx);
         rows.push(...result.rows);
         for (const note of result.notes ?? []) notes.push(`[${id}] ${note}`);
-        figures[id] = { name: figure.name, seconds: (Date.now() - t0) / 1000, rows: result.rows, ...result.data };
+        figures[id] = {
+          name: figure.name,
+          seconds: (Date.now() - t0) / 1000,
+          rows: result.rows.map((r) => ({ ...r, ratioValue: parseRatio(r.ratio) })),
+          ...result.data,
+          summaries: stop(),
+        };
       } catch (e) {
+        stop();
         crashed = true;
         const message = (e as Error).stack ?? String(e);
         log(`figure ${id} FAILED: ${message}`);
@@ -137,6 +178,9 @@ async function main(): Promise<number> {
   const table = renderTable(rows);
   process.stdout.write(`\n${table}\n`);
   if (notes.length > 0) process.stdout.write(`\n${notes.join('\n')}\n`);
+  const names = Object.fromEntries(Object.entries(FIGURES).map(([id, f]) => [id, f.name]));
+  const verdict = verdicts(rows, names, args.only);
+  process.stdout.write(`\n${verdictLines(verdict)}\n`);
   const seconds = (Date.now() - started) / 1000;
   process.stdout.write(`\n${args.quick ? 'quick run' : 'full run'} in ${seconds.toFixed(1)} s; results in ${path.relative(process.cwd(), args.out)}\n`);
   const results = {
@@ -152,6 +196,7 @@ async function main(): Promise<number> {
     totalMemoryBytes: os.totalmem(),
     loadAverage: os.loadavg(),
     table,
+    verdicts: verdict,
     notes,
     activeResourcesAfterFigures: activeResources,
     figures,

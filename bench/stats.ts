@@ -18,7 +18,26 @@ export function percentile(sorted: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!;
 }
 
-export function summarize(samples: readonly number[]): Summary {
+/** Every summary computed while a figure runs, for results.json (see collectSummaries). */
+let collected: { label: string; summary: Summary }[] | undefined;
+
+/** Starts recording every summarize() call; returns what was recorded since, on the next call to stop. */
+export function collectSummaries(): () => { label: string; summary: Summary }[] {
+  const mine: { label: string; summary: Summary }[] = [];
+  collected = mine;
+  return () => {
+    if (collected === mine) collected = undefined;
+    return mine.map((c) => ({ label: c.label, summary: roundSummary(c.summary) }));
+  };
+}
+
+export function summarize(samples: readonly number[], label?: string): Summary {
+  const summary = summarizeOnly(samples);
+  if (collected) collected.push({ label: label ?? `#${collected.length + 1}`, summary });
+  return summary;
+}
+
+function summarizeOnly(samples: readonly number[]): Summary {
   const sorted = [...samples].sort((a, b) => a - b);
   const sum = sorted.reduce((a, b) => a + b, 0);
   return {

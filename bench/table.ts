@@ -17,9 +17,9 @@ function width(s: string): number {
   return Array.from(s).length;
 }
 
-export function renderTable(rows: readonly Row[]): string {
-  const all = [Array.from(HEADERS), ...rows.map(cells)];
-  const widths = HEADERS.map((_, c) => Math.max(...all.map((r) => width(r[c]!))));
+export function renderTable(rows: readonly Row[], headers: readonly string[] = HEADERS): string {
+  const all = [Array.from(headers), ...rows.map(cells)];
+  const widths = headers.map((_, c) => Math.max(...all.map((r) => width(r[c]!))));
   const line = (r: readonly string[]): string => `| ${r.map((cell, c) => cell + ' '.repeat(widths[c]! - width(cell))).join(' | ')} |`;
   const rule = `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`;
   return [line(all[0]!), rule, ...all.slice(1).map(line)].join('\n');

@@ -398,7 +398,17 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const wantsChange = changed && (subs !== undefined || this.listenerCount('change') > 0);
     const wantsResync = kind === 'resync' && (subs !== undefined || this.listenerCount('resynced') > 0);
     if (!wantsChange && !wantsResync) return;
-    const event: ChangeEvent = { service: list.service, endpoints: list.endpoints, added, removed, updated: updatedOf(added, removed) };
+    // The whole list is built only if a listener reads it (once, shared by all): see ServiceList.view().
+    const view = list.view();
+    const event: ChangeEvent = {
+      service: list.service,
+      get endpoints() {
+        return view.endpoints;
+      },
+      added,
+      removed,
+      updated: updatedOf(added, removed),
+    };
     if (wantsResync) {
       this.emit('resynced', event);
       if (subs) for (const sub of subs) sub.notify('resynced', event);
