@@ -627,6 +627,9 @@ export class EtcdNode {
     if (pid === undefined) throw new Error(`${this.name} is not running`);
     process.kill(pid, 'SIGSTOP');
     this._paused = true;
+    // The signal is delivered asynchronously: wait (up to 1 s) until the kernel shows the process stopped.
+    const until = Date.now() + 1000;
+    while (Date.now() < until && processState(pid) !== 'T') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
   }
 
   /** SIGCONT. */
@@ -929,4 +932,14 @@ export function etcdctl(endpoints: string | readonly string[], ...args: string[]
       },
     );
   });
+}
+
+/** The state letter of /proc/PID/stat (R, S, T, …), or undefined where there is no /proc. */
+function processState(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return undefined;
+  }
 }

@@ -95,11 +95,16 @@ describe.each(['least-request', 'least-latency'] as const)('%s', (strategy) => {
     const tBig = time(big);
     // O(1): a large list costs at most a few times a small one (cache misses), not 1000×.
     expect(tBig).toBeLessThan(Math.max(tSmall, 5) * 10);
-    global.gc?.();
-    const before = process.memoryUsage().heapUsed;
-    for (let i = 0; i < 200_000; i++) big.pick();
-    const grown = process.memoryUsage().heapUsed - before;
-    // 200,000 picks allocating even 16 bytes each would be 3.2 MB
+    // 200,000 picks allocating even 16 bytes each would be 3.2 MB, every time. The test's own
+    // worker allocates now and then too: of three runs, the least grown is the picks' own.
+    const grown = Math.min(
+      ...[0, 1, 2].map(() => {
+        global.gc?.();
+        const before = process.memoryUsage().heapUsed;
+        for (let i = 0; i < 200_000; i++) big.pick();
+        return process.memoryUsage().heapUsed - before;
+      }),
+    );
     expect(grown).toBeLessThan(1_000_000);
   });
 });
