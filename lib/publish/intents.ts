@@ -399,6 +399,14 @@ export class Intents {
     return true;
   }
 
+  /**
+   * etcd lost its data: its revisions start again from lower numbers, so the revisions
+   * remembered per key (our last put, our last delete, a late put) say nothing any more.
+   */
+  forgetRevisions(): void {
+    for (const e of this.entries.values()) e.putRevision = e.deleteRevision = e.lateRevision = 0;
+  }
+
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */
   closeAll(error: Error): void {
     for (const e of this.entries.values()) {

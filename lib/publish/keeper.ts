@@ -422,7 +422,10 @@ export class LeaseKeeper {
   }
 
   private onReset = (reason: string): void => {
-    if (this.closed || this.intents.staleAll() === 0) return;
+    if (this.closed) return;
+    // Revisions start again lower: what each key remembers of them would hide real deletes.
+    this.intents.forgetRevisions();
+    if (this.intents.staleAll() === 0) return;
     debug('etcd lost its data (%s): putting every endpoint back', reason);
     this.startRecovery('data loss', reason);
     this.guard.restartAll();
