@@ -5,10 +5,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import { findFreePort, findOnPath } from '../test/support/etcd';
 import { sleep } from './stats';
+import { httpGet } from './support';
 
 export interface GrpcProxy {
   /** `http://127.0.0.1:P` */
@@ -86,19 +86,6 @@ export function procUsage(pid: number): { cpuSeconds: number; rssBytes: number }
   return { cpuSeconds: ticks / 100, rssBytes: rssPages * 4096 };
 }
 
-function httpGet(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, timeout: 5000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`timeout: ${url}`)));
-    req.on('error', reject);
-  });
-}
-
 export interface EtcdLoad {
   /** etcd_debugging_mvcc_watcher_total: watchers in etcd's MVCC store. */
   watchers: number;
@@ -116,7 +103,7 @@ export interface EtcdLoad {
 
 /** etcd's own view of its load, from `<client URL>/metrics`. */
 export async function etcdLoad(endpoint: string): Promise<EtcdLoad> {
-  const text = await httpGet(`${endpoint}/metrics`);
+  const text = await httpGet(`${endpoint}/metrics`, 5000);
   const load: EtcdLoad = { watchers: 0, watchStreams: 0, openStreams: {}, received: {}, cpuSeconds: 0, rssBytes: 0, heapInuseBytes: 0 };
   const method = (name: string): string => /grpc_method="([^"]+)"/.exec(name)?.[1] ?? '?';
   for (const line of text.split('\n')) {

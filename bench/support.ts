@@ -118,7 +118,8 @@ export async function pool(count: number, concurrency: number, fn: (i: number) =
 
 // ---- etcd metrics -------------------------------------------------------------------------
 
-function httpGet(url: string, timeoutMs = 3000): Promise<string> {
+/** The body of a GET (etcd's /metrics), with a timeout. */
+export function httpGet(url: string, timeoutMs = 3000): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.get(url, { agent: false, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
