@@ -87,6 +87,13 @@ const CONFIRM_GAP_MS = 200;
 /** Least time between two 'reset' events; it doubles while resets repeat, up to the max. */
 const RESET_MIN_GAP_MS = 1000;
 const RESET_MAX_GAP_MS = 30_000;
+/**
+ * How often the watchdog's read is linearizable. The others are serializable: a member
+ * answers them from its own store, and etcd's gRPC proxy from its cache, so that a fleet
+ * of idle clients behind proxies costs etcd next to nothing (issue 18). The linearizable
+ * one vouches for the revision (data-loss detection) and for a member that still has a leader.
+ */
+const VOUCH_INTERVAL_MS = 10_000;
 
 /** A gRPC error that says the member could not be reached at all (refused, reset, no route). */
 function isConnectFailure(e: Error): boolean {
@@ -313,6 +320,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private resetTimer: NodeJS.Timeout | undefined;
   private watchdogTimer: NodeJS.Timeout | undefined;
   private watchdogBusy = false;
+  /**
+   * When the watchdog's next read is linearizable (see VOUCH_INTERVAL_MS): spread over
+   * the interval, so that a fleet started at once does not send them at once.
+   */
+  private nextVouchAt = Date.now() + Math.random() * VOUCH_INTERVAL_MS;
+  /** When a call last answered: the watchdog has nothing to prove within an interval of it. */
+  private lastAnswerAt = 0;
   private lastRebuild = 0;
   private rebuilding = false;
   /** Which members of the current client answer. */
@@ -411,6 +425,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         debug('call made on a client that was just replaced: again on generation %d', this.generation);
         result = await fn(this.client);
       }
+      this.lastAnswerAt = Date.now();
       this.markReachable();
       return result;
     } catch (e) {
@@ -564,9 +579,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * (a role limited to one service) still proves etcd answers: it resolves
    * without a header then.
    */
-  private async probeWith(client: Etcd3, deadlineMs: number): Promise<IResponseHeader | undefined> {
+  private async probeWith(client: Etcd3, deadlineMs: number, serializable = false): Promise<IResponseHeader | undefined> {
     try {
-      const res = await client.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true }, { deadline: Date.now() + deadlineMs });
+      const res = await client.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true, serializable }, { deadline: Date.now() + deadlineMs });
       return res.header;
     } catch (e) {
       if (e instanceof EtcdPermissionDeniedError) return undefined;
@@ -708,17 +723,32 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.watchdogTimer || this.closed) return;
     const interval = this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
     this.watchdogTimer = setInterval(() => {
-      void this.watchdog();
+      void this.watchdog(interval);
       this.checkSkippedMembers();
     }, interval);
     this.watchdogTimer.unref();
   }
 
-  private async watchdog(): Promise<void> {
+  /**
+   * Proves the client still gets answers: a read with a deadline, unless a call answered
+   * within the interval. Every VOUCH_INTERVAL_MS it is linearizable (see probe()); the
+   * others are serializable, and only their answer counts, not their header, when it comes
+   * from etcd's gRPC proxy (cluster id 0), which answers them from a cache.
+   */
+  private async watchdog(interval: number): Promise<void> {
     if (this.watchdogBusy || this.closed) return;
+    const now = Date.now();
+    const vouch = now >= this.nextVouchAt;
+    if (!vouch && now - this.lastAnswerAt < interval) return;
     this.watchdogBusy = true;
     try {
-      await this.probe(this.options.requestTimeoutMs);
+      if (vouch) {
+        this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());
+        await this.probe(this.options.requestTimeoutMs);
+      } else {
+        const header = await this.call((c) => this.probeWith(c, this.options.requestTimeoutMs, true));
+        if (knownClusterId(header?.cluster_id) !== undefined) this.checkHeader(header, false);
+      }
     } catch (e) {
       if (this.closed) return;
       debug('watchdog probe failed: %s', (e as Error).message);

@@ -51,6 +51,14 @@ const FIRST_ID = 2 ** 31;
  */
 const PROGRESS_MISSES = 3;
 const PROGRESS_RETRY_PROBES = 60;
+/**
+ * A stream silent this long is asked whether it is still there. Not sooner: the
+ * connection's watchdog already notices a member or proxy that stops answering within
+ * about two request timeouts, and every probe here is a request to etcd for each client
+ * (behind a grpc-proxy, a canary is a watch created and cancelled on etcd). This one is
+ * for a stream lost on its own (a connection dropped by a middlebox while idle).
+ */
+const STREAM_CHECK_MS = 30_000;
 
 export interface WatchTarget {
   /** For logs. */
@@ -118,6 +126,8 @@ export class WatchStream {
   private progressFrom = 0;
   /** Responses, and answers to progress requests, received on the current stream. */
   private heard = 0;
+  /** When the current stream last answered (or opened). */
+  private heardAt = 0;
   private progressAnswers = 0;
   private probe: Probe | undefined;
   private probes = 0;
@@ -263,6 +273,7 @@ export class WatchStream {
   private onResponse(stream: IDuplexStream<IWatchRequest, IWatchResponse>, res: IWatchResponse): void {
     if (stream !== this.stream) return;
     this.heard++;
+    this.heardAt = Date.now();
     this.backoff = cappedBackoff().next();
     this.conn.checkHeader(res.header, false);
     const serverId = Number(res.watch_id);
@@ -438,10 +449,12 @@ export class WatchStream {
   /**
    * Every request timeout: a probe that went unanswered for a request timeout is
    * followed by a canary if it had none; an unanswered canary means the stream is dead.
-   * Any response on the stream answers a probe.
+   * Any response on the stream answers a probe; a probe goes out once the stream has
+   * been silent for STREAM_CHECK_MS.
    */
   private startPing(): void {
     this.stopPing();
+    this.heardAt = Date.now();
     const timeout = this.conn.requestTimeoutMs;
     this.pingTimer = setInterval(() => this.tick(timeout), timeout);
     this.pingTimer.unref();
@@ -469,6 +482,7 @@ export class WatchStream {
         return;
       }
     }
+    if (now - this.heardAt < STREAM_CHECK_MS) return;
     this.sendProbe(now, false, undefined);
   }
 
