@@ -126,6 +126,8 @@ export class WatchStream {
   /** Targets whose next create asks for `nextRevision` itself (the revision before it was compacted). */
   private readonly exactStart = new WeakSet<WatchTarget>();
   private backoff = cappedBackoff().next();
+  /** The backoff as a response last reset it: reset again only once a reopen has used it (no allocation per response). */
+  private freshBackoff = this.backoff;
   private reopenTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -263,7 +265,7 @@ export class WatchStream {
   private onResponse(stream: IDuplexStream<IWatchRequest, IWatchResponse>, res: IWatchResponse): void {
     if (stream !== this.stream) return;
     this.heard++;
-    this.backoff = cappedBackoff().next();
+    if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
     this.conn.checkHeader(res.header, false);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
