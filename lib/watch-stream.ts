@@ -350,11 +350,22 @@ export class WatchStream {
     }
     if (res.events.length > 0) {
       // The watch started one revision early: what is below skipBelow was delivered before.
+      // (Copied only when some are below it: the first response of a watch, at most.)
       const skip = sent?.skipBelow ?? 0;
-      const events = res.events.filter((e) => Number(e.kv.mod_revision) >= skip);
+      let events = res.events;
+      for (const e of events) {
+        if (Number(e.kv.mod_revision) < skip) {
+          events = events.filter((x) => Number(x.kv.mod_revision) >= skip);
+          break;
+        }
+      }
       if (events.length === 0) return;
       target.nextRevision = Number(events[events.length - 1]!.kv.mod_revision) + 1;
-      this.guard(() => target.onEvents(events));
+      try {
+        target.onEvents(events);
+      } catch (e) {
+        this.onError(e as Error);
+      }
     } else {
       target.nextRevision = Math.max(target.nextRevision, revision + 1);
     }
