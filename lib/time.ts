@@ -26,12 +26,21 @@ export function delay(ms: number, signal?: AbortSignal, ref = false): Promise<vo
  * ref'd only when asked: a pending deadline must not hold a finished process open.
  */
 export function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error, ref = false): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(onTimeout()), ms);
+  // One promise and one timer (no race, no finally): this wraps every register() and unregister().
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms);
     if (!ref) timer.unref();
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** Races `work` against an optional timeout (ms, already validated) and AbortSignal. */

@@ -26,9 +26,11 @@ export const HOST_PORT = /^(\[[^\]]+\]|[^:[\]/?#@\\]+)(?::(\d+))?$/;
 // eslint-disable-next-line no-control-regex
 const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\s\u200b-\u200f\u202a-\u202e\u2060-\u2069]/;
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /** True when `text` has no lone surrogate, i.e. it survives UTF-8 encoding unchanged. */
 export function isWellFormed(text: string): boolean {
-  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(text);
+  return !LONE_SURROGATE.test(text);
 }
 
 export function validateServiceName(service: unknown, what = 'service name'): string {
@@ -43,27 +45,30 @@ export function validateServiceName(service: unknown, what = 'service name'): st
 
 /** Any address that can be a key segment: what discovery accepts from other writers. */
 export function validateAddress(address: unknown, what = 'address'): string {
-  const invalid = (why: string): RegistryError => new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
-  if (typeof address !== 'string' || address.length === 0) throw invalid('expected a non-empty "host:port" or URL');
-  if (address.length > MAX_ADDRESS_LENGTH) throw invalid(`longer than ${MAX_ADDRESS_LENGTH} characters`);
-  if (UNPRINTABLE.test(address)) throw invalid('it contains white space, control, invisible or text-direction characters');
-  if (!isWellFormed(address)) throw invalid('it is not valid Unicode (a lone surrogate)');
-  if (address === '.' || address === '..') throw invalid('expected a "host:port" or URL');
+  if (typeof address !== 'string' || address.length === 0) throw invalidAddress(what, address, 'expected a non-empty "host:port" or URL');
+  if (address.length > MAX_ADDRESS_LENGTH) throw invalidAddress(what, address, `longer than ${MAX_ADDRESS_LENGTH} characters`);
+  if (UNPRINTABLE.test(address)) throw invalidAddress(what, address, 'it contains white space, control, invisible or text-direction characters');
+  if (!isWellFormed(address)) throw invalidAddress(what, address, 'it is not valid Unicode (a lone surrogate)');
+  if (address === '.' || address === '..') throw invalidAddress(what, address, 'expected a "host:port" or URL');
   return address;
+}
+
+/** Built only when an address is refused (these checks run for every register() and every event). */
+function invalidAddress(what: string, address: unknown, why: string): RegistryError {
+  return new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
 }
 
 /** An address this library publishes: `host:port` (port 1 to 65535, IPv6 as `[::1]:80`) or a URL. */
 export function validateServiceAddress(address: unknown, what = 'address'): string {
   const checked = validateAddress(address, what);
-  const invalid = (why: string): RegistryError => new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
   if (checked.includes('://')) {
-    if (!URL.canParse(checked)) throw invalid('expected host:port or a valid URL');
+    if (!URL.canParse(checked)) throw invalidAddress(what, address, 'expected host:port or a valid URL');
     return checked;
   }
   const m = HOST_PORT.exec(checked);
   const port = Number(m?.[2]);
   if (!m || !(port >= 1 && port <= 65535) || !URL.canParse(`http://${m[1]}`)) {
-    throw invalid('expected host:port with a port from 1 to 65535 (IPv6 as [::1]:80), or a URL');
+    throw invalidAddress(what, address, 'expected host:port with a port from 1 to 65535 (IPv6 as [::1]:80), or a URL');
   }
   return checked;
 }

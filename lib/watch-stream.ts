@@ -136,6 +136,8 @@ export class WatchStream {
   /** Targets whose next create asks for `nextRevision` itself (the revision before it was compacted). */
   private readonly exactStart = new WeakSet<WatchTarget>();
   private backoff = cappedBackoff().next();
+  /** The backoff as a response last reset it: reset again only once a reopen has used it (no allocation per response). */
+  private freshBackoff = this.backoff;
   private reopenTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
   private closed = false;
@@ -274,7 +276,7 @@ export class WatchStream {
     if (stream !== this.stream) return;
     this.heard++;
     this.heardAt = Date.now();
-    this.backoff = cappedBackoff().next();
+    if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
     this.conn.checkHeader(res.header, false);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
@@ -359,11 +361,22 @@ export class WatchStream {
     }
     if (res.events.length > 0) {
       // The watch started one revision early: what is below skipBelow was delivered before.
+      // (Copied only when some are below it: the first response of a watch, at most.)
       const skip = sent?.skipBelow ?? 0;
-      const events = res.events.filter((e) => Number(e.kv.mod_revision) >= skip);
+      let events = res.events;
+      for (const e of events) {
+        if (Number(e.kv.mod_revision) < skip) {
+          events = events.filter((x) => Number(x.kv.mod_revision) >= skip);
+          break;
+        }
+      }
       if (events.length === 0) return;
       target.nextRevision = Number(events[events.length - 1]!.kv.mod_revision) + 1;
-      this.guard(() => target.onEvents(events));
+      try {
+        target.onEvents(events);
+      } catch (e) {
+        this.onError(e as Error);
+      }
     } else {
       target.nextRevision = Math.max(target.nextRevision, revision + 1);
     }

@@ -220,7 +220,22 @@ export class LeaseKeeper {
   private async drain(): Promise<void> {
     while (!this.closed && this.intents.dirty) {
       try {
-        await this.policy.execute(() => this.step(), this.abort.signal);
+        // The first attempt outside the policy (the usual case: it works); a failure goes
+        // through the policy as its first attempt, so the retries and their backoff are the same.
+        let failed: { error: unknown } | undefined;
+        try {
+          await this.step();
+        } catch (error) {
+          failed = { error };
+        }
+        if (failed) {
+          await this.policy.execute(() => {
+            if (!failed) return this.step();
+            const { error } = failed;
+            failed = undefined;
+            throw error;
+          }, this.abort.signal);
+        }
       } catch (e) {
         if (!this.closed) debug('writer stopped: %s', (e as Error).message);
         return;
@@ -269,7 +284,6 @@ export class LeaseKeeper {
     const leaseId = this.session.leaseId;
     if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
     const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
-    const doing = `write ${quote(writes[0]!.key)}${writes.length > 1 ? ` and ${writes.length - 1} more key(s)` : ''} on lease ${leaseId}`;
     this.intents.sending(writes);
     let revision: number;
     try {
@@ -283,12 +297,12 @@ export class LeaseKeeper {
       else if (!isUnreachableError(e) && writes.length > 1) {
         // etcd refuses a transaction as a whole (too large, one key outside a role's prefix):
         // halves are tried on their own, so only the key it refuses fails its caller.
-        debug('%s refused (%s): splitting the transaction', doing, (e as Error).message);
+        debug('%s refused (%s): splitting the transaction', describeWrites(writes, leaseId), (e as Error).message);
         const half = Math.ceil(writes.length / 2);
         const first = await this.put(writes.slice(0, half));
         const second = this.closed ? undefined : await this.put(writes.slice(half));
         return first ?? second;
-      } else this.refused(e, writes, doing);
+      } else this.refused(e, writes, describeWrites(writes, leaseId));
       return e;
     }
     if (this.closed) return undefined;
@@ -521,6 +535,11 @@ export class LeaseKeeper {
     this.flush();
     return error;
   }
+}
+
+/** What a put of `writes` does, for an error (built only when one fails). */
+function describeWrites(writes: readonly Write[], leaseId: string): string {
+  return `write ${quote(writes[0]!.key)}${writes.length > 1 ? ` and ${writes.length - 1} more key(s)` : ''} on lease ${leaseId}`;
 }
 
 /** The first writes that fit in MAX_TXN_BYTES (at least one). */
