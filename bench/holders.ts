@@ -1,7 +1,13 @@
 /**
  * Figures 2 and 3: registered child processes (ours / raw etcd3) and, in this
- * process, the two observers that see them go: a Registry's `change` event for
- * ours, a raw etcd3 watcher's `delete` event for raw.
+ * process, the observers that see them go.
+ *
+ * By default each mode has its own prefix and observer: a Registry's `change`
+ * event for ours, a raw etcd3 watcher's `delete` event for raw. With `shared`,
+ * both modes register under one prefix (the raw child writes the key and value
+ * the library would), and the same observers see every child: `gone` is the
+ * Registry's `change` event (what a user of the list sees) and `watched` the raw
+ * watch's `delete` event, for both modes alike.
  */
 import type { Etcd3, Watcher } from 'etcd3';
 import type { Registry } from '../lib';
@@ -20,6 +26,8 @@ export class HolderBench {
   readonly service = 'api';
   readonly prefix: Record<Mode, string>;
   readonly gone = new Arrivals();
+  /** With `shared`: the raw watch's delete events, for both modes. */
+  readonly watched = new Arrivals();
   private readonly client: Etcd3;
   private readonly observer: Registry;
   private watcher: Watcher | undefined;
@@ -29,9 +37,10 @@ export class HolderBench {
     private readonly ctx: Context,
     name: string,
     private readonly ttlSeconds: number,
+    private readonly shared = false,
   ) {
     const base = uniquePrefix(name);
-    this.prefix = { ours: base, raw: `${base}-raw` };
+    this.prefix = { ours: base, raw: shared ? base : `${base}-raw` };
     this.client = rawClient(ctx.endpoint);
     this.observer = registry(ctx.endpoint, this.prefix.ours);
   }
@@ -43,7 +52,8 @@ export class HolderBench {
     });
     await this.observer.endpoints(this.service);
     this.watcher = await this.client.watch().prefix(`${this.prefix.raw}/`).create();
-    this.watcher.on('delete', (kv) => this.gone.mark(kv.key.toString(), nowMs()));
+    const arrivals = this.shared ? this.watched : this.gone;
+    this.watcher.on('delete', (kv) => arrivals.mark(kv.key.toString(), nowMs()));
   }
 
   /** `perMode` children of each mode, spawned together, all registered on return (shuffled). */
@@ -72,7 +82,7 @@ export class HolderBench {
     }
     await this.observer.close();
     await deletePrefix(this.client, `${this.prefix.raw}/`).catch(() => undefined);
-    await deletePrefix(this.client, `${this.prefix.ours}/`).catch(() => undefined);
+    if (!this.shared) await deletePrefix(this.client, `${this.prefix.ours}/`).catch(() => undefined);
     this.client.close();
   }
 }

@@ -522,15 +522,20 @@ export class LeaseKeeper {
 
   private async doClose(timeoutMs: number): Promise<RegistryError | undefined> {
     this.closed = true;
+    const what = `which deletes this registry's ${this.intents.ownedCount} key(s) under ${quote(this.keys.root)}`;
+    // The revoke goes out before anything else. Its request reaches the socket once this turn
+    // of the event loop has run its synchronous code and microtasks: the tidying up waits for
+    // the next step (nothing can write meanwhile: the keeper and its session are closed).
+    const revoked = this.session.close(timeoutMs, what);
+    await new Promise<void>((resolve) => setImmediate(resolve));
     this.abort.abort(new RegistryClosedError('close'));
     for (const check of this.checks.values()) check.stop();
     this.checks.clear();
     this.conn.off('reset', this.onReset);
     this.conn.off('unreachable', this.onUnreachable);
     this.conn.off('reachable', this.onReachable);
-    const what = `which deletes this registry's ${this.intents.ownedCount} key(s) under ${quote(this.keys.root)}`;
     this.intents.closeAll(new RegistryClosedError('register'));
-    const error = await this.session.close(timeoutMs, what);
+    const error = await revoked;
     this.guard.close();
     this.flush();
     return error;
