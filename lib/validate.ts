@@ -43,6 +43,8 @@ export function validateServiceName(service: unknown, what = 'service name'): st
 
 /** Any address that can be a key segment: what discovery accepts from other writers. */
 export function validateAddress(address: unknown, what = 'address'): string {
+  // Discovery checks every address it reads: the common case (printable ASCII) costs one test.
+  if (typeof address === 'string' && address.length <= MAX_ADDRESS_LENGTH && PRINTABLE_ASCII.test(address) && address !== '.' && address !== '..') return address;
   const invalid = (why: string): RegistryError => new RegistryError('ERR_INVALID_ADDRESS', `${what} ${quote(address)} is invalid: ${why}`);
   if (typeof address !== 'string' || address.length === 0) throw invalid('expected a non-empty "host:port" or URL');
   if (address.length > MAX_ADDRESS_LENGTH) throw invalid(`longer than ${MAX_ADDRESS_LENGTH} characters`);
@@ -51,6 +53,9 @@ export function validateAddress(address: unknown, what = 'address'): string {
   if (address === '.' || address === '..') throw invalid('expected a "host:port" or URL');
   return address;
 }
+
+/** Non-empty printable ASCII (no space): passes every check of validateAddress() but `.` / `..`. */
+const PRINTABLE_ASCII = /^[!-~]+$/;
 
 /** An address this library publishes: `host:port` (port 1 to 65535, IPv6 as `[::1]:80`) or a URL. */
 export function validateServiceAddress(address: unknown, what = 'address'): string {
