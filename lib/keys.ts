@@ -105,15 +105,20 @@ export const MAX_VALUE_BYTES = 64 * 1024;
  * Never throws: hostile data is the caller's to count and skip.
  */
 export function decodeEndpoint(service: string, servicePrefix: string, key: string, value: string | Buffer, context?: ReadContext): DecodeResult {
+  if (context) context.metadataText = undefined;
   if (!key.startsWith(servicePrefix)) return { ok: false, reason: 'key is outside the service prefix' };
   const segmentLength = key.length - servicePrefix.length;
   if (segmentLength === 0) return { ok: false, reason: 'key has no endpoint segment' };
   // A string of n UTF-16 units is at most 3n bytes of UTF-8: count bytes only when it could matter.
   const tooLarge = typeof value === 'string' ? value.length * 3 > MAX_VALUE_BYTES && Buffer.byteLength(value) > MAX_VALUE_BYTES : value.length > MAX_VALUE_BYTES;
-  if (context) context.metadataText = undefined;
-  if (tooLarge) return { ok: false, reason: `value is larger than ${MAX_VALUE_BYTES} bytes` };
-  const text = typeof value === 'string' ? value : value.toString('utf8');
   const nested = key.indexOf('/', servicePrefix.length) !== -1;
+  if (tooLarge) return { ok: false, reason: `value is larger than ${MAX_VALUE_BYTES} bytes` };
+  if (context && typeof value !== 'string') {
+    // Read from etcd: the canonical form is recognised in the bytes, without decoding them all.
+    const fast = decodeCanonicalBytes(service, key, segmentLength, nested, value, context);
+    if (fast !== undefined) return fast;
+  }
+  const text = typeof value === 'string' ? value : value.toString('utf8');
   if (text.length === 0) {
     if (nested) return { ok: false, reason: EXTRA_SEGMENTS };
     const address = decodeAddress(key.slice(servicePrefix.length));
@@ -166,14 +171,44 @@ function decodeCanonical(service: string, key: string, segmentLength: number, ne
   if (address.length > MAX_ADDRESS_LENGTH || !PLAIN_ADDRESS.test(address) || address === '.' || address === '..') return undefined;
   if (nested && !isSegment(key, segmentLength, address)) return undefined;
   const start = end + CANONICAL_MID.length;
+  if (text.length - start === 5 && text.startsWith('null', start)) return canonical(service, key, address, undefined, context);
+  if (text.charCodeAt(start) !== 0x7b /* { */) return undefined;
+  return canonical(service, key, address, text.slice(start, -1), context);
+}
+
+const HEAD_BYTES = Buffer.from(CANONICAL_HEAD);
+const MID_BYTES = Buffer.from(CANONICAL_MID);
+
+/** decodeCanonical() of the value's UTF-8 bytes. */
+function decodeCanonicalBytes(service: string, key: string, segmentLength: number, nested: boolean, bytes: Buffer, context: ReadContext): DecodeResult | undefined {
+  const n = bytes.length;
+  const head = HEAD_BYTES.length;
+  const mid = MID_BYTES.length;
+  if (n < head + mid + 2 || bytes[n - 1] !== 0x7d /* } */) return undefined;
+  for (let i = 0; i < head; i++) if (bytes[i] !== HEAD_BYTES[i]) return undefined;
+  const end = bytes.indexOf(0x22 /* " */, head);
+  if (end < 0 || end + mid >= n) return undefined;
+  for (let i = 0; i < mid; i++) if (bytes[end + i] !== MID_BYTES[i]) return undefined;
+  // Latin-1 maps each byte to one character: PLAIN_ADDRESS then admits only ASCII, i.e. UTF-8 as is.
+  const address = bytes.toString('latin1', head, end);
+  if (address.length > MAX_ADDRESS_LENGTH || !PLAIN_ADDRESS.test(address) || address === '.' || address === '..') return undefined;
+  if (nested && !isSegment(key, segmentLength, address)) return undefined;
+  const start = end + mid;
+  if (n - start === 5 && bytes[start] === 0x6e && bytes[start + 1] === 0x75 && bytes[start + 2] === 0x6c && bytes[start + 3] === 0x6c) {
+    return canonical(service, key, address, undefined, context); // null
+  }
+  if (bytes[start] !== 0x7b /* { */) return undefined;
+  return canonical(service, key, address, bytes.toString('utf8', start, n - 1), context);
+}
+
+/** The endpoint of a canonical value, its metadata (`undefined`: null) parsed or found in the context. */
+function canonical(service: string, key: string, address: string, text: string | undefined, context: ReadContext | undefined): DecodeResult | undefined {
   let metadata: Readonly<Record<string, unknown>>;
-  let metadataText: string;
-  if (text.length - start === 5 && text.startsWith('null', start)) {
+  let metadataText = text;
+  if (metadataText === undefined) {
     metadata = NO_METADATA;
     metadataText = 'null';
   } else {
-    if (text.charCodeAt(start) !== 0x7b /* { */) return undefined;
-    metadataText = text.slice(start, -1);
     const known = context?.metadata.get(metadataText);
     if (known) {
       metadata = known.metadata;

@@ -166,9 +166,8 @@ export class PrefixView implements WatchTarget {
         const read = new Set(fill.keys);
         for (const key of list.keys()) if (!read.has(key)) list.set(key, undefined, batch.added, batch.removed);
       }
-      const { keys, entries } = fill;
-      for (let i = 0; i < keys.length; i++) list.set(keys[i]!, entries[i], batch.added, batch.removed);
-      total += keys.length;
+      list.setAll(fill.keys, fill.entries, batch.added, batch.removed);
+      total += fill.keys.length;
       batches.push(batch);
     }
     this.nextRevision = snapshot.revision + 1;
@@ -290,15 +289,15 @@ export class PrefixView implements WatchTarget {
         if (!fill) fresh.set(located.list, (fill = { keys: [], entries: [] }));
         last.fill = fill;
       }
-      const value = kv.value.toString();
-      const result = decodeEndpoint(last.service, last.prefix, key, value, context);
+      const result = decodeEndpoint(last.service, last.prefix, key, kv.value, context);
       if (!result.ok) {
         // Unusable: left out of the read, so it replaces whatever the key held before.
         this.invalid(last.service, key, result.reason);
         continue;
       }
       last.fill.keys.push(key);
-      last.fill.entries.push(context.metadataText === undefined ? { endpoint: result.endpoint, value } : new CanonicalEntry(result.endpoint, context.metadataText));
+      const text = context.metadataText;
+      last.fill.entries.push(text === undefined ? { endpoint: result.endpoint, value: kv.value.toString() } : new CanonicalEntry(result.endpoint, text));
     }
   }
 
