@@ -4,6 +4,7 @@
  * `npx tsx bench/diagnostics/cold-profile.ts [services] [reps] [ours|raw|both]`
  * (add `node --cpu-prof` via NODE_OPTIONS to profile).
  */
+import { PerformanceObserver } from 'node:perf_hooks';
 import { Etcd3, Range, type IKeyValue } from 'etcd3';
 import { PAGE_SIZE } from '../../lib/read-prefix';
 import { EtcdNode } from '../../test/support/etcd';
@@ -25,6 +26,21 @@ async function rawRead(endpoint: string, prefix: string): Promise<number> {
   client.close();
   return kvs.length;
 }
+
+let gcMs = 0;
+let gcCount = 0;
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    gcMs += e.duration;
+    gcCount++;
+  }
+}).observe({ entryTypes: ['gc'] });
+const gcTaken = (): string => {
+  const s = `gc ${gcMs.toFixed(0)} ms in ${gcCount}`;
+  gcMs = 0;
+  gcCount = 0;
+  return s;
+};
 
 async function main(): Promise<void> {
   const services = Number(process.argv[2] ?? 10000);
@@ -50,14 +66,18 @@ async function main(): Promise<void> {
     for (let r = 0; r < reps; r++) {
       if (which !== 'ours') {
         gc();
+        await new Promise((r) => setTimeout(r, 50));
+        gcTaken();
         const t = performance.now();
         const c = process.cpuUsage();
         const n = await rawRead(endpoint, root);
         const cpu = process.cpuUsage(c);
-        console.log(`raw  ${(performance.now() - t).toFixed(0)} ms, cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms (${n})`);
+        console.log(`raw  ${(performance.now() - t).toFixed(0)} ms, cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ${gcTaken()} (${n})`);
       }
       if (which !== 'raw') {
         gc();
+        await new Promise((r) => setTimeout(r, 50));
+        gcTaken();
         const before = process.memoryUsage().heapUsed;
         const t = performance.now();
         const c = process.cpuUsage();
@@ -65,10 +85,11 @@ async function main(): Promise<void> {
         const all = await reg.services();
         const ms = performance.now() - t;
         const cpu = process.cpuUsage(c);
+        const gcs = gcTaken();
         gc();
         gc();
         const heap = process.memoryUsage().heapUsed - before;
-        console.log(`ours ${ms.toFixed(0)} ms, cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms (${all.size}), ${(heap / (services * 10)).toFixed(0)} B/endpoint`);
+        console.log(`ours ${ms.toFixed(0)} ms, cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ${gcs} (${all.size}), ${(heap / (services * 10)).toFixed(0)} B/endpoint`);
         await reg.close();
       }
     }
