@@ -45,6 +45,8 @@ export function validateServiceName(service: unknown, what = 'service name'): st
 
 /** Any address that can be a key segment: what discovery accepts from other writers. */
 export function validateAddress(address: unknown, what = 'address'): string {
+  // Discovery checks every address it reads: the common case (printable ASCII) costs one test.
+  if (typeof address === 'string' && address.length <= MAX_ADDRESS_LENGTH && PRINTABLE_ASCII.test(address) && address !== '.' && address !== '..') return address;
   if (typeof address !== 'string' || address.length === 0) throw invalidAddress(what, address, 'expected a non-empty "host:port" or URL');
   if (address.length > MAX_ADDRESS_LENGTH) throw invalidAddress(what, address, `longer than ${MAX_ADDRESS_LENGTH} characters`);
   if (UNPRINTABLE.test(address)) throw invalidAddress(what, address, 'it contains white space, control, invisible or text-direction characters');
@@ -52,6 +54,9 @@ export function validateAddress(address: unknown, what = 'address'): string {
   if (address === '.' || address === '..') throw invalidAddress(what, address, 'expected a "host:port" or URL');
   return address;
 }
+
+/** Non-empty printable ASCII (no space): passes every check of validateAddress() but `.` / `..`. */
+const PRINTABLE_ASCII = /^[!-~]+$/;
 
 /** Built only when an address is refused (these checks run for every register() and every event). */
 function invalidAddress(what: string, address: unknown, why: string): RegistryError {

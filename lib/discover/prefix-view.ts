@@ -13,7 +13,7 @@ import { EtcdPermissionDeniedError, Range, type IEvent, type IKeyValue } from 'e
 import { cappedBackoff } from '../backoff';
 import { type Connection, isUnreachableError, watchRefusal } from '../connection';
 import { RegistryClosedError, quote } from '../errors';
-import { SERVICE_NAME_PATTERN, decodeEndpoint, type KeySpace } from '../keys';
+import { SERVICE_NAME_PATTERN, canonicalValue, decodeEndpoint, type KeySpace, type ReadContext } from '../keys';
 import { logger } from '../log';
 import { readPrefix } from '../read-prefix';
 import type { Limiter } from './limiter';
@@ -42,6 +42,34 @@ export interface ViewHooks {
   /** The prefix was read again (compaction, data loss, a refused watch): for metrics. */
   onResynced(reason: string): void;
   onError(error: Error): void;
+}
+
+/** What one read found for one list, in key order. */
+interface Fill {
+  readonly keys: string[];
+  readonly entries: ListEntry[];
+}
+
+/** The service of the last key located during one read (fill undefined before the first). */
+interface LastService {
+  prefix: string;
+  service: string;
+  fill: Fill | undefined;
+}
+
+/**
+ * A value read in the canonical form keeps only its metadata text (shared by the endpoints
+ * whose metadata is the same); the value is spelled again on the rare comparison.
+ */
+class CanonicalEntry implements ListEntry {
+  constructor(
+    readonly endpoint: Endpoint,
+    private readonly metadataText: string,
+  ) {}
+
+  get value(): string {
+    return canonicalValue(this.endpoint.address, this.metadataText);
+  }
 }
 
 interface Batch {
@@ -121,27 +149,25 @@ export class PrefixView implements WatchTarget {
   /** Reads the whole prefix, replaces the lists with it and (re)starts the watch after it. */
   private async load(kind: ChangeKind): Promise<void> {
     if (this.closed) throw new RegistryClosedError('endpoints');
-    const fresh = new Map<ServiceList, Map<string, ListEntry>>();
-    for (const list of this.hooks.lists()) fresh.set(list, new Map());
+    const fresh = new Map<ServiceList, Fill>();
+    for (const list of this.hooks.lists()) fresh.set(list, { keys: [], entries: [] });
+    const last: LastService = { prefix: '', service: '', fill: undefined };
+    const context: ReadContext = { metadata: new Map(), metadataText: undefined };
     // Each page is decoded as it arrives, while the next one is on its way.
-    const snapshot = await readPrefix(this.conn, this.prefix, (kvs) => {
-      for (const kv of kvs) {
-        const decoded = this.decode(kv);
-        if (!decoded?.entry) continue;
-        let entries = fresh.get(decoded.list);
-        if (!entries) fresh.set(decoded.list, (entries = new Map()));
-        entries.set(decoded.key, decoded.entry);
-      }
-    });
+    const snapshot = await readPrefix(this.conn, this.prefix, (kvs) => this.decodePage(kvs, fresh, last, context));
     // Closed while reading: nothing was applied, and the caller must not take the lists as read.
     if (this.closed) throw new RegistryClosedError('endpoints');
     let total = 0;
     const batches: Batch[] = [];
-    for (const [list, entries] of fresh) {
+    for (const [list, fill] of fresh) {
       const batch: Batch = { list, added: [], removed: [] };
-      for (const key of list.keys()) if (!entries.has(key)) list.set(key, undefined, batch.added, batch.removed);
-      for (const [key, entry] of entries) list.set(key, entry, batch.added, batch.removed);
-      total += entries.size;
+      if (list.size > 0) {
+        // One read never holds a key twice: what the list has and the read has not was deleted.
+        const read = new Set(fill.keys);
+        for (const key of list.keys()) if (!read.has(key)) list.set(key, undefined, batch.added, batch.removed);
+      }
+      list.setAll(fill.keys, fill.entries, batch.added, batch.removed);
+      total += fill.keys.length;
       batches.push(batch);
     }
     this.nextRevision = snapshot.revision + 1;
@@ -242,6 +268,39 @@ export class PrefixView implements WatchTarget {
     return { list: located.list, key, entry: undefined };
   }
 
+  /**
+   * decode() for one page of a read, into `fresh`: keys arrive sorted, so one service's keys
+   * are consecutive and its list, prefix and name are looked up once per run of them (every
+   * endpoint of a service shares one service string); metadata is shared through `context`.
+   */
+  private decodePage(kvs: IKeyValue[], fresh: Map<ServiceList, Fill>, last: LastService, context: ReadContext): void {
+    for (const kv of kvs) {
+      const key = keyString(kv.key);
+      if (key === undefined) {
+        this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
+        continue;
+      }
+      if (last.fill === undefined || !key.startsWith(last.prefix)) {
+        const located = this.locate(key);
+        if (!located) continue;
+        last.service = located.service;
+        last.prefix = this.keys.servicePrefix(located.service);
+        let fill = fresh.get(located.list);
+        if (!fill) fresh.set(located.list, (fill = { keys: [], entries: [] }));
+        last.fill = fill;
+      }
+      const result = decodeEndpoint(last.service, last.prefix, key, kv.value, context);
+      if (!result.ok) {
+        // Unusable: left out of the read, so it replaces whatever the key held before.
+        this.invalid(last.service, key, result.reason);
+        continue;
+      }
+      last.fill.keys.push(key);
+      const text = context.metadataText;
+      last.fill.entries.push(text === undefined ? { endpoint: result.endpoint, value: kv.value.toString() } : new CanonicalEntry(result.endpoint, text));
+    }
+  }
+
   private invalid(service: string, key: string, reason: string): void {
     this.invalidCount++;
     debug('%s: skipping %s: %s', this.name, key, reason);
@@ -262,8 +321,13 @@ export class PrefixView implements WatchTarget {
   }
 }
 
-/** The key as a string, or undefined when its bytes are not valid UTF-8. */
+/**
+ * The key as a string, or undefined when its bytes are not valid UTF-8. Invalid bytes
+ * decode to U+FFFD: a key without one was valid (only one with it needs the strict decoder).
+ */
 function keyString(key: Buffer): string | undefined {
+  const text = key.toString('utf8');
+  if (!text.includes('\uFFFD')) return text;
   try {
     return utf8.decode(key);
   } catch {

@@ -165,6 +165,32 @@ export class ServiceList {
     }
   }
 
+  /**
+   * set() of every `keys[i]` to `entries[i]` (no key twice), in order; into a list that has
+   * no slot yet (the first read of a service), the chunks are built at once.
+   */
+  setAll(keys: readonly string[], entries: readonly ListEntry[], added: Endpoint[], removed: Endpoint[]): void {
+    const n = keys.length;
+    if (this.length !== 0 || n === 0) {
+      for (let i = 0; i < n; i++) this.set(keys[i]!, entries[i], added, removed);
+      return;
+    }
+    const chunks: Chunk[] = [];
+    for (let base = 0, c = 0; base < n; base += CHUNK, c++) {
+      chunks.push(entries.slice(base, base + CHUNK));
+      if (this.chunkEpoch) this.chunkEpoch[c] = this.epoch;
+    }
+    for (let i = 0; i < n; i++) {
+      this.index.set(keys[i]!, i);
+      added.push(entries[i]!.endpoint);
+    }
+    this.chunks = chunks; // a new table: the old (empty) one may be in a view
+    this.tableShared = false;
+    this.length = n;
+    this.version++;
+    this.snapshot = undefined;
+  }
+
   /** Tells the pickers and drops the cached array after a batch of set() calls. */
   commit(added: readonly Endpoint[], removed: readonly Endpoint[]): void {
     if (added.length === 0 && removed.length === 0) return;

@@ -13,6 +13,7 @@ import { isRegistryError } from '../../lib/errors';
 import {
   KeySpace,
   MAX_VALUE_BYTES,
+  canonicalValue,
   decodeAddress,
   decodeEndpoint,
   encodeAddress,
@@ -20,6 +21,7 @@ import {
   validateAddress,
   validateMetadata,
   validateServiceName,
+  type ReadContext,
 } from '../../lib/keys';
 
 const RUNS = 2_000;
@@ -275,5 +277,61 @@ describe('decodeEndpoint on arbitrary records', () => {
     expect(keys.serviceOf('p/services/x')).toBeUndefined();
     expect(keys.serviceOf('p/services//x')).toBeUndefined();
     expect(keys.serviceOf('q/services/web/x')).toBeUndefined();
+  });
+});
+
+describe('decodeEndpoint of a read (bytes, with a ReadContext)', () => {
+  /** The general path alone: a string value and no context never take the canonical shortcut's metadata sharing. */
+  function general(service: string, servicePrefix: string, key: string, value: string): unknown {
+    const parsedValue = value.length === 0 ? value : ` ${value}`; // a leading space: JSON all the same, never the canonical form
+    return decodeEndpoint(service, servicePrefix, key, parsedValue);
+  }
+  const metadataJson = fc.oneof(
+    fc.constantFrom('null', '{}', '{"zone":"a"}', '{"a":1,"b":true,"c":null}', '{"n":{"x":1}}', '{"l":[1,2]}', '{"__proto__":{"x":1}}', '"text"', '1', '[1]', '{', '{"a":1}}', '{"a":1},"Op":1', ''),
+    fc.jsonValue().map((v) => JSON.stringify(v)),
+    fc.dictionary(fc.string({ maxLength: 4 }), fc.oneof(fc.string({ maxLength: 4 }), fc.integer(), fc.boolean())).map((d) => JSON.stringify(d)),
+  );
+  const addressString = fc.oneof(anyString, fc.constantFrom('10.0.0.7:80', '.', '..', 'a"b', 'a\\b', 'unix:///tmp/s.sock', 'x'.repeat(1025), 'é:80'));
+
+  it('gives what the general path gives, and when it keeps only the metadata text, that text spells the value again', () => {
+    const context: ReadContext = { metadata: new Map(), metadataText: undefined };
+    const servicePrefix = 'p/services/web/';
+    let canonicalSeen = 0;
+    fc.assert(
+      fc.property(addressString, metadataJson, fc.boolean(), fc.boolean(), (address, metadata, asKey, opFirst) => {
+        const value = opFirst ? `{"Op":0,"Addr":${JSON.stringify(address)},"Metadata":${metadata}}` : `{"Op":0,"Addr":"${address}","Metadata":${metadata}}`;
+        const key = `${servicePrefix}${asKey ? address : encodeAddress(address)}`;
+        const bytes = Buffer.from(value, 'utf8');
+        const stored = bytes.toString('utf8'); // what etcd hands back (a lone surrogate became U+FFFD)
+        const read = decodeEndpoint('web', servicePrefix, key, bytes, context);
+        const readContext = context.metadataText;
+        const text = decodeEndpoint('web', servicePrefix, key, stored, context);
+        const textContext = context.metadataText;
+        expect(read).toStrictEqual(general('web', servicePrefix, key, stored));
+        expect(text).toStrictEqual(read);
+        expect(textContext).toBe(readContext);
+        if (textContext !== undefined) {
+          canonicalSeen++;
+          expect(read.ok && canonicalValue(read.endpoint.address, textContext)).toBe(stored);
+        }
+        if (read.ok) expect(Object.isFrozen(read.endpoint) && Object.isFrozen(read.endpoint.metadata)).toBe(true);
+      }),
+      { numRuns: RUNS },
+    );
+    expect(canonicalSeen).toBeGreaterThan(50);
+  });
+
+  it('shares one frozen metadata object between endpoints only when it is flat', () => {
+    const context: ReadContext = { metadata: new Map(), metadataText: undefined };
+    const p = 'p/services/web/';
+    const one = (addr: string, metadata: string): unknown => {
+      const r = decodeEndpoint('web', p, p + addr, Buffer.from(`{"Op":0,"Addr":"${addr}","Metadata":${metadata}}`), context);
+      if (!r.ok) throw new Error(r.reason);
+      return r.endpoint.metadata;
+    };
+    expect(one('a:1', '{"zone":"z"}')).toBe(one('b:1', '{"zone":"z"}'));
+    expect(one('a:1', '{"zone":"z"}')).not.toBe(one('b:1', '{"zone":"y"}'));
+    expect(one('a:1', '{"n":{"x":1}}')).not.toBe(one('b:1', '{"n":{"x":1}}'));
+    expect(one('a:1', '{"n":{"x":1}}')).toStrictEqual({ n: { x: 1 } });
   });
 });

@@ -70,4 +70,41 @@ describe('ServiceList', () => {
     expect(view.endpoints).toBe(before);
     expect(before).toHaveLength(300);
   });
+
+  it('setAll() into an empty list is set() key by key: same order, changes and views, then the same under later writes', () => {
+    for (const n of [1, 10, 128, 129, 300]) {
+      const keys = Array.from({ length: n }, (_v, i) => `k${i}`);
+      const entries = keys.map((k) => entry(k, 0));
+      const bulk = new ServiceList('svc');
+      const single = new ServiceList('svc');
+      const early = bulk.view(); // a view of the empty list keeps seeing it empty
+      const added: Endpoint[] = [];
+      bulk.setAll(keys, entries, added, []);
+      bulk.commit(added, []);
+      const expectedAdded: Endpoint[] = [];
+      for (let i = 0; i < n; i++) single.set(keys[i]!, entries[i], expectedAdded, []);
+      single.commit(expectedAdded, []);
+      expect(added).toEqual(expectedAdded);
+      expect(bulk.endpoints).toEqual(single.endpoints);
+      expect(bulk.keys()).toEqual(keys);
+      expect(early.endpoints).toEqual([]);
+      const view = bulk.view();
+      const before = [...bulk.endpoints];
+      for (const list of [bulk, single]) {
+        const a: Endpoint[] = [];
+        const r: Endpoint[] = [];
+        list.set('k0', undefined, a, r);
+        list.set(`k${n - 1}`, entry(`k${n - 1}`, 1), a, r);
+        list.set('new', entry('new', 0), a, r);
+        list.commit(a, r);
+      }
+      expect(bulk.endpoints).toEqual(single.endpoints);
+      expect(bulk.get('new')?.value).toBe('new=0');
+      expect(view.endpoints).toEqual(before);
+      // Into a list that already has slots, setAll() is set() itself.
+      const a: Endpoint[] = [];
+      bulk.setAll(['k1', 'x'], [entry('k1', 5), entry('x', 0)], a, []);
+      expect(a.map((e) => e.key)).toEqual(['k1', 'x']);
+    }
+  });
 });
