@@ -325,8 +325,6 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * the interval, so that a fleet started at once does not send them at once.
    */
   private nextVouchAt = Date.now() + Math.random() * VOUCH_INTERVAL_MS;
-  /** When a call last answered: the watchdog has nothing to prove within an interval of it. */
-  private lastAnswerAt = 0;
   private lastRebuild = 0;
   private rebuilding = false;
   /** Which members of the current client answer. */
@@ -425,7 +423,6 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         debug('call made on a client that was just replaced: again on generation %d', this.generation);
         result = await fn(this.client);
       }
-      this.lastAnswerAt = Date.now();
       this.markReachable();
       return result;
     } catch (e) {
@@ -507,10 +504,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * undefined. A refusal for permission (a role limited to some services' prefixes) is an
    * answer too: etcd is there, and the calls that need the permission will say so.
    */
-  private async probe(deadlineMs: number): Promise<string | undefined> {
+  private async probe(deadlineMs: number, serializable = false): Promise<string | undefined> {
     const baseline = { revision: this.maxRevision, vouched: this.vouchedRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
-    const header = await this.call((c) => this.probeWith(c, deadlineMs));
+    const header = await this.call((c) => this.probeWith(c, deadlineMs, serializable));
     if (!header) return undefined;
+    // A member answers a serializable read from its own store: what it has, etcd committed.
+    // etcd's gRPC proxy (cluster id 0) answers one from its cache: it only says it answers.
+    if (serializable && knownClusterId(header.cluster_id) === undefined) return undefined;
     const revision = Number(header.revision);
     const clusterId = knownClusterId(header.cluster_id);
     // A reset confirmed while this read was out: this one says nothing new.
@@ -614,6 +614,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     } else {
       this.maxRevision = revision;
     }
+  }
+
+  /** `revision` is one etcd wrote (a watch event's): it counts as vouched for (see confirmLoss). */
+  vouch(revision: number): void {
+    if (revision > this.vouchedRevision) this.vouchedRevision = revision;
   }
 
   /**
@@ -723,32 +728,26 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.watchdogTimer || this.closed) return;
     const interval = this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
     this.watchdogTimer = setInterval(() => {
-      void this.watchdog(interval);
+      void this.watchdog();
       this.checkSkippedMembers();
     }, interval);
     this.watchdogTimer.unref();
   }
 
   /**
-   * Proves the client still gets answers: a read with a deadline, unless a call answered
-   * within the interval. Every VOUCH_INTERVAL_MS it is linearizable (see probe()); the
-   * others are serializable, and only their answer counts, not their header, when it comes
-   * from etcd's gRPC proxy (cluster id 0), which answers them from a cache.
+   * Proves the client still gets answers: a read with a deadline. About every
+   * VOUCH_INTERVAL_MS it is linearizable (see probe()); the others are serializable, and
+   * only their answer counts, not their header, when it comes from etcd's gRPC proxy
+   * (cluster id 0), which answers them from a cache.
    */
-  private async watchdog(interval: number): Promise<void> {
+  private async watchdog(): Promise<void> {
     if (this.watchdogBusy || this.closed) return;
     const now = Date.now();
     const vouch = now >= this.nextVouchAt;
-    if (!vouch && now - this.lastAnswerAt < interval) return;
     this.watchdogBusy = true;
     try {
-      if (vouch) {
-        this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());
-        await this.probe(this.options.requestTimeoutMs);
-      } else {
-        const header = await this.call((c) => this.probeWith(c, this.options.requestTimeoutMs, true));
-        if (knownClusterId(header?.cluster_id) !== undefined) this.checkHeader(header, false);
-      }
+      if (vouch) this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());
+      await this.probe(this.options.requestTimeoutMs, !vouch);
     } catch (e) {
       if (this.closed) return;
       debug('watchdog probe failed: %s', (e as Error).message);

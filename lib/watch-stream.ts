@@ -56,7 +56,9 @@ const PROGRESS_RETRY_PROBES = 60;
  * connection's watchdog already notices a member or proxy that stops answering within
  * about two request timeouts, and every probe here is a request to etcd for each client
  * (behind a grpc-proxy, a canary is a watch created and cancelled on etcd). This one is
- * for a stream lost on its own (a connection dropped by a middlebox while idle).
+ * for a stream lost on its own (a connection dropped by a middlebox while idle). A stream
+ * with a create not answered yet (a stream just opened, on a connection that may have been
+ * made while etcd did not answer) is checked every request timeout, as before.
  */
 const STREAM_CHECK_MS = 30_000;
 
@@ -371,7 +373,10 @@ export class WatchStream {
         }
       }
       if (events.length === 0) return;
-      target.nextRevision = Number(events[events.length - 1]!.kv.mod_revision) + 1;
+      const last = Number(events[events.length - 1]!.kv.mod_revision);
+      target.nextRevision = last + 1;
+      // An event's revision is one etcd wrote (a header's may be a grpc-proxy's own).
+      this.conn.vouch(last);
       try {
         target.onEvents(events);
       } catch (e) {
@@ -495,7 +500,8 @@ export class WatchStream {
         return;
       }
     }
-    if (now - this.heardAt < STREAM_CHECK_MS) return;
+    // A create not answered yet is a question etcd owes an answer to: checked at once.
+    if (this.pendingCreates.length === 0 && now - this.heardAt < STREAM_CHECK_MS) return;
     this.sendProbe(now, false, undefined);
   }
 

@@ -126,9 +126,14 @@ export function resyncReason(reason: string): ResyncReason {
   return 'other';
 }
 
+/** Services whose change attributes are kept (see Metrics.changed()). */
+const MAX_CACHED_SERVICES = 1000;
+
 export class RegistryMetrics {
   private readonly instruments = sharedInstruments();
   private readonly attributes: Attributes;
+  /** Per service, the attributes of a change (see changed()). */
+  private readonly serviceAttributes = new Map<string, Attributes>();
   private readonly counts = {
     leaseLosses: zero<LeaseLossReason>(['no_keepalive_answer', 'ttl_zero', 'not_found', 'other']),
     reregistrations: 0,
@@ -173,7 +178,14 @@ export class RegistryMetrics {
 
   changed(service: string): void {
     this.counts.changes++;
-    this.instruments.changes.add(1, { ...this.attributes, 'service_registry.service': service });
+    let attributes = this.serviceAttributes.get(service);
+    if (attributes === undefined) {
+      // Built once per service (a change reaches every client of a fleet); bounded by a reset.
+      if (this.serviceAttributes.size >= MAX_CACHED_SERVICES) this.serviceAttributes.clear();
+      attributes = { ...this.attributes, 'service_registry.service': service };
+      this.serviceAttributes.set(service, attributes);
+    }
+    this.instruments.changes.add(1, attributes);
   }
 
   fetchAttempt(service: string, outcome: FetchOutcome, seconds: number): void {
