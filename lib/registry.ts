@@ -391,7 +391,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       for (const e of removed) if (!kept?.has(e.key)) this.outliers.forget(e.key);
     }
     if (changed) {
-      debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
+      if (debug.enabled) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
       this.metrics.changed(list.service);
     }
     const subs = subscriptions !== undefined && subscriptions.size > 0 ? [...subscriptions] : undefined;
