@@ -17,8 +17,9 @@
  *   watches of a stream itself from 0: once a server answers with an id of its
  *   own, the stream is reopened with one create in flight at a time, and each
  *   answer tells the server's id of that create.
- * - The stream's sign of life is any response on it. When none came within a
- *   request timeout of a progress request, a canary watch (created, then
+ * - The stream's sign of life is any response on it. After STREAM_CHECK_MS of
+ *   silence (at once while a create is unanswered) a progress request asks; when no
+ *   response came within a request timeout of it, a canary watch (created, then
  *   cancelled) asks again: etcd answers a create at once whatever its watches'
  *   state, and so does the grpc-proxy, which drops progress requests. Only a
  *   canary left unanswered for a request timeout tears the stream down and
