@@ -88,10 +88,11 @@ const CONFIRM_GAP_MS = 200;
 const RESET_MIN_GAP_MS = 1000;
 const RESET_MAX_GAP_MS = 30_000;
 /**
- * How often the watchdog's read is linearizable. The others are serializable: a member
- * answers them from its own store, and etcd's gRPC proxy from its cache, so that a fleet
- * of idle clients behind proxies costs etcd next to nothing (issue 18). The linearizable
- * one vouches for the revision (data-loss detection) and for a member that still has a leader.
+ * How often the watchdog's read is linearizable with a single endpoint. The others are
+ * serializable: a member answers them from its own store, and etcd's gRPC proxy from its
+ * cache, so that a fleet of idle clients behind proxies costs etcd next to nothing (issue
+ * 18). The linearizable one vouches for the revision (data-loss detection) and for a
+ * member that still has a leader.
  */
 const VOUCH_INTERVAL_MS = 10_000;
 
@@ -507,10 +508,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private async probe(deadlineMs: number, serializable = false): Promise<string | undefined> {
     const baseline = { revision: this.maxRevision, vouched: this.vouchedRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
     const header = await this.call((c) => this.probeWith(c, deadlineMs, serializable));
-    if (!header) return undefined;
-    // A member answers a serializable read from its own store: what it has, etcd committed.
-    // etcd's gRPC proxy (cluster id 0) answers one from its cache: it only says it answers.
-    if (serializable && knownClusterId(header.cluster_id) === undefined) return undefined;
+    // A serializable answer only says the server answers: etcd's gRPC proxy gives it from a
+    // cache that outlives writes and even a wipe, with etcd's own cluster id in the header.
+    if (!header || serializable) return undefined;
     const revision = Number(header.revision);
     const clusterId = knownClusterId(header.cluster_id);
     // A reset confirmed while this read was out: this one says nothing new.
@@ -735,15 +735,16 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   /**
-   * Proves the client still gets answers: a read with a deadline. About every
-   * VOUCH_INTERVAL_MS it is linearizable (see probe()); the others are serializable, and
-   * only their answer counts, not their header, when it comes from etcd's gRPC proxy
-   * (cluster id 0), which answers them from a cache.
+   * Proves the client still gets answers: a read with a deadline. With one endpoint (one
+   * member, or a grpc-proxy) it is linearizable about every VOUCH_INTERVAL_MS (see probe())
+   * and serializable in between, an answer that says nothing of the revision.
    */
   private async watchdog(): Promise<void> {
     if (this.watchdogBusy || this.closed) return;
     const now = Date.now();
-    const vouch = now >= this.nextVouchAt;
+    // With several members, a linearizable read every time: a member cut off from its peers
+    // still answers serializable reads (and its watch streams' probes) but delivers nothing.
+    const vouch = this.options.endpoints.length > 1 || now >= this.nextVouchAt;
     this.watchdogBusy = true;
     try {
       if (vouch) this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());

@@ -10,7 +10,7 @@ import { EtcdNode } from '../support/etcd';
 import { uniquePrefix } from '../support/env';
 import { GrpcProxy } from '../support/grpc-proxy';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, faultRegistry, measured, timeUntil } from './support';
+import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
 
 describe('through etcd grpc-proxy, under faults', () => {
   const etcd = new EtcdNode();
@@ -48,10 +48,17 @@ describe('through etcd grpc-proxy, under faults', () => {
     const owned = [await a.register({ service: 'web', address: '10.0.20.1:80' }), await a.register({ service: 'api', address: '10.0.20.2:80' })];
     await watcher.services();
     await expectConverged(client, prefix, owned, [watcher]);
+    // The proxy's cached answers outlive the wipe: they must not be taken for a second one.
+    const resets = { a: 0, watcher: 0 };
+    (a as unknown as { conn: NodeJS.EventEmitter }).conn.on('reset', () => resets.a++);
+    (watcher as unknown as { conn: NodeJS.EventEmitter }).conn.on('reset', () => resets.watcher++);
     await etcd.restart({ wipe: true });
     const healthy = Date.now();
     await expectConverged(client, prefix, owned, [watcher], 30_000);
     measured('through grpc-proxy: etcd restored empty → own endpoints back, watchers converged', Date.now() - healthy);
+    await sleep(4000);
+    expect(resets.a).toBeLessThanOrEqual(1);
+    expect(resets.watcher).toBeLessThanOrEqual(1);
   });
 
   it('a watcher cut off past a compaction re-reads through the proxy and reports exactly what changed', async () => {
