@@ -26,7 +26,8 @@ function heapNow(): Heap {
   return { heap: m.heapUsed, external: m.external + m.arrayBuffers };
 }
 
-async function rawRead(endpoint: string, prefix: string): Promise<{ kvs: IKeyValue[]; client: Etcd3 }> {
+/** The baseline: a new raw client reading the prefix in pages, pinned to the first page's revision. */
+export async function rawRead(endpoint: string, prefix: string): Promise<{ kvs: IKeyValue[]; client: Etcd3 }> {
   const client = new Etcd3({ hosts: endpoint });
   const range = Range.prefix(prefix);
   const kvs: IKeyValue[] = [];

@@ -505,12 +505,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * undefined. A refusal for permission (a role limited to some services' prefixes) is an
    * answer too: etcd is there, and the calls that need the permission will say so.
    */
-  private async probe(deadlineMs: number, serializable = false): Promise<string | undefined> {
+  private async probe(deadlineMs: number): Promise<string | undefined> {
     const baseline = { revision: this.maxRevision, vouched: this.vouchedRevision, clusterId: this.clusterId, epoch: this.resetEpoch };
-    const header = await this.call((c) => this.probeWith(c, deadlineMs, serializable));
-    // A serializable answer only says the server answers: etcd's gRPC proxy gives it from a
-    // cache that outlives writes and even a wipe, with etcd's own cluster id in the header.
-    if (!header || serializable) return undefined;
+    const header = await this.call((c) => this.probeWith(c, deadlineMs));
+    if (!header) return undefined;
     const revision = Number(header.revision);
     const clusterId = knownClusterId(header.cluster_id);
     // A reset confirmed while this read was out: this one says nothing new.
@@ -747,8 +745,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const vouch = this.options.endpoints.length > 1 || now >= this.nextVouchAt;
     this.watchdogBusy = true;
     try {
-      if (vouch) this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());
-      await this.probe(this.options.requestTimeoutMs, !vouch);
+      if (vouch) {
+        this.nextVouchAt = now + VOUCH_INTERVAL_MS * (0.8 + 0.4 * Math.random());
+        await this.probe(this.options.requestTimeoutMs);
+      } else {
+        // Only the answer counts, not its header: etcd's gRPC proxy gives a serializable read
+        // from a cache that outlives writes and even a wipe, with etcd's own cluster id.
+        await this.call((c) => this.probeWith(c, this.options.requestTimeoutMs, true));
+      }
     } catch (e) {
       if (this.closed) return;
       debug('watchdog probe failed: %s', (e as Error).message);

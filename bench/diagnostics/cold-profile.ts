@@ -5,27 +5,10 @@
  * (add `node --cpu-prof` via NODE_OPTIONS to profile).
  */
 import { PerformanceObserver } from 'node:perf_hooks';
-import { Etcd3, Range, type IKeyValue } from 'etcd3';
-import { PAGE_SIZE } from '../../lib/read-prefix';
+import { Etcd3 } from 'etcd3';
+import { rawRead } from '../fig5-cold-sync';
 import { EtcdNode } from '../../test/support/etcd';
 import { address, deletePrefix, gc, putMany, registry, uniquePrefix, value } from '../support';
-
-async function rawRead(endpoint: string, prefix: string): Promise<number> {
-  const client = new Etcd3({ hosts: endpoint });
-  const range = Range.prefix(prefix);
-  const kvs: IKeyValue[] = [];
-  let start = range.start;
-  let revision: string | undefined;
-  for (;;) {
-    const res = await client.kv.range({ key: start, range_end: range.end, limit: PAGE_SIZE, revision });
-    revision ??= res.header.revision;
-    kvs.push(...res.kvs);
-    if (!res.more || res.kvs.length === 0) break;
-    start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
-  }
-  client.close();
-  return kvs.length;
-}
 
 let gcMs = 0;
 let gcCount = 0;
@@ -70,7 +53,9 @@ async function main(): Promise<void> {
         gcTaken();
         const t = performance.now();
         const c = process.cpuUsage();
-        const n = await rawRead(endpoint, root);
+        const { kvs, client } = await rawRead(endpoint, root);
+        client.close();
+        const n = kvs.length;
         const cpu = process.cpuUsage(c);
         console.log(`raw  ${(performance.now() - t).toFixed(0)} ms, cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ${gcTaken()} (${n})`);
       }

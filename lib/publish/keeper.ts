@@ -18,7 +18,7 @@
  */
 import { EtcdLeaseInvalidError, type IKeyValue, type IRequestOp } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
-import { cappedBackoff } from '../backoff';
+import { cappedBackoff, retryAfterFirst } from '../backoff';
 import { type Connection, isUnreachableError } from '../connection';
 import { RegistryClosedError, type RegistryError, quote } from '../errors';
 import type { KeySpace } from '../keys';
@@ -220,22 +220,8 @@ export class LeaseKeeper {
   private async drain(): Promise<void> {
     while (!this.closed && this.intents.dirty) {
       try {
-        // The first attempt outside the policy (the usual case: it works); a failure goes
-        // through the policy as its first attempt, so the retries and their backoff are the same.
-        let failed: { error: unknown } | undefined;
-        try {
-          await this.step();
-        } catch (error) {
-          failed = { error };
-        }
-        if (failed) {
-          await this.policy.execute(() => {
-            if (!failed) return this.step();
-            const { error } = failed;
-            failed = undefined;
-            throw error;
-          }, this.abort.signal);
-        }
+        // The first attempt outside the policy (the usual case: it works).
+        await retryAfterFirst(this.step(), () => this.policy, () => this.step(), this.abort.signal);
       } catch (e) {
         if (!this.closed) debug('writer stopped: %s', (e as Error).message);
         return;

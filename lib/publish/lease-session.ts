@@ -24,10 +24,11 @@
  */
 import { EtcdLeaseInvalidError, type IDuplexStream, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
-import { cappedBackoff } from '../backoff';
+import { cappedBackoff, retryAfterFirst } from '../backoff';
 import { type Connection, isUnreachableError } from '../connection';
 import { RegistryClosedError, type RegistryError } from '../errors';
 import { logger } from '../log';
+import { withDeadline } from '../time';
 
 const debug = logger('lease');
 
@@ -322,30 +323,21 @@ export class LeaseSession {
     this.dropKeepaliveStream();
     this.retired.clear();
     // The throwaway lease of the warm-up, if it is still on its way: revoked by it (bounded by the deadline).
-    if (this.warming) await settledBy(this.warming, deadline);
+    if (this.warming) await withDeadline(this.warming, Math.max(0, deadline - Date.now()), () => new Error('warm-up still on its way at the deadline')).catch(() => undefined);
     return errors.find((e) => e !== undefined);
   }
 
   private async revokeForClose(leaseId: string, deadline: number, what: string): Promise<RegistryError | undefined> {
-    // The first attempt is sent now; the retry policy is built only if it fails.
-    const first = this.sendRevoke(leaseId, deadline);
+    // The first attempt is sent now; the retry policy is built only if it fails. Retried while
+    // etcd does not answer and a pause and another attempt fit before the deadline.
+    const maxDelay = 250;
+    const retryable = (err: Error): boolean => isUnreachableError(err) && deadline - Date.now() > maxDelay;
     try {
-      try {
-        await first;
-      } catch (e) {
-        // Retried while etcd does not answer and a pause and another attempt fit before the deadline.
-        const maxDelay = 250;
-        const retryable = (err: Error): boolean => isUnreachableError(err) && deadline - Date.now() > maxDelay;
-        if (!retryable(e as Error)) throw e;
-        let again: Promise<unknown> | undefined = first;
-        const policy = retry(handleWhen(retryable), { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff(maxDelay) });
-        // The policy's first attempt is the one that failed: it pauses before the next, as before.
-        await policy.execute(() => {
-          const attempt = again ?? this.sendRevoke(leaseId, deadline);
-          again = undefined;
-          return attempt;
-        });
-      }
+      await retryAfterFirst(
+        this.sendRevoke(leaseId, deadline),
+        () => retry(handleWhen(retryable), { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff(maxDelay) }),
+        () => this.sendRevoke(leaseId, deadline),
+      );
       debug('lease %s revoked on close', leaseId);
       return undefined;
     } catch (cause) {
@@ -354,22 +346,4 @@ export class LeaseSession {
       return this.conn.error(cause, `revoke lease ${leaseId} (${what})`);
     }
   }
-}
-
-/** Resolves once `promise` has settled, or at `deadline` (ms since epoch), whichever comes first. */
-function settledBy(promise: Promise<unknown>, deadline: number): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-    timer.unref();
-    promise.then(
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-      () => {
-        clearTimeout(timer);
-        resolve();
-      },
-    );
-  });
 }
