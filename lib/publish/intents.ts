@@ -49,13 +49,15 @@ interface Entry {
   paused: boolean;
   /** Its health check passes (true when it has none). */
   healthy: boolean;
-  /** Token of the latest register() or unregister(). */
+  /** Token of the latest register() or unregister(), or of the fallback after one failed. */
   call: number;
+  /** Token of the call `want` comes from: the latest call, or the one a failed call fell back to. */
+  source: number;
   /** Token of the latest state to write (a call, or a listing change). */
   token: number;
   /** Token of the latest state etcd confirmed; below `token` (or 0 after a loss) means a write is owed. */
   applied: number;
-  /** The registration last confirmed in etcd (or accepted while paused): what a failed call falls back to. */
+  /** The registration last confirmed in etcd (or accepted while paused) for a call that stands. */
   registered: Registration | undefined;
   /** A put of this key was sent at least once (it may be in etcd, on some lease of ours). */
   sent: boolean;
@@ -71,6 +73,11 @@ interface Entry {
   restoring: boolean;
   /** Owed again because of a recovery (lease lost, data loss, foreign delete, late put), not a call. */
   recovering: boolean;
+  /** Token of the latest register() withdrawn: a put as old as it answers no call (its callers were rejected). */
+  withdrawn: number;
+  /** What the newest call that succeeded asked for, and its token: what a failed newer call falls back to. */
+  settled: Registration | undefined;
+  settledToken: number;
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
   staleSince: number;
   waiters: Waiter[];
@@ -164,6 +171,7 @@ export class Intents {
         paused: false,
         healthy: true,
         call: 0,
+        source: 0,
         token: 0,
         applied: 0,
         registered: undefined,
@@ -174,6 +182,9 @@ export class Intents {
         lateRevision: 0,
         restoring: false,
         recovering: false,
+        withdrawn: 0,
+        settled: undefined,
+        settledToken: 0,
         staleSince: 0,
         waiters: [],
       };
@@ -197,7 +208,7 @@ export class Intents {
       entry.healthy = healthy;
     }
     entry.want = want;
-    entry.call = token;
+    entry.call = entry.source = token;
     entry.token = token;
     entry.recovering = false;
     const kind: IntentKind = want ? 'put' : 'delete';
@@ -251,26 +262,36 @@ export class Intents {
    * older ones of the same kind) reject with `error`. Unless a newer call came
    * meanwhile, the key falls back to what the calls before it asked for: the
    * newest older call still standing (an unregister() not yet confirmed, or a
-   * register() when an unregister() failed), else what was last confirmed: the
-   * previous registration (put again, in case the failed put landed) or absent
-   * (deleted, in case it landed). Returns false when a newer call superseded it.
+   * register() when an unregister() failed), else what the newest call that
+   * succeeded asked for: the previous registration (put again, in case the failed
+   * put landed) or absent (deleted, in case it landed). The same holds when the
+   * call that failed is one an earlier failure fell back to. Returns false when
+   * what the key holds does not come from the failed call (a newer call).
    */
   withdraw(key: string, token: number, kind: IntentKind, error: Error): boolean {
     const entry = this.entries.get(key);
     if (!entry) return false;
     const failed = (w: Waiter): boolean => w.token <= token && w.kind === kind;
-    for (const w of entry.waiters) if (failed(w)) w.reject(error);
+    // The key falls back when what it holds came from a call that failed now: the latest
+    // call, or a call an earlier failure fell back to.
+    let fallBack = false;
+    for (const w of entry.waiters) {
+      if (!failed(w)) continue;
+      w.reject(error);
+      if (w.token === entry.source) fallBack = true;
+    }
     entry.waiters = entry.waiters.filter((w) => !failed(w));
-    const latest = entry.call === token;
-    if (latest) {
+    if (kind === 'put') entry.withdrawn = Math.max(entry.withdrawn, token);
+    if (fallBack) {
       let standing: Waiter | undefined;
       for (const w of entry.waiters) if (w.kind !== 'list' && (!standing || w.token > standing.token)) standing = w;
-      entry.want = standing ? standing.want : entry.registered;
+      entry.want = standing ? standing.want : entry.settled;
+      entry.source = standing ? standing.token : entry.settledToken;
       entry.call = entry.token = ++this.clock;
       entry.recovering = false;
     }
     this.update(entry);
-    return latest;
+    return fallBack;
   }
 
   /** The writes owed, oldest first: at most `max` puts and `max` deletes. */
@@ -315,13 +336,20 @@ export class Intents {
     // by an older put of ours that landed late (see latePut): the calls it answers are
     // answered, but the key is still owed.
     const current = write.issued >= entry.staleSince && !(write.want && revision < entry.lateRevision);
-    const first = write.want !== undefined && entry.registered !== write.want;
+    // The put of a register() that was withdrawn (timed out, refused) while it was in flight:
+    // its callers were told it failed, so it is not what a later failure falls back to (the
+    // key falls back as withdraw() decided, and is written so once more).
+    const dead = write.want !== undefined && write.want !== entry.want && write.token <= entry.withdrawn;
+    const first = write.want !== undefined && entry.registered !== write.want && !dead;
     const restored = current && write.want !== undefined && entry.restoring && write.token === entry.token;
     if (restored) entry.restoring = false;
     if (current) entry.applied = write.token;
     // A key withheld (paused, unhealthy) is still registered: only an unregistration forgets it.
-    if (write.want || !entry.want) entry.registered = write.want;
-    this.release(entry, write.token, write.want ? 'put' : 'delete');
+    if (!dead) {
+      if (write.want || !entry.want) entry.registered = write.want;
+      // (A dead put answers nobody: the calls still waiting are answered by the write of the fallback.)
+      this.release(entry, write.token, write.want ? 'put' : 'delete');
+    }
     this.update(entry);
     return { first: first && !restored, restored };
   }
@@ -427,13 +455,20 @@ export class Intents {
    */
   private release(entry: Entry, token: number, written: IntentKind): void {
     const kept: Waiter[] = [];
+    const resolve = (w: Waiter): void => {
+      if (w.kind !== 'list' && w.token > entry.settledToken) {
+        entry.settled = w.want;
+        entry.settledToken = w.token;
+      }
+      w.resolve();
+    };
     for (const w of entry.waiters) {
       if (w.token > token) kept.push(w);
-      else if (written === 'put' || w.kind !== 'put') w.resolve();
+      else if (written === 'put' || w.kind !== 'put') resolve(w);
       else if (!entry.want) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
       else if (entry.paused) {
         entry.registered = entry.want;
-        w.resolve();
+        resolve(w);
       } else kept.push(w);
     }
     entry.waiters = kept;

@@ -219,6 +219,64 @@ describe('Intents: a failed register() falls back to what the calls before it as
     expect(intents.dirty).toBe(false);
   });
 
+  // Found by test/unit/intents-model.test.ts (seed 217), as MODEL_SEED=15887 met it against etcd 3.5.30.
+  it('a put confirmed after its register() was withdrawn is not what a later failure falls back to', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    first.done.catch(() => undefined);
+    const inFlight = intents.owed(128).puts;
+    intents.sending(inFlight);
+    // register() times out while its put is on its way: the key falls back to absent.
+    intents.withdraw(KEY, first.token, 'put', timeout());
+    expect(await settle(first.done)).toBe('ERR_ETCD_UNREACHABLE');
+    // The put lands and is answered after all: it answers nobody.
+    expect(intents.confirm(inFlight[0]!, 20)).toEqual({ first: false, restored: false });
+    expect(intents.endpoint(KEY)).toBeUndefined();
+    // Another register() that fails falls back to absent too, not to the put that landed.
+    const again = intents.intend(KEY, regN(2));
+    again.done.catch(() => undefined);
+    intents.withdraw(KEY, again.token, 'put', timeout());
+    expect(intents.endpoint(KEY)).toBeUndefined();
+    expect(intents.owed(128).deletes.map((w) => w.key)).toEqual([KEY]);
+  });
+
+  // Seed 646 of the same model.
+  it('an unregister() that etcd confirmed is what a later failed register() falls back to', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents);
+    await first.done;
+    const removed = intents.intend(KEY, undefined);
+    const { deletes } = intents.owed(128);
+    intents.sending(deletes);
+    // A register() comes while the delete is on its way; the delete is confirmed, then the register() times out.
+    const again = intents.intend(KEY, regN(2));
+    again.done.catch(() => undefined);
+    intents.deleteAnswered(deletes[0]!);
+    intents.confirm(deletes[0]!, 20);
+    expect(await settle(removed.done)).toBe('resolved');
+    intents.withdraw(KEY, again.token, 'put', timeout());
+    expect(intents.endpoint(KEY)).toBeUndefined();
+  });
+
+  // Seed 1363 of the same model.
+  it('a call that a failed call fell back to can fail in turn: the key falls back again', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    first.done.catch(() => undefined);
+    intents.sending(intents.owed(128).puts);
+    // unregister() is refused by etcd: the key falls back to the register() still pending before it.
+    const removed = intents.intend(KEY, undefined);
+    removed.done.catch(() => undefined);
+    intents.withdraw(KEY, removed.token, 'delete', new RegistryError('ERR_ETCD_REQUEST', 'refused'));
+    expect(intents.endpoint(KEY)?.metadata).toEqual({ n: 1 });
+    // Then that register() times out: nothing before it stands, and the key goes.
+    intents.withdraw(KEY, first.token, 'put', timeout());
+    expect(await settle(first.done)).toBe('ERR_ETCD_UNREACHABLE');
+    expect(intents.endpoint(KEY)).toBeUndefined();
+    expect(intents.owed(128).deletes.map((w) => w.key)).toEqual([KEY]);
+  });
+
   it('with nothing pending before it, a failed update falls back to the confirmed registration', async () => {
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
