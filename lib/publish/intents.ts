@@ -73,8 +73,8 @@ interface Entry {
   restoring: boolean;
   /** Owed again because of a recovery (lease lost, data loss, foreign delete, late put), not a call. */
   recovering: boolean;
-  /** Token of the latest register() withdrawn: a put as old as it answers no call (its callers were rejected). */
-  withdrawn: number;
+  /** The registrations of register() calls withdrawn (timed out, refused): a put of one answers no call. */
+  withdrawn: WeakSet<Registration> | undefined;
   /** What the newest call that succeeded asked for, and its token: what a failed newer call falls back to. */
   settled: Registration | undefined;
   settledToken: number;
@@ -182,7 +182,7 @@ export class Intents {
         lateRevision: 0,
         restoring: false,
         recovering: false,
-        withdrawn: 0,
+        withdrawn: undefined,
         settled: undefined,
         settledToken: 0,
         staleSince: 0,
@@ -216,7 +216,7 @@ export class Intents {
     // Registered while paused: accepted now, written on resume().
     if (want && entry.paused) {
       entry.registered = want;
-      this.release(entry, token, 'put');
+      this.accept(entry, token);
     }
     this.update(entry);
     return { token, done };
@@ -244,7 +244,14 @@ export class Intents {
     const before = target(entry);
     change();
     const after = target(entry);
-    if (before === after && entry.applied >= entry.token) return Promise.resolve();
+    if (before === after && entry.applied >= entry.token) {
+      // Still out of etcd, now by a pause: a registration waiting for its health check is accepted.
+      if (!after) {
+        this.release(entry, entry.token, 'delete');
+        this.update(entry);
+      }
+      return Promise.resolve();
+    }
     const token = ++this.clock;
     entry.token = token;
     entry.recovering = false;
@@ -278,10 +285,10 @@ export class Intents {
     for (const w of entry.waiters) {
       if (!failed(w)) continue;
       w.reject(error);
+      if (w.kind === 'put' && w.want) (entry.withdrawn ??= new WeakSet()).add(w.want);
       if (w.token === entry.source) fallBack = true;
     }
     entry.waiters = entry.waiters.filter((w) => !failed(w));
-    if (kind === 'put') entry.withdrawn = Math.max(entry.withdrawn, token);
     if (fallBack) {
       let standing: Waiter | undefined;
       for (const w of entry.waiters) if (w.kind !== 'list' && (!standing || w.token > standing.token)) standing = w;
@@ -339,15 +346,20 @@ export class Intents {
     // The put of a register() that was withdrawn (timed out, refused) while it was in flight:
     // its callers were told it failed, so it is not what a later failure falls back to (the
     // key falls back as withdraw() decided, and is written so once more).
-    const dead = write.want !== undefined && write.want !== entry.want && write.token <= entry.withdrawn;
+    const dead = write.want !== undefined && write.want !== entry.want && entry.withdrawn?.has(write.want) === true;
     const first = write.want !== undefined && entry.registered !== write.want && !dead;
     const restored = current && write.want !== undefined && entry.restoring && write.token === entry.token;
     if (restored) entry.restoring = false;
     if (current) entry.applied = write.token;
-    // A key withheld (paused, unhealthy) is still registered: only an unregistration forgets it.
+    // (A dead put answers nobody: the calls still waiting are answered by the write of the fallback.)
     if (!dead) {
-      if (write.want || !entry.want) entry.registered = write.want;
-      // (A dead put answers nobody: the calls still waiting are answered by the write of the fallback.)
+      if (write.want) {
+        // An older put does not demote a newer registration already confirmed (or accepted while paused).
+        if (write.token >= entry.call || !entry.want || entry.registered !== entry.want) entry.registered = write.want;
+      } else if (!entry.want && write.token >= entry.call) {
+        // Only the delete of an unregistration forgets the registration: a key withheld (paused, unhealthy) is still registered.
+        entry.registered = undefined;
+      }
       this.release(entry, write.token, write.want ? 'put' : 'delete');
     }
     this.update(entry);
@@ -455,21 +467,37 @@ export class Intents {
    */
   private release(entry: Entry, token: number, written: IntentKind): void {
     const kept: Waiter[] = [];
-    const resolve = (w: Waiter): void => {
-      if (w.kind !== 'list' && w.token > entry.settledToken) {
-        entry.settled = w.want;
-        entry.settledToken = w.token;
-      }
-      w.resolve();
-    };
     for (const w of entry.waiters) {
       if (w.token > token) kept.push(w);
-      else if (written === 'put' || w.kind !== 'put') resolve(w);
+      else if (written === 'put' || w.kind !== 'put') this.resolve(entry, w);
       else if (!entry.want) w.reject(new RegistryError('ERR_NOT_REGISTERED', `${entry.key} was unregistered before it reached etcd`));
       else if (entry.paused) {
         entry.registered = entry.want;
-        resolve(w);
+        this.resolve(entry, w);
       } else kept.push(w);
+    }
+    entry.waiters = kept;
+  }
+
+  /** Answers a call: the newest that succeeded is what a failed newer one falls back to. */
+  private resolve(entry: Entry, w: Waiter): void {
+    if (w.kind !== 'list' && w.token > entry.settledToken) {
+      entry.settled = w.want;
+      entry.settledToken = w.token;
+    }
+    w.resolve();
+  }
+
+  /**
+   * A registration accepted while paused: the calls as old as `token` are answered
+   * (an unregister() it supersedes included); a pause() or resume() still waits for
+   * etcd to hold what it asked.
+   */
+  private accept(entry: Entry, token: number): void {
+    const kept: Waiter[] = [];
+    for (const w of entry.waiters) {
+      if (w.token > token || w.kind === 'list') kept.push(w);
+      else this.resolve(entry, w);
     }
     entry.waiters = kept;
   }

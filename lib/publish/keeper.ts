@@ -326,20 +326,26 @@ export class LeaseKeeper {
     this.intents.sending(writes);
     const results = await Promise.allSettled(writes.map((w) => this.deleteOne(w)));
     let failure: unknown;
+    /** Per service, the lowest revision a delete was answered at. */
+    const from = new Map<string, number>();
     results.forEach((result, i) => {
       const w = writes[i]!;
       this.intents.deleteAnswered(w);
       if (result.status === 'fulfilled') {
-        this.intents.confirm(w, result.value.revision);
-        debug('unregistered %s%s', w.key, result.value.note);
-        // Watched from here on too: a put of ours that lands late is undone.
+        const { revision, note } = result.value;
+        this.intents.confirm(w, revision);
+        debug('unregistered %s%s', w.key, note);
         const service = this.keys.serviceOf(w.key);
-        if (service !== undefined && result.value.revision > 0) this.guard.watchFrom(service, result.value.revision);
+        if (service !== undefined && revision > 0) from.set(service, Math.min(from.get(service) ?? revision, revision));
         return;
       }
       failure = result.reason;
       this.refused(result.reason, [w], `delete ${quote(w.key)}`);
     });
+    // Watched from here on too, so that a put of ours that lands late is undone: from the
+    // round's lowest revision (a delete that found nothing answers with etcd's current
+    // revision, which may be past a late put on another key).
+    for (const [service, revision] of from) this.guard.watchFrom(service, revision);
     return failure;
   }
 

@@ -344,3 +344,59 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     expect(intents.dirty).toBe(false);
   });
 });
+
+describe('Intents: listing changes racing calls (found by test/unit/intents-model.test.ts and a review)', () => {
+  it('a put built after a listing change, confirmed after its register() was withdrawn, answers nobody and emits no registered event', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    first.done.catch(() => undefined);
+    // A resume() that changes nothing moves the write token past the call's.
+    void intents.setPaused(KEY, false)?.catch(() => undefined);
+    const inFlight = intents.owed(128).puts;
+    intents.sending(inFlight);
+    intents.withdraw(KEY, first.token, 'put', timeout());
+    expect(intents.confirm(inFlight[0]!, 20)?.first).toBe(false);
+    expect(intents.endpoint(KEY)).toBeUndefined();
+  });
+
+  it('a register() paused while its health check has not passed is accepted once the check passes', async () => {
+    const intents = new Intents();
+    const registered = intents.intend(KEY, regN(1), false);
+    await intents.setPaused(KEY, true);
+    intents.setHealthy(KEY, true);
+    expect(await settle(registered.done)).toBe('resolved');
+    expect(intents.pending).toBe(false);
+  });
+
+  it('an older put confirmed while paused does not make the registration accepted while paused pending again', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    const inFlight = intents.owed(128).puts;
+    intents.sending(inFlight);
+    const paused = intents.setPaused(KEY, true)!;
+    const second = intents.intend(KEY, regN(2));
+    expect(await settle(second.done)).toBe('resolved');
+    intents.confirm(inFlight[0]!, 20);
+    expect(await settle(first.done)).toBe('resolved');
+    expect(intents.pending).toBe(false);
+    writeAll(intents);
+    expect(await settle(paused)).toBe('resolved');
+  });
+
+  it('a register() while a pause() is on its way does not answer the pause() before etcd does', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents);
+    await first.done;
+    let pauseSettled = false;
+    const paused = intents.setPaused(KEY, true)!.finally(() => (pauseSettled = true));
+    const { deletes } = intents.owed(128);
+    intents.sending(deletes);
+    const second = intents.intend(KEY, regN(2));
+    expect(await settle(second.done)).toBe('resolved');
+    expect(pauseSettled).toBe(false);
+    intents.deleteAnswered(deletes[0]!);
+    intents.confirm(deletes[0]!, 20);
+    expect(await settle(paused)).toBe('resolved');
+  });
+});
