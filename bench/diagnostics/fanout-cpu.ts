@@ -2,6 +2,8 @@
  * CPU per change event per client, in one process: K Registries (or raw etcd3 watchers)
  * watching one service, N put/delete rounds from another client.
  *   npx tsx bench/diagnostics/fanout-cpu.ts [K] [N]
+ * The modes alternate, raw first and last (MODES=raw,ours,… to change): the first run of
+ * a process is slower (cold code), so a fixed order would favour the mode that runs later.
  */
 import { Etcd3 } from 'etcd3';
 import { Registry } from '../../lib';
@@ -20,7 +22,7 @@ async function main(): Promise<void> {
   const keys = new KeySpace(prefix);
   const writer = new Etcd3({ hosts: url });
   try {
-    for (const mode of (process.env.MODES ?? 'ours,raw,ours,raw').split(',')) {
+    for (const mode of (process.env.MODES ?? 'raw,ours,raw,ours,raw').split(',')) {
       let seen = 0;
       let want = 0;
       let done: (() => void) | undefined;
