@@ -61,6 +61,12 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   /** Outlier ejection (lib/choose/outlier.ts). */
   private readonly outliers: OutlierDetector;
   private currentStatus: RegistryStatus = 'idle';
+  /**
+   * The library's own waiters for a status change (ready(), watch()): kept here rather
+   * than as 'status' listeners, so that many concurrent calls neither show up in the
+   * application's listener counts nor set off Node's MaxListenersExceededWarning.
+   */
+  private readonly statusWaiters = new Set<(status: RegistryStatus) => void>();
   private unenroll: (() => void) | undefined;
   private closing: Promise<void> | undefined;
 
@@ -151,6 +157,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     debug('status %s -> %s', this.currentStatus, state);
     this.currentStatus = state;
     this.emit('status', state);
+    for (const waiter of Array.from(this.statusWaiters)) waiter(state);
   }
 
   /**
@@ -701,7 +708,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const stop = (): void => {
       if (stopped) return;
       stopped = true;
-      this.off('status', onStatus);
+      this.statusWaiters.delete(onStatus);
       signal?.removeEventListener('abort', stop);
       void sub.close();
       notify();
@@ -713,7 +720,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       dirty = true;
       notify();
     });
-    this.on('status', onStatus);
+    this.statusWaiters.add(onStatus);
     signal?.addEventListener('abort', stop, { once: true });
     if (signal?.aborted || this.closed) stop();
     try {
@@ -754,8 +761,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       await this.discovery.syncAll('ready');
       while (!settled && (this.currentStatus === 'registering' || this.currentStatus === 'recovering')) {
         await new Promise<void>((resolve) => {
-          onStatus = () => resolve();
-          this.once('status', onStatus);
+          onStatus = () => {
+            this.statusWaiters.delete(onStatus!);
+            resolve();
+          };
+          this.statusWaiters.add(onStatus);
         });
         onStatus = undefined;
       }
@@ -766,7 +776,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       return await abortable(work, options, 'the registry to be ready');
     } finally {
       settled = true;
-      if (onStatus) this.off('status', onStatus);
+      if (onStatus) this.statusWaiters.delete(onStatus);
     }
   }
 
