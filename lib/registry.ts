@@ -157,7 +157,16 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     debug('status %s -> %s', this.currentStatus, state);
     this.currentStatus = state;
     this.emit('status', state);
-    for (const waiter of Array.from(this.statusWaiters)) waiter(state);
+    for (const waiter of Array.from(this.statusWaiters)) {
+      try {
+        waiter(state);
+      } catch (e) {
+        // Never skips the other waiters; a bug here still surfaces.
+        process.nextTick(() => {
+          throw e;
+        });
+      }
+    }
   }
 
   /**
@@ -761,11 +770,12 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       await this.discovery.syncAll('ready');
       while (!settled && (this.currentStatus === 'registering' || this.currentStatus === 'recovering')) {
         await new Promise<void>((resolve) => {
-          onStatus = () => {
-            this.statusWaiters.delete(onStatus!);
+          const waiter = (): void => {
+            this.statusWaiters.delete(waiter);
             resolve();
           };
-          this.statusWaiters.add(onStatus);
+          onStatus = waiter;
+          this.statusWaiters.add(waiter);
         });
         onStatus = undefined;
       }

@@ -21,7 +21,12 @@ describe('listeners that end with their call', () => {
     await Promise.all(open.splice(0).map((r) => r.close()));
   });
 
-  const counts = (r: Registry): Record<string, number> => ({ change: r.listenerCount('change'), status: r.listenerCount('status') });
+  const counts = (r: Registry): Record<string, number> => ({
+    change: r.listenerCount('change'),
+    status: r.listenerCount('status'),
+    // The library's own status waiters (ready(), watch()).
+    waiters: (r as unknown as { statusWaiters: Set<unknown> }).statusWaiters.size,
+  });
 
   it('1,000 timed-out waitFor() calls leave no listener', async () => {
     const r = registry(uniquePrefix('waitfor-timeout'));
@@ -71,20 +76,20 @@ describe('listeners that end with their call', () => {
       const calls = Array.from({ length: 1000 }, () => r.ready({ timeout: 200 }));
       await new Promise((resolve) => setTimeout(resolve, 50));
       // Waiting calls are the library's business: not 'status' listeners of the application's emitter.
-      expect(counts(r)).toEqual(before);
+      expect(counts(r)).toEqual({ ...before, waiters: 1000 });
       const results = await Promise.allSettled(calls);
       expect(results.every((x) => x.status === 'rejected' && (x.reason as { code?: string }).code === 'ERR_TIMEOUT')).toBe(true);
       expect(counts(r)).toEqual(before);
       // Without a timeout they all resolve on the next status.
       const waiting = Array.from({ length: 20 }, () => r.ready());
       await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(counts(r)).toEqual(before);
+      expect(counts(r)).toEqual({ ...before, waiters: 20 });
       (r as unknown as { setStatus(s: string): void }).setStatus('idle');
       await Promise.all(waiting);
       // Twenty watch() iterators at once.
       const iterators = Array.from({ length: 20 }, () => r.watch('x'));
       await Promise.all(iterators.map((it) => it.next()));
-      expect(counts(r)).toEqual({ ...before, change: counts(r).change });
+      expect(counts(r)).toEqual({ ...before, change: counts(r).change, waiters: 20 });
       await Promise.all(iterators.map((it) => it.return(undefined)));
       expect(counts(r)).toEqual(before);
       expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
