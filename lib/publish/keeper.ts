@@ -367,6 +367,8 @@ export class LeaseKeeper {
           failure: [{ request_range: { key } }],
         }),
       );
+      // As for a put: a header behind what was seen (etcd restored empty) is checked.
+      this.conn.checkHeader(res.header, false);
       const revision = Number(res.header.revision);
       if (res.succeeded) return { note: '', revision };
       const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];
