@@ -90,6 +90,13 @@ interface Sent {
   serverId?: number;
   /** Removed (or a canary answered) before its create was answered: cancel it then. */
   cancelOnCreate?: boolean;
+  /**
+   * Created behind etcd's revision (this one): it may still be catching up, with events
+   * up to here to come. etcd 3.4.23 answers a progress request with its own revision at
+   * once, ahead of those events, so progress answers do not move this watch on until an
+   * event at or past it arrived (cleared then).
+   */
+  catchingUpTo?: number;
 }
 
 interface Probe {
@@ -360,6 +367,7 @@ export class WatchStream {
       if (revision < target.nextRevision - 1) {
         this.conn.reportReset(`watch ${target.name} resumed at revision ${target.nextRevision}, but etcd is at ${revision}`);
       }
+      if (sent && sent.startRevision <= revision) sent.catchingUpTo = revision;
       return;
     }
     if (res.events.length > 0) {
@@ -376,6 +384,7 @@ export class WatchStream {
       if (events.length === 0) return;
       const last = Number(events[events.length - 1]!.kv.mod_revision);
       target.nextRevision = last + 1;
+      if (sent?.catchingUpTo !== undefined && last >= sent.catchingUpTo) sent.catchingUpTo = undefined;
       // An event's revision is one etcd wrote (a header's may be a grpc-proxy's own).
       this.conn.vouch(last);
       try {
@@ -397,7 +406,7 @@ export class WatchStream {
     this.progressAnswers++;
     this.progressMisses = 0;
     for (const sent of this.sent.values()) {
-      if (sent.target && sent.serverId !== undefined && sent.progressSeq <= this.progressFrom) {
+      if (sent.target && sent.serverId !== undefined && sent.progressSeq <= this.progressFrom && sent.catchingUpTo === undefined) {
         sent.target.nextRevision = Math.max(sent.target.nextRevision, revision + 1);
       }
     }
