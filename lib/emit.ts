@@ -10,9 +10,14 @@ export function emitSurfacing(emitter: EventEmitter, event: string | symbol, arg
   try {
     return EventEmitter.prototype.emit.call(emitter, event, ...args);
   } catch (e) {
-    process.nextTick(() => {
-      throw e;
-    });
+    surface(e);
     return true;
   }
+}
+
+/** Rethrows `e` on the next tick: it reaches 'uncaughtException' without breaking the caller. */
+export function surface(e: unknown): void {
+  process.nextTick(() => {
+    throw e;
+  });
 }

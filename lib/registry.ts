@@ -24,7 +24,7 @@ import type { Subscription } from './discover/subscription';
 import { enroll } from './shutdown';
 import { abortable, delay, withDeadline } from './time';
 import type { ChangeEvent, Endpoint, EndpointInput, RegistryEvents, RegistryStatus } from './types';
-import { emitSurfacing } from './emit';
+import { emitSurfacing, surface } from './emit';
 import { RegistryMetrics, type FetchOutcome, type RegistryStats } from './observe/metrics';
 import { WatchStream } from './watch-stream';
 import { EndpointCall, type Call } from './choose/call';
@@ -162,9 +162,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
         waiter(state);
       } catch (e) {
         // Never skips the other waiters; a bug here still surfaces.
-        process.nextTick(() => {
-          throw e;
-        });
+        surface(e);
       }
     }
   }
