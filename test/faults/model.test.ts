@@ -36,6 +36,7 @@ import { Registry, encodeValue } from '../../lib';
 import { spawnFixture, type Child } from '../support/child';
 import { EtcdCluster, EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
+import { standingRegister } from '../support/model-contract';
 import { seededRandom } from '../support/random';
 import { TTL, faultRegistry, sleep } from './support';
 
@@ -108,24 +109,9 @@ interface Call {
   code?: string;
 }
 
-/**
- * What the calls on one key of one registrar ask for, applying the contract from
- * the last call backwards: a pending or resolved register() or an unregister()
- * (resolved, pending, or given up with ERR_ETCD_UNREACHABLE: it deletes in the
- * background) decides; a rejected register() and an unregister() refused
- * (ERR_NOT_REGISTERED, or by etcd) have no effect.
- */
+/** What the calls on one key of one registrar ask for (the contract: test/support/model-contract.ts). */
 function intended(calls: readonly Call[]): string | undefined {
-  for (let i = calls.length - 1; i >= 0; i--) {
-    const c = calls[i]!;
-    if (c.kind === 'unregister') {
-      // Given up (ERR_ETCD_UNREACHABLE): the delete goes on. Refused by etcd: no effect, as a refused register().
-      if (c.state === 'rejected' && c.code !== 'ERR_ETCD_UNREACHABLE') continue;
-      return undefined;
-    }
-    if (c.state !== 'rejected') return c.value;
-  }
-  return undefined;
+  return standingRegister(calls)?.value;
 }
 
 interface Slot {

@@ -15,8 +15,9 @@
  * verdicts.
  *
  * At quiescence (every answer in, health checks passing, the writer idle):
- * - etcd holds, per key, what the last call standing asked for (the fault model's
- *   `intended()`), unless the key is paused, and the registry owns exactly that;
+ * - etcd holds, per key, what the last call standing asked for (the contract both
+ *   model tests share: test/support/model-contract.ts), unless the key is paused, and
+ *   the registry owns exactly that;
  * - every call has settled; no entry is left for a key not owned; nothing is owed
  *   or pending;
  * - no `registered` event was emitted for a register() that was rejected.
@@ -27,6 +28,7 @@
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../lib/errors';
 import { Intents, type Registration, type Write } from '../../lib/publish/intents';
+import { standingRegister } from '../support/model-contract';
 import { seededRandom } from '../support/random';
 
 const KEYS = ['p/services/web/10.0.0.1:80', 'p/services/web/10.0.0.2:80'] as const;
@@ -51,19 +53,9 @@ interface Call {
   settled: boolean;
 }
 
-/** The fault model's contract, from the last call backwards. */
+/** What the calls on `key` ask for (the contract: test/support/model-contract.ts). */
 function intended(calls: readonly Call[], key: string): number | undefined {
-  for (let i = calls.length - 1; i >= 0; i--) {
-    const c = calls[i]!;
-    if (c.key !== key || c.kind === 'list') continue;
-    if (c.kind === 'unregister') {
-      // Given up (ERR_ETCD_UNREACHABLE): the delete goes on. Refused by etcd: no effect.
-      if (c.state === 'rejected' && c.code !== 'ERR_ETCD_UNREACHABLE') continue;
-      return undefined;
-    }
-    if (c.state !== 'rejected') return c.v;
-  }
-  return undefined;
+  return standingRegister(calls.filter((c): c is Call & { kind: 'register' | 'unregister' } => c.key === key && c.kind !== 'list'))?.v;
 }
 
 interface Sent {
