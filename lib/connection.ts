@@ -14,7 +14,6 @@ import { inspect } from 'node:util';
 import { BrokenCircuitError, NoopPolicy, isBrokenCircuitError, noop, type IDefaultPolicyContext, type IPolicy } from 'cockatiel';
 import {
   ClientClosedError,
-  Etcd3,
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
@@ -26,6 +25,7 @@ import {
   type IResponseHeader,
 } from 'etcd3';
 import { cappedBackoff, retryForever } from './backoff';
+import { EtcdClient } from './etcd-client';
 import { RegistryClosedError, RegistryError, quote } from './errors';
 import { logger } from './log';
 import { delay, withDeadline } from './time';
@@ -299,7 +299,7 @@ export function toRegistryError(e: unknown, doing: string, username?: string): R
 }
 
 export class Connection extends EventEmitter<ConnectionEvents> {
-  client: Etcd3;
+  client: EtcdClient;
   /** Increments whenever the client is rebuilt. */
   generation = 0;
   private readonly options: ConnectionOptions;
@@ -379,38 +379,43 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * A client on every configured member (`health` tracks which of them answer), or, without
    * `health`, a plain client on the given members (probes of one member).
    */
-  private createClient(health: MemberHealth | undefined, endpoints: readonly string[] = this.options.endpoints): Etcd3 {
+  private createClient(health: MemberHealth | undefined, endpoints: readonly string[] = this.options.endpoints): EtcdClient {
     const { requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
     const many = health !== undefined && endpoints.length > 1;
-    return new Etcd3({
-      ...clientOptions,
-      hosts: [...endpoints],
-      dialTimeout: dialTimeoutMs,
-      // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
-      // one call shares the call's deadline (FailoverPolicy), so the call ends in time.
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: callDeadline.getStore() ?? Date.now() + requestTimeoutMs }),
-      faultHandling: {
-        // Each retry picks another member: fail over at once, within the request timeout.
-        global: many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop,
-        // A failing member is skipped while another answers; never a refusal.
-        host: (member: string): IPolicy => (many ? new MemberPolicy(health, member) : noop),
+    // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
+    // one call shares the call's deadline (FailoverPolicy), so the call ends in time.
+    const deadline = (): number => callDeadline.getStore() ?? Date.now() + requestTimeoutMs;
+    // Each retry picks another member: fail over at once, within the request timeout.
+    const global = many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop;
+    return new EtcdClient(
+      {
+        ...clientOptions,
+        hosts: [...endpoints],
+        dialTimeout: dialTimeoutMs,
+        defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: deadline() }),
+        faultHandling: {
+          // A failing member is skipped while another answers; never a refusal.
+          host: (member: string): IPolicy => (many ? new MemberPolicy(health, member) : noop),
+        },
+        grpcOptions: {
+          // grpc-js shares connections between clients by default: a rebuilt
+          // client would get the stalled connection back. Each client its own.
+          'grpc.use_local_subchannel_pool': 1,
+          'grpc.initial_reconnect_backoff_ms': Math.min(100, dialTimeoutMs),
+          'grpc.max_reconnect_backoff_ms': dialTimeoutMs,
+          ...clientOptions?.grpcOptions,
+        },
       },
-      grpcOptions: {
-        // grpc-js shares connections between clients by default: a rebuilt
-        // client would get the stalled connection back. Each client its own.
-        'grpc.use_local_subchannel_pool': 1,
-        'grpc.initial_reconnect_backoff_ms': Math.min(100, dialTimeoutMs),
-        'grpc.max_reconnect_backoff_ms': dialTimeoutMs,
-        ...clientOptions?.grpcOptions,
-      },
-    });
+      global,
+      deadline,
+    );
   }
 
   /**
    * Runs one etcd call on the current client and keeps the reachable/unreachable
    * state. Rejects with the raw etcd3 error: callers map it with toRegistryError.
    */
-  async call<T>(fn: (client: Etcd3) => Promise<T>): Promise<T> {
+  async call<T>(fn: (client: EtcdClient) => Promise<T>): Promise<T> {
     if (this.closed) throw new RegistryClosedError('call');
     const client = this.client;
     try {
@@ -577,7 +582,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * (a role limited to one service) still proves etcd answers: it resolves
    * without a header then.
    */
-  private async probeWith(client: Etcd3, deadlineMs: number, serializable = false): Promise<IResponseHeader | undefined> {
+  private async probeWith(client: EtcdClient, deadlineMs: number, serializable = false): Promise<IResponseHeader | undefined> {
     try {
       const res = await client.kv.range({ key: Buffer.from(this.options.probeKey), count_only: true, serializable }, { deadline: Date.now() + deadlineMs });
       return res.header;

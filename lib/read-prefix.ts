@@ -3,8 +3,9 @@
  * with many endpoints never exceeds gRPC's message size and the whole list is
  * one consistent snapshot whose next revision a watch can start from.
  */
-import { Range, type IKeyValue } from 'etcd3';
+import { Range } from 'etcd3';
 import type { Connection } from './connection';
+import type { RangeKeyValue } from './range-page';
 
 export const PAGE_SIZE = 5000;
 
@@ -16,17 +17,18 @@ export interface PrefixSnapshot {
 /**
  * Reads every key under `prefix` at one revision and hands each page to
  * `onPage` as it arrives (the next page is requested first, so decoding
- * overlaps the round trip).
+ * overlaps the round trip). A page's keys and values are views of its answer's
+ * bytes (lib/range-page.ts): copy what is kept.
  */
 export async function readPrefix(
   conn: Connection,
   prefix: string,
-  onPage: (kvs: IKeyValue[]) => void,
+  onPage: (kvs: RangeKeyValue[]) => void,
   pageSize = PAGE_SIZE,
 ): Promise<PrefixSnapshot> {
   const range = Range.prefix(prefix);
   let revision = 0;
-  let request = conn.call((c) => c.kv.range({ key: range.start, range_end: range.end, limit: pageSize }));
+  let request = conn.call((c) => c.rangePage({ key: range.start, rangeEnd: range.end, limit: pageSize, revision: 0 }));
   for (;;) {
     const res = await request;
     conn.checkHeader(res.header, revision === 0);
@@ -35,7 +37,7 @@ export async function readPrefix(
     if (more) {
       // The next page starts right after the last key read, at the same revision.
       const start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
-      request = conn.call((c) => c.kv.range({ key: start, range_end: range.end, limit: pageSize, revision }));
+      request = conn.call((c) => c.rangePage({ key: start, rangeEnd: range.end, limit: pageSize, revision }));
       request.catch(() => undefined); // observed on the next turn of the loop
     }
     onPage(res.kvs);

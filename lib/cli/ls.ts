@@ -4,7 +4,7 @@
  * read of the prefix; records that are not valid endpoints are listed as
  * skipped instead of being hidden.
  */
-import type { IKeyValue } from 'etcd3';
+import type { RangeKeyValue } from '../range-page';
 import type { Connection } from '../connection';
 import type { RegistryConfig } from '../config';
 import { quote } from '../errors';
@@ -61,7 +61,7 @@ async function run(args: Parsed): Promise<number> {
   const conn = await contact(config);
   try {
     const prefix = service === undefined ? keys.root : keys.servicePrefix(service);
-    const kvs: IKeyValue[] = [];
+    const kvs: RangeKeyValue[] = [];
     try {
       await readPrefix(conn, prefix, (page) => kvs.push(...page));
     } catch (e) {
@@ -76,7 +76,7 @@ async function run(args: Parsed): Promise<number> {
   }
 }
 
-function decode(keys: KeySpace, only: string | undefined, kvs: readonly IKeyValue[]): { rows: Row[]; skipped: Skipped[] } {
+function decode(keys: KeySpace, only: string | undefined, kvs: readonly RangeKeyValue[]): { rows: Row[]; skipped: Skipped[] } {
   const rows: Row[] = [];
   const skipped: Skipped[] = [];
   for (const kv of kvs) {

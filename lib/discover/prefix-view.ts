@@ -9,7 +9,8 @@
  * working watch or is retrying to get one. Every read goes through the
  * registry's Limiter: a reset re-reads many views a few at a time.
  */
-import { EtcdPermissionDeniedError, Range, type IEvent, type IKeyValue } from 'etcd3';
+import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
+import type { RangeKeyValue } from '../range-page';
 import { cappedBackoff } from '../backoff';
 import { type Connection, isUnreachableError, watchRefusal } from '../connection';
 import { RegistryClosedError, quote } from '../errors';
@@ -252,7 +253,7 @@ export class PrefixView implements WatchTarget {
     return { list: this.hooks.list(service), key, service };
   }
 
-  private decode(kv: IKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
+  private decode(kv: RangeKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
     const key = keyString(kv.key);
     if (key === undefined) {
       this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
@@ -273,7 +274,7 @@ export class PrefixView implements WatchTarget {
    * are consecutive and its list, prefix and name are looked up once per run of them (every
    * endpoint of a service shares one service string); metadata is shared through `context`.
    */
-  private decodePage(kvs: IKeyValue[], fresh: Map<ServiceList, Fill>, last: LastService, context: ReadContext): void {
+  private decodePage(kvs: RangeKeyValue[], fresh: Map<ServiceList, Fill>, last: LastService, context: ReadContext): void {
     for (const kv of kvs) {
       const key = keyString(kv.key);
       if (key === undefined) {

@@ -10,7 +10,8 @@
  * data), the prefix is read again and the difference reported, as the library
  * does. Read-only: range and watch only.
  */
-import type { IEvent, IKeyValue } from 'etcd3';
+import type { IEvent } from 'etcd3';
+import type { RangeKeyValue } from '../range-page';
 import { EtcdPermissionDeniedError, Range } from 'etcd3';
 import { cappedBackoff } from '../backoff';
 import { isDoctorProbeKey } from '../cli/doctor';
@@ -135,7 +136,7 @@ export class RegistrySource implements WatchTarget {
   }
 
   /** An endpoint row, 'skip' for a record that is not a valid endpoint, 'ignore' for a doctor's probe. */
-  private decode(kv: IKeyValue): Row | 'skip' | 'ignore' {
+  private decode(kv: RangeKeyValue): Row | 'skip' | 'ignore' {
     const key = kv.key.toString();
     const service = this.keys.serviceOf(key);
     if (service === undefined || !SERVICE_NAME_PATTERN.test(service)) return isDoctorProbeKey(this.keys, key) ? 'ignore' : 'skip';

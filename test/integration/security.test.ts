@@ -12,7 +12,11 @@ import createDebug from 'debug';
 import { Etcd3, EtcdPermissionDeniedError } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry, isRegistryError, type RegistryError, type RegistryErrorCode, type RegistryOptions } from '../../lib';
+import { etcdClientOptions } from '../../lib/client-options';
 import { describeConfig } from '../../lib/config';
+import { Connection } from '../../lib/connection';
+import { readPrefix } from '../../lib/read-prefix';
+import { Secret } from '../../lib/secret';
 import { makeTestCerts, type TestCerts } from '../support/certs';
 import { EtcdNode, etcdctl } from '../support/etcd';
 import { eventually } from '../support/env';
@@ -450,4 +454,47 @@ describe('authentication and a role limited to one prefix', () => {
       expect(text).not.toContain(READER_PASSWORD);
     }
   });
+});
+
+describe('an auth token that expires', () => {
+  let node: EtcdNode;
+  beforeAll(async () => {
+    // Simple tokens live 1 s unused here (5 minutes by default).
+    node = new EtcdNode({ extraArgs: ['--bcrypt-cost', '4', '--auth-token-ttl', '1'] });
+    await node.start();
+    const ctl = (...args: string[]) => etcdctl(node.clientUrl, ...args);
+    await ctl('user', 'add', 'root:root-password');
+    await ctl('user', 'grant-role', 'root', 'root');
+    await ctl('role', 'add', 'ro');
+    await ctl('role', 'grant-permission', '--prefix=true', 'ro', 'read', 'tok/services/');
+    await ctl('user', 'add', 'reader:reader-password');
+    await ctl('user', 'grant-role', 'reader', 'ro');
+    await ctl('put', 'tok/services/web/10.0.3.1:80', '{"Op":0,"Addr":"10.0.3.1:80","Metadata":null}');
+    await ctl('auth', 'enable');
+  });
+  afterAll(() => node?.stop());
+
+  it('a paged read with a token etcd no longer knows gets a new one and reads', async () => {
+    // A bare connection: no watchdog or stream uses the token meanwhile.
+    const conn = new Connection({
+      endpoints: [node.clientUrl],
+      dialTimeoutMs: 2000,
+      requestTimeoutMs: 5000,
+      connectTimeoutMs: 10_000,
+      probeKey: 'tok/services/',
+      clientOptions: etcdClientOptions({ tls: undefined, auth: { username: 'reader', password: new Secret('reader-password'), passwordFile: undefined } }),
+    });
+    try {
+      const read = async (): Promise<string[]> => {
+        const keys: string[] = [];
+        await readPrefix(conn, 'tok/services/', (kvs) => keys.push(...kvs.map((kv) => kv.key.toString())));
+        return keys;
+      };
+      expect(await read()).toEqual(['tok/services/web/10.0.3.1:80']);
+      await new Promise((r) => setTimeout(r, 3000));
+      expect(await read()).toEqual(['tok/services/web/10.0.3.1:80']);
+    } finally {
+      conn.close();
+    }
+  }, 30_000);
 });

@@ -1,0 +1,265 @@
+/**
+ * etcd's RangeRequest and RangeResponse on the wire (etcdserverpb, rpc.proto and
+ * kv.proto), for the paged reads of lib/read-prefix.ts: the request encoded by hand, the
+ * answer decoded in one pass over its bytes. etcd3 decodes through protobufjs, which
+ * builds a Long for each of a key's four 64-bit fields, then a string of it, then an
+ * object per message; here a key and its value are views of the answer's bytes, and
+ * the numbers are read only when asked for.
+ */
+import type { IResponseHeader } from 'etcd3';
+
+/** What a paged read asks for (RangeRequest fields 1–4). */
+export interface RangePageRequest {
+  readonly key: Buffer;
+  readonly rangeEnd: Buffer;
+  /** 0: no limit. */
+  readonly limit: number;
+  /** 0: the current revision. */
+  readonly revision: number;
+}
+
+/** A key of a page: etcd3's IKeyValue is one, and so is PageKeyValue. */
+export interface RangeKeyValue {
+  readonly key: Buffer;
+  readonly value: Buffer;
+  readonly create_revision: string;
+  readonly mod_revision: string;
+  readonly version: string;
+  readonly lease: string;
+}
+
+export interface RangePage {
+  /** As etcd3 gives it: decimal strings. */
+  readonly header: IResponseHeader;
+  readonly kvs: RangeKeyValue[];
+  readonly more: boolean;
+}
+
+/**
+ * One key of a page, with etcd3's field names: `key` and `value` are views of the
+ * answer's bytes (copy them to keep them past the page); the 64-bit fields are decoded
+ * on first read, as decimal strings like etcd3's.
+ */
+export class PageKeyValue implements RangeKeyValue {
+  constructor(
+    readonly key: Buffer,
+    readonly value: Buffer,
+    /** The answer's bytes, and where this key's message lies in them (read again for a number). */
+    private readonly source: Buffer,
+    private readonly start: number,
+    private readonly end: number,
+  ) {}
+
+  get create_revision(): string {
+    return this.field(2);
+  }
+
+  get mod_revision(): string {
+    return this.field(3);
+  }
+
+  get version(): string {
+    return this.field(4);
+  }
+
+  get lease(): string {
+    return this.field(6);
+  }
+
+  /** KeyValue's varint field `wanted` as a decimal string ('0' when absent, as protobuf's default). */
+  private field(wanted: number): string {
+    const r = new Reader(this.source, this.start, this.end);
+    let found = '0';
+    while (r.at < r.end) {
+      const tag = r.varint();
+      if (tag >>> 3 === wanted && (tag & 7) === 0) found = varint64String(r.bytes, r.at);
+      r.skip(tag & 7);
+    }
+    return found;
+  }
+}
+
+/** RangeRequest: key (1), range_end (2), limit (3), revision (4); zero values are left out, as protobuf does. */
+export function encodeRangeRequest(req: RangePageRequest): Buffer {
+  const size = bytesFieldSize(req.key) + bytesFieldSize(req.rangeEnd) + varintFieldSize(req.limit) + varintFieldSize(req.revision);
+  const out = Buffer.allocUnsafe(size);
+  let at = writeBytesField(out, 0, 1, req.key);
+  at = writeBytesField(out, at, 2, req.rangeEnd);
+  at = writeVarintField(out, at, 3, req.limit);
+  writeVarintField(out, at, 4, req.revision);
+  return out;
+}
+
+/** Thrown on bytes that are not a RangeResponse (grpc-js turns it into a failed call). */
+export class MalformedResponseError extends Error {
+  override name = 'MalformedResponseError';
+}
+
+/** RangeResponse: header (1), kvs (2), more (3); count (4) and unknown fields are skipped. */
+export function decodeRangeResponse(bytes: Buffer): RangePage {
+  const r = new Reader(bytes, 0, bytes.length);
+  let header: IResponseHeader = { cluster_id: '0', member_id: '0', revision: '0', raft_term: '0' };
+  const kvs: RangeKeyValue[] = [];
+  let more = false;
+  while (r.at < r.end) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 1 && wire === 2) header = decodeHeader(r.sub());
+    else if (field === 2 && wire === 2) kvs.push(decodeKeyValue(r.sub()));
+    else if (field === 3 && wire === 0) more = r.varint() !== 0;
+    else r.skip(wire);
+  }
+  return { header, kvs, more };
+}
+
+function decodeHeader(r: Reader): IResponseHeader {
+  const fields = ['0', '0', '0', '0'];
+  while (r.at < r.end) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    if (field >= 1 && field <= 4 && (tag & 7) === 0) {
+      fields[field - 1] = varint64String(r.bytes, r.at);
+      r.varint();
+    } else r.skip(tag & 7);
+  }
+  return { cluster_id: fields[0]!, member_id: fields[1]!, revision: fields[2]!, raft_term: fields[3]! };
+}
+
+const EMPTY: Buffer = Buffer.alloc(0);
+
+function decodeKeyValue(r: Reader): PageKeyValue {
+  const start = r.at;
+  let key: Buffer = EMPTY;
+  let value: Buffer = EMPTY;
+  while (r.at < r.end) {
+    const tag = r.varint();
+    const wire = tag & 7;
+    if (wire !== 2) r.skip(wire);
+    else if (tag >>> 3 === 1) key = r.view();
+    else if (tag >>> 3 === 5) value = r.view();
+    else r.skip(wire);
+  }
+  return new PageKeyValue(key, value, r.bytes, start, r.end);
+}
+
+class Reader {
+  constructor(
+    readonly bytes: Buffer,
+    public at: number,
+    readonly end: number,
+  ) {}
+
+  /** A varint of up to 53 bits as a number (tags, lengths, flags). */
+  varint(): number {
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.at >= this.end) throw new MalformedResponseError('truncated varint');
+      const b = this.bytes[this.at++]!;
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) return value;
+      scale *= 128;
+    }
+    throw new MalformedResponseError('varint longer than 10 bytes');
+  }
+
+  private length(): number {
+    const n = this.varint();
+    if (n > this.end - this.at) throw new MalformedResponseError(`field of ${n} bytes past the end of its message`);
+    return n;
+  }
+
+  /** A length-delimited field as a reader of its own bytes. */
+  sub(): Reader {
+    const n = this.length();
+    const r = new Reader(this.bytes, this.at, this.at + n);
+    this.at += n;
+    return r;
+  }
+
+  /** A length-delimited field as a view of the bytes (no copy). */
+  view(): Buffer {
+    const n = this.length();
+    const v = this.bytes.subarray(this.at, this.at + n);
+    this.at += n;
+    return v;
+  }
+
+  skip(wire: number): void {
+    if (wire === 0) this.varint();
+    else if (wire === 2) {
+      const n = this.length(); // read first: `this.at += this.length()` would add to the position before the length
+      this.at += n;
+    }
+    else if (wire === 1 || wire === 5) {
+      const n = wire === 1 ? 8 : 4;
+      if (n > this.end - this.at) throw new MalformedResponseError('truncated fixed-width field');
+      this.at += n;
+    } else throw new MalformedResponseError(`unexpected wire type ${wire}`);
+  }
+}
+
+/** The varint at `at` (already bounds-checked by a Reader) as an unsigned 64-bit decimal string. */
+function varint64String(bytes: Buffer, at: number): string {
+  let value = 0;
+  let scale = 1;
+  let i = at;
+  // Exact while below 2^53 (every revision, most lease ids); BigInt past that.
+  for (; i < at + 7; i++) {
+    const b = bytes[i]!;
+    value += (b & 0x7f) * scale;
+    if (b < 0x80) return String(value);
+    scale *= 128;
+  }
+  let big = BigInt(value);
+  let shift = 49n;
+  for (; i < at + 10; i++) {
+    const b = bytes[i]!;
+    big |= BigInt(b & 0x7f) << shift;
+    if (b < 0x80) break;
+    shift += 7n;
+  }
+  return BigInt.asUintN(64, big).toString();
+}
+
+function varintSize(n: number): number {
+  let size = 1;
+  while (n >= 128) {
+    n = Math.floor(n / 128);
+    size++;
+  }
+  return size;
+}
+
+function bytesFieldSize(b: Buffer): number {
+  return b.length === 0 ? 0 : 1 + varintSize(b.length) + b.length;
+}
+
+function varintFieldSize(n: number): number {
+  return n === 0 ? 0 : 1 + varintSize(n);
+}
+
+function writeVarint(out: Buffer, at: number, n: number): number {
+  while (n >= 128) {
+    out[at++] = (n % 128) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  out[at++] = n;
+  return at;
+}
+
+function writeBytesField(out: Buffer, at: number, field: number, b: Buffer): number {
+  if (b.length === 0) return at;
+  out[at++] = (field << 3) | 2;
+  at = writeVarint(out, at, b.length);
+  b.copy(out, at);
+  return at + b.length;
+}
+
+function writeVarintField(out: Buffer, at: number, field: number, n: number): number {
+  if (n === 0) return at;
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`RangeRequest field ${field}: ${n} is not a non-negative safe integer`);
+  out[at++] = field << 3;
+  return writeVarint(out, at, n);
+}

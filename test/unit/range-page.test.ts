@@ -1,0 +1,134 @@
+/**
+ * lib/range-page.ts against protobufjs with etcd's own rpc.proto (what etcd3 decodes
+ * with): arbitrary RangeResponses encoded by protobufjs decode to the same fields, 64-bit
+ * values up to 2^64 - 1 included; unknown fields are skipped; a truncated or corrupt
+ * answer throws MalformedResponseError, never reads past its message; and a request
+ * encoded by hand is the RangeRequest protobufjs reads back.
+ */
+import path from 'node:path';
+import { loadSync } from '@grpc/proto-loader';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { MalformedResponseError, decodeRangeResponse, encodeRangeRequest } from '../../lib/range-page';
+
+const definition = loadSync(path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto/rpc.proto'), {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+const range = (definition['etcdserverpb.KV'] as unknown as Record<string, { requestSerialize: (v: unknown) => Buffer; requestDeserialize: (b: Buffer) => any; responseSerialize: (v: unknown) => Buffer; responseDeserialize: (b: Buffer) => any }>).Range!;
+
+const uint64 = fc.oneof(
+  fc.constant('0'),
+  fc.bigInt({ min: 0n, max: 2n ** 53n }).map(String),
+  fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }).map(String),
+  fc.constantFrom(String(2n ** 63n - 1n), String(2n ** 64n - 1n), String(2n ** 53n + 1n), '127', '128', '16383', '16384'),
+);
+const bytes = fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a));
+const keyValue = fc.record({ key: bytes, create_revision: uint64, mod_revision: uint64, version: uint64, value: bytes, lease: uint64 });
+const response = fc.record({
+  header: fc.record({ cluster_id: uint64, member_id: uint64, revision: uint64, raft_term: uint64 }),
+  kvs: fc.array(keyValue, { maxLength: 20 }),
+  more: fc.boolean(),
+  count: uint64,
+});
+
+type Response = typeof response extends fc.Arbitrary<infer T> ? T : never;
+
+function fields(page: ReturnType<typeof decodeRangeResponse>): Omit<Response, 'count'> {
+  return {
+    header: { ...page.header },
+    more: page.more,
+    kvs: page.kvs.map((kv) => ({
+      key: Buffer.from(kv.key),
+      create_revision: kv.create_revision,
+      mod_revision: kv.mod_revision,
+      version: kv.version,
+      value: Buffer.from(kv.value),
+      lease: kv.lease,
+    })),
+  };
+}
+
+describe('RangeResponse decoding', () => {
+  it('decodes what protobufjs encodes, field for field', () => {
+    fc.assert(
+      fc.property(response, (res) => {
+        const { count: _count, ...expected } = res;
+        expect(fields(decodeRangeResponse(range.responseSerialize(res)))).toEqual(expected);
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it('keys and values are views of the answer (no copy), numbers are read on demand', () => {
+    const wire = range.responseSerialize({ header: { revision: '9' }, kvs: [{ key: Buffer.from('a/b'), value: Buffer.from('{}'), lease: '7587882301234567890', mod_revision: '8' }] });
+    const page = decodeRangeResponse(wire);
+    const kv = page.kvs[0]!;
+    expect(kv.key.buffer).toBe(wire.buffer);
+    expect(kv.value.buffer).toBe(wire.buffer);
+    expect([kv.key.toString(), kv.value.toString(), kv.lease, kv.mod_revision, kv.create_revision, page.header.revision]).toEqual(['a/b', '{}', '7587882301234567890', '8', '0', '9']);
+  });
+
+  it('skips fields it does not know, of every wire type', () => {
+    const known = range.responseSerialize({ header: { revision: '5' }, kvs: [{ key: Buffer.from('k'), value: Buffer.from('v'), version: '3' }], more: true });
+    // Field 15 as varint, fixed64, length-delimited and fixed32, at the top level and inside a key.
+    const unknown = Buffer.from([0x78, 0x96, 0x01, 0x79, 1, 2, 3, 4, 5, 6, 7, 8, 0x7a, 0x02, 0xaa, 0xbb, 0x7d, 1, 2, 3, 4]);
+    const kv = range.responseSerialize({ kvs: [{ key: Buffer.from('k2'), value: Buffer.from('v2') }] }).subarray(2); // the key's message, without its tag and length
+    const withUnknownKv = Buffer.concat([Buffer.from([0x12, kv.length + unknown.length]), unknown, kv]);
+    const page = decodeRangeResponse(Buffer.concat([unknown, known, withUnknownKv]));
+    expect(fields(page).kvs.map((k) => [k.key.toString(), k.value.toString(), k.version])).toEqual([
+      ['k', 'v', '3'],
+      ['k2', 'v2', '0'],
+    ]);
+    expect([page.header.revision, page.more]).toEqual(['5', true]);
+  });
+
+  it('a truncated or corrupt answer throws MalformedResponseError, whatever the cut', () => {
+    fc.assert(
+      fc.property(response, fc.nat(), fc.nat(), (res, cutAt, flipAt) => {
+        const wire = range.responseSerialize(res);
+        if (wire.length === 0) return;
+        const cut = wire.subarray(0, cutAt % wire.length);
+        // Either it decodes (a cut at a message boundary is a shorter, valid answer) or it says why.
+        for (const candidate of [cut, flipped(wire, flipAt % wire.length)]) {
+          try {
+            const page = decodeRangeResponse(candidate);
+            for (const kv of page.kvs) {
+              expect(kv.key.byteOffset + kv.key.length).toBeLessThanOrEqual(candidate.byteOffset + candidate.length);
+              void [kv.lease, kv.mod_revision, kv.create_revision, kv.version];
+            }
+          } catch (e) {
+            expect(e).toBeInstanceOf(MalformedResponseError);
+          }
+        }
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+});
+
+function flipped(wire: Buffer, at: number): Buffer {
+  const copy = Buffer.from(wire);
+  copy[at] = copy[at]! ^ 0xff;
+  return copy;
+}
+
+describe('RangeRequest encoding', () => {
+  it('is the request protobufjs reads back', () => {
+    fc.assert(
+      fc.property(bytes, bytes, fc.nat(), fc.oneof(fc.constant(0), fc.nat(), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })), (key, rangeEnd, limit, revision) => {
+        const req = range.requestDeserialize(encodeRangeRequest({ key, rangeEnd, limit, revision }));
+        expect([Buffer.from(req.key), Buffer.from(req.range_end), req.limit, req.revision, req.serializable, req.count_only]).toEqual([key, rangeEnd, String(limit), String(revision), false, false]);
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it('refuses a revision or limit that is not a non-negative safe integer', () => {
+    expect(() => encodeRangeRequest({ key: Buffer.from('a'), rangeEnd: Buffer.alloc(0), limit: -1, revision: 0 })).toThrow(/field 3: -1/);
+    expect(() => encodeRangeRequest({ key: Buffer.from('a'), rangeEnd: Buffer.alloc(0), limit: 0, revision: 2 ** 60 })).toThrow(/field 4/);
+  });
+});
