@@ -2,7 +2,7 @@
  * Figure 5: cold start of a registry that watches everything — `new Registry()`
  * then `services()` over 10,000 services × 10 endpoints (100,000 keys; quick:
  * 1,000 × 10) — against a raw read of the same prefix in pages of the same size
- * the library uses (lib/read-prefix.ts PAGE_SIZE, pinned to the first page's
+ * the library uses (lib/etcd/read-prefix.ts PAGE_SIZE, pinned to the first page's
  * revision), each starting with a new client (connection set-up included on both sides).
  * Repetitions alternate raw / ours after one discarded warm-up of each.
  *
@@ -10,7 +10,7 @@
  * referenced; the difference divided by the number of endpoints.
  */
 import { Etcd3, Range, type IKeyValue } from 'etcd3';
-import { PAGE_SIZE } from '../lib/read-prefix';
+import { PAGE_SIZE } from '../lib/etcd/read-prefix';
 import { fmtBytes, fmtMs, fmtRatio, median, nowMs, round, sleep } from './stats';
 import { address, deletePrefix, gc, putMany, rawClient, registry, uniquePrefix, value, type Figure } from './support';
 

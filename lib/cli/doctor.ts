@@ -21,7 +21,7 @@ import {
   type IStatusResponse,
 } from 'etcd3';
 import type { RegistryConfig } from '../config';
-import { type Connection, isUnreachableError } from '../connection';
+import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryConfigError, isRegistryError, quote } from '../errors';
 import { KeySpace } from '../keys';
 import { tlsFailure } from '../tls';

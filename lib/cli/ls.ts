@@ -4,12 +4,12 @@
  * read of the prefix; records that are not valid endpoints are listed as
  * skipped instead of being hidden.
  */
-import type { RangeKeyValue } from '../range-page';
-import type { Connection } from '../connection';
+import type { RangeKeyValue } from '../etcd/range-page';
+import type { Connection } from '../etcd/connection';
 import type { RegistryConfig } from '../config';
 import { quote } from '../errors';
 import { KeySpace, SERVICE_NAME_PATTERN, decodeEndpoint } from '../keys';
-import { readPrefix } from '../read-prefix';
+import { readPrefix } from '../etcd/read-prefix';
 import { type Command, type Parsed, serviceArgument, timeoutSeconds } from './args';
 import { isDoctorProbeKey } from './doctor';
 import { compact, leaseHex, out, plural, table } from './output';

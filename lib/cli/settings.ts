@@ -4,9 +4,9 @@
  * directly; TLS and credentials included), and the translation of what etcd
  * answered into one line that says what to fix.
  */
-import { etcdClientOptions } from '../client-options';
+import { etcdClientOptions } from '../etcd/client-options';
 import { resolveConfig, type RegistryConfig, type RegistryOptions } from '../config';
-import { Connection, toRegistryError } from '../connection';
+import { Connection, toRegistryError } from '../etcd/connection';
 import { isRegistryError, quote } from '../errors';
 import { KeySpace } from '../keys';
 import { CommandFailed } from './args';

@@ -20,14 +20,14 @@
  * Every range read (first syncs and re-reads after a reset or a compaction)
  * goes through one Limiter: READ_CONCURRENCY at a time.
  */
-import { type Connection } from '../connection';
+import { type Connection } from '../etcd/connection';
 import { RegistryClosedError, isRegistryError } from '../errors';
 import type { KeySpace } from '../keys';
 import { logger } from '../log';
 import type { PickerOptions } from '../pickers';
 import { delay } from '../time';
 import type { Endpoint, InvalidEndpointEvent } from '../types';
-import type { WatchStream } from '../watch-stream';
+import type { WatchStream } from '../etcd/watch-stream';
 import { Limiter } from './limiter';
 import { PrefixView, type ChangeKind, type ViewHooks } from './prefix-view';
 import { ServiceList } from './service-list';

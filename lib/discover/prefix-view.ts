@@ -10,18 +10,18 @@
  * registry's Limiter: a reset re-reads many views a few at a time.
  */
 import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
-import type { RangeKeyValue } from '../range-page';
+import type { RangeKeyValue } from '../etcd/range-page';
 import { cappedBackoff } from '../backoff';
-import { type Connection, isUnreachableError, watchRefusal } from '../connection';
+import { type Connection, isUnreachableError, watchRefusal } from '../etcd/connection';
 import { RegistryClosedError, quote } from '../errors';
 import { SERVICE_NAME_PATTERN, canonicalValue, decodeEndpoint, type KeySpace, type ReadContext } from '../keys';
 import { logger } from '../log';
-import { readPrefix } from '../read-prefix';
+import { readPrefix } from '../etcd/read-prefix';
 import type { Limiter } from './limiter';
 import type { ListEntry, ServiceList } from './service-list';
 import { delay } from '../time';
 import type { Endpoint, InvalidEndpointEvent } from '../types';
-import type { WatchStream, WatchTarget } from '../watch-stream';
+import type { WatchStream, WatchTarget } from '../etcd/watch-stream';
 
 const debug = logger('view');
 

@@ -19,13 +19,13 @@
 import { EtcdLeaseInvalidError, type IKeyValue, type IRequestOp } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
 import { cappedBackoff, retryAfterFirst } from '../backoff';
-import { type Connection, isUnreachableError } from '../connection';
+import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryClosedError, type RegistryError, quote } from '../errors';
 import type { KeySpace } from '../keys';
 import { logger } from '../log';
 import { delay } from '../time';
 import type { Endpoint } from '../types';
-import type { WatchStream } from '../watch-stream';
+import type { WatchStream } from '../etcd/watch-stream';
 import { HealthCheck, type HealthSpec, type HealthState } from './health';
 import { Intents, type Write } from './intents';
 import { LeaseSession } from './lease-session';

@@ -25,7 +25,7 @@
 import { EtcdLeaseInvalidError, type IDuplexStream, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
 import { cappedBackoff, retryAfterFirst } from '../backoff';
-import { type Connection, isUnreachableError } from '../connection';
+import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryClosedError, type RegistryError } from '../errors';
 import { logger } from '../log';
 import { withDeadline } from '../time';

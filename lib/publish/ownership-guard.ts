@@ -12,11 +12,11 @@
  */
 import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
 import { cappedBackoff } from '../backoff';
-import { type Connection, watchRefusal } from '../connection';
+import { type Connection, watchRefusal } from '../etcd/connection';
 import { quote } from '../errors';
 import type { KeySpace } from '../keys';
 import { logger } from '../log';
-import type { WatchStream, WatchTarget } from '../watch-stream';
+import type { WatchStream, WatchTarget } from '../etcd/watch-stream';
 
 const debug = logger('lease');
 

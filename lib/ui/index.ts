@@ -4,9 +4,9 @@
  * (leases.ts), the server-sent events (sse.ts) and the HTTP server (server.ts)
  * to one Connection. Internal to the command line; not part of the library's API.
  */
-import type { Connection } from '../connection';
+import type { Connection } from '../etcd/connection';
 import type { KeySpace } from '../keys';
-import { WatchStream } from '../watch-stream';
+import { WatchStream } from '../etcd/watch-stream';
 import { LeaseClock } from './leases';
 import { listen } from './server';
 import { RegistrySource } from './source';

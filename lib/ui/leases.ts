@@ -15,8 +15,8 @@
  * etcd's answer: TTL -1 means the lease is gone (its keys are about to vanish
  * from the watch). A refusal (a role that may not ask) is cached as unknown.
  */
-import type { Connection } from '../connection';
-import { isUnreachableError } from '../connection';
+import type { Connection } from '../etcd/connection';
+import { isUnreachableError } from '../etcd/connection';
 import { logger } from '../log';
 
 const debug = logger('ui');

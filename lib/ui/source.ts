@@ -11,17 +11,17 @@
  * does. Read-only: range and watch only.
  */
 import type { IEvent } from 'etcd3';
-import type { RangeKeyValue } from '../range-page';
+import type { RangeKeyValue } from '../etcd/range-page';
 import { EtcdPermissionDeniedError, Range } from 'etcd3';
 import { cappedBackoff } from '../backoff';
 import { isDoctorProbeKey } from '../cli/doctor';
 import { leaseHex } from '../cli/output';
-import { type Connection, isUnreachableError, watchRefusal } from '../connection';
+import { type Connection, isUnreachableError, watchRefusal } from '../etcd/connection';
 import { type KeySpace, SERVICE_NAME_PATTERN, decodeEndpoint } from '../keys';
 import { logger } from '../log';
-import { readPrefix } from '../read-prefix';
+import { readPrefix } from '../etcd/read-prefix';
 import { delay } from '../time';
-import type { WatchStream, WatchTarget } from '../watch-stream';
+import type { WatchStream, WatchTarget } from '../etcd/watch-stream';
 import type { EndpointRow, ViewState } from './state';
 
 const debug = logger('ui');

@@ -5,7 +5,7 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
-import type { Connection } from '../../lib/connection';
+import type { Connection } from '../../lib/etcd/connection';
 import { EtcdCluster, type EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';

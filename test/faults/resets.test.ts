@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { Etcd3, type IResponseHeader } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
-import type { Connection } from '../../lib/connection';
+import type { Connection } from '../../lib/etcd/connection';
 import { EtcdNode, findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { expectConverged, faultRegistry, sleep, timeUntil } from './support';

@@ -1,14 +1,14 @@
 /**
- * The paged read every list starts from (lib/read-prefix.ts over EtcdClient.rangePage, the
- * answer decoded by lib/range-page.ts), against a real etcd and checked against etcd3's own
+ * The paged read every list starts from (lib/etcd/read-prefix.ts over EtcdClient.rangePage, the
+ * answer decoded by lib/etcd/range-page.ts), against a real etcd and checked against etcd3's own
  * range read: every key once, in order, with the same value, lease and revisions; pinned to
  * the first page's revision while others write; errors as etcd3 types them.
  */
 import { Etcd3, GRPCDeadlineExceededError } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Connection } from '../../lib/connection';
-import { readPrefix } from '../../lib/read-prefix';
-import type { RangeKeyValue } from '../../lib/range-page';
+import { Connection } from '../../lib/etcd/connection';
+import { readPrefix } from '../../lib/etcd/read-prefix';
+import type { RangeKeyValue } from '../../lib/etcd/range-page';
 import { etcdEndpoints, uniquePrefix } from '../support/env';
 
 const plain = (kv: RangeKeyValue) => ({

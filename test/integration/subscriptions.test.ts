@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Registry, type ChangeEvent, type Endpoint, type RegistryOptions } from '../../lib';
 import type { Discovery } from '../../lib/discover/discovery';
-import type { WatchStream } from '../../lib/watch-stream';
+import type { WatchStream } from '../../lib/etcd/watch-stream';
 import { etcdEndpoints, eventually, uniquePrefix } from '../support/env';
 
 const addresses = (list: readonly Endpoint[]): string[] => list.map((e) => e.address).sort();

@@ -1,5 +1,5 @@
 /**
- * lib/range-page.ts against protobufjs with etcd's own rpc.proto (what etcd3 decodes
+ * lib/etcd/range-page.ts against protobufjs with etcd's own rpc.proto (what etcd3 decodes
  * with): arbitrary RangeResponses encoded by protobufjs decode to the same fields, 64-bit
  * values up to 2^64 - 1 included; unknown fields are skipped; a truncated or corrupt
  * answer throws MalformedResponseError, never reads past its message; and a request
@@ -9,7 +9,7 @@ import path from 'node:path';
 import { loadSync } from '@grpc/proto-loader';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MalformedResponseError, decodeRangeResponse, encodeRangeRequest } from '../../lib/range-page';
+import { MalformedResponseError, decodeRangeResponse, encodeRangeRequest } from '../../lib/etcd/range-page';
 
 const definition = loadSync(path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto/rpc.proto'), {
   keepCase: true,

@@ -12,8 +12,8 @@ import {
 } from 'etcd3';
 import createDebug from 'debug';
 import { describe, expect, it } from 'vitest';
-import { etcdClientOptions } from '../../lib/client-options';
-import { toRegistryError } from '../../lib/connection';
+import { etcdClientOptions } from '../../lib/etcd/client-options';
+import { toRegistryError } from '../../lib/etcd/connection';
 import { Secret } from '../../lib/secret';
 import { tlsFailure } from '../../lib/tls';
 

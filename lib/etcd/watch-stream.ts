@@ -31,9 +31,9 @@
  *   token it was opened with, which etcd forgets when it restarts.
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
-import { cappedBackoff } from './backoff';
+import { cappedBackoff } from '../backoff';
 import { watchRefusal, type Connection } from './connection';
-import { logger } from './log';
+import { logger } from '../log';
 
 const debug = logger('watch');
 

@@ -24,12 +24,12 @@ import {
   type IOptions,
   type IResponseHeader,
 } from 'etcd3';
-import { cappedBackoff, retryForever } from './backoff';
+import { cappedBackoff, retryForever } from '../backoff';
 import { EtcdClient } from './etcd-client';
-import { RegistryClosedError, RegistryError, quote } from './errors';
-import { logger } from './log';
-import { delay, withDeadline } from './time';
-import { tlsFailure, tlsHint } from './tls';
+import { RegistryClosedError, RegistryError, quote } from '../errors';
+import { logger } from '../log';
+import { delay, withDeadline } from '../time';
+import { tlsFailure, tlsHint } from '../tls';
 
 const debug = logger('connection');
 

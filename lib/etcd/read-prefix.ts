@@ -18,7 +18,7 @@ export interface PrefixSnapshot {
  * Reads every key under `prefix` at one revision and hands each page to
  * `onPage` as it arrives (the next page is requested first, so decoding
  * overlaps the round trip). A page's keys and values are views of its answer's
- * bytes (lib/range-page.ts): copy what is kept.
+ * bytes (lib/etcd/range-page.ts): copy what is kept.
  */
 export async function readPrefix(
   conn: Connection,

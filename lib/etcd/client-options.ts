@@ -5,10 +5,10 @@
  * options (or etcd3's copy of them) shows neither.
  */
 import type { IOptions } from 'etcd3';
-import type { RegistryConfig } from './config';
-import { quote } from './errors';
-import { logger } from './log';
-import type { Secret } from './secret';
+import type { RegistryConfig } from '../config';
+import { quote } from '../errors';
+import { logger } from '../log';
+import type { Secret } from '../secret';
 
 const debug = logger('security');
 

@@ -1,6 +1,6 @@
 /**
  * etcd3's client with one more call: `rangePage()`, a range read whose answer is
- * decoded by lib/range-page.ts instead of protobufjs (the cold read of a big prefix
+ * decoded by lib/etcd/range-page.ts instead of protobufjs (the cold read of a big prefix
  * spends most of its CPU there). It goes through etcd3's own connection handling
  * (member choice, per-member policy, auth metadata, error types) and the client's
  * failover policy and deadline, as every other call does.

@@ -1,6 +1,6 @@
 /**
  * etcd's RangeRequest and RangeResponse on the wire (etcdserverpb, rpc.proto and
- * kv.proto), for the paged reads of lib/read-prefix.ts: the request encoded by hand, the
+ * kv.proto), for the paged reads of lib/etcd/read-prefix.ts: the request encoded by hand, the
  * answer decoded in one pass over its bytes. etcd3 decodes through protobufjs, which
  * builds a Long for each of a key's four 64-bit fields, then a string of it, then an
  * object per message; here a key and its value are views of the answer's bytes, and
