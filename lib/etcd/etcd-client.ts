@@ -26,6 +26,11 @@ export class EtcdClient extends Etcd3 {
 
   /** One page of a range read, as RangePage. */
   async rangePage(req: RangePageRequest): Promise<RangePage> {
+    // One order of the members for every attempt of this call, as etcd3's own calls have:
+    // each retry goes to the next member, not to a fresh random pick.
+    type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
+    const pool: { shuffledHosts?: () => MemberOrder } = this.pool as never; // private in etcd3's types
+    const order = pool.shuffledHosts?.();
     try {
       return await this.global.execute(() =>
         this.pool.withConnection(
@@ -37,6 +42,7 @@ export class EtcdClient extends Etcd3 {
                 else resolve(res!);
               });
             }),
+          order,
         ),
       );
     } catch (e) {

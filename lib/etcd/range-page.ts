@@ -37,8 +37,8 @@ export interface RangePage {
 
 /**
  * One key of a page, with etcd3's field names: `key` and `value` are views of the
- * answer's bytes (copy them to keep them past the page); the 64-bit fields are decoded
- * on first read, as decimal strings like etcd3's.
+ * answer's bytes (copy them to keep them past the page); the int64 fields are decoded
+ * when read, as decimal strings like etcd3's (signed, as protobufjs gives them).
  */
 export class PageKeyValue implements RangeKeyValue {
   constructor(
@@ -72,7 +72,7 @@ export class PageKeyValue implements RangeKeyValue {
     let found = '0';
     while (r.at < r.end) {
       const tag = r.varint();
-      if (tag >>> 3 === wanted && (tag & 7) === 0) found = varint64String(r.bytes, r.at);
+      if (tag >>> 3 === wanted && (tag & 7) === 0) found = varint64String(r.bytes, r.at, true);
       r.skip(tag & 7);
     }
     return found;
@@ -98,7 +98,7 @@ export class MalformedResponseError extends Error {
 /** RangeResponse: header (1), kvs (2), more (3); count (4) and unknown fields are skipped. */
 export function decodeRangeResponse(bytes: Buffer): RangePage {
   const r = new Reader(bytes, 0, bytes.length);
-  let header: IResponseHeader = { cluster_id: '0', member_id: '0', revision: '0', raft_term: '0' };
+  let header: IResponseHeader | undefined;
   const kvs: RangeKeyValue[] = [];
   let more = false;
   while (r.at < r.end) {
@@ -110,6 +110,8 @@ export function decodeRangeResponse(bytes: Buffer): RangePage {
     else if (field === 3 && wire === 0) more = r.varint() !== 0;
     else r.skip(wire);
   }
+  // etcd always sends one: a page without a revision cannot be pinned to the others.
+  if (header === undefined) throw new MalformedResponseError('RangeResponse without a header');
   return { header, kvs, more };
 }
 
@@ -119,7 +121,8 @@ function decodeHeader(r: Reader): IResponseHeader {
     const tag = r.varint();
     const field = tag >>> 3;
     if (field >= 1 && field <= 4 && (tag & 7) === 0) {
-      fields[field - 1] = varint64String(r.bytes, r.at);
+      // revision is an int64, the ids and the term are uint64s (rpc.proto).
+      fields[field - 1] = varint64String(r.bytes, r.at, field === 3);
       r.varint();
     } else r.skip(tag & 7);
   }
@@ -200,8 +203,11 @@ class Reader {
   }
 }
 
-/** The varint at `at` (already bounds-checked by a Reader) as an unsigned 64-bit decimal string. */
-function varint64String(bytes: Buffer, at: number): string {
+/**
+ * The varint at `at` (already bounds-checked by a Reader) as a decimal string of a 64-bit
+ * integer, signed (int64: what protobufjs gives etcd3 past 2^63 is negative) or not (uint64).
+ */
+function varint64String(bytes: Buffer, at: number, signed: boolean): string {
   let value = 0;
   let scale = 1;
   let i = at;
@@ -220,7 +226,7 @@ function varint64String(bytes: Buffer, at: number): string {
     if (b < 0x80) break;
     shift += 7n;
   }
-  return BigInt.asUintN(64, big).toString();
+  return (signed ? BigInt.asIntN(64, big) : BigInt.asUintN(64, big)).toString();
 }
 
 function varintSize(n: number): number {

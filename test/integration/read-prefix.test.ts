@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Connection } from '../../lib/etcd/connection';
 import { readPrefix } from '../../lib/etcd/read-prefix';
 import type { RangeKeyValue } from '../../lib/etcd/range-page';
+import { EtcdNode } from '../support/etcd';
 import { etcdEndpoints, uniquePrefix } from '../support/env';
 
 const plain = (kv: RangeKeyValue) => ({
@@ -55,7 +56,9 @@ describe('readPrefix', () => {
     expect(read.filter((kv) => kv.lease === id)).toHaveLength(12);
     expect(BigInt(id)).toBeGreaterThan(0n);
     expect(pages).toEqual([5, 5, 5, 5, 3]);
-    expect(snapshot.revision).toBe(Number((await raw.get('none').exec()).header.revision));
+    // Other test files write to the same etcd meanwhile: at most the revision now.
+    expect(snapshot.revision).toBeGreaterThanOrEqual(Number((await raw.get(`${prefix}k22`).exec()).kvs[0]!.mod_revision));
+    expect(snapshot.revision).toBeLessThanOrEqual(Number((await raw.get('none').exec()).header.revision));
     await lease.revoke();
   });
 
@@ -64,12 +67,20 @@ describe('readPrefix', () => {
     for (let i = 0; i < 9; i++) await raw.put(`${prefix}k${i}`).value(`v${i}`);
     const seen: string[] = [];
     const writes: Promise<unknown>[] = [];
-    const snapshot = await readPrefix(conn, prefix, (kvs) => {
+    // Every page after the first is asked for only once the writes are applied.
+    const gated = Object.create(conn, {
+      call: { value: async <T>(fn: Parameters<Connection['call']>[0]): Promise<T> => {
+        await Promise.all(writes);
+        return (await conn.call(fn)) as T;
+      } },
+    }) as Connection;
+    const snapshot = await readPrefix(gated, prefix, (kvs) => {
       seen.push(...kvs.map((kv) => `${kv.key.toString()}=${kv.value.toString()}`));
-      // Changed after the first page was read: a later page must still show what was there before.
-      writes.push(raw.put(`${prefix}k8`).value('changed').exec(), raw.put(`${prefix}k9`).value('new').exec(), raw.delete().key(`${prefix}k7`).exec());
+      if (writes.length === 0) {
+        writes.push(raw.put(`${prefix}k8`).value('changed').exec(), raw.put(`${prefix}k9`).value('new').exec(), raw.delete().key(`${prefix}k7`).exec());
+      }
     }, 3);
-    await Promise.all(writes);
+    expect(writes).toHaveLength(3);
     expect(seen).toEqual(Array.from({ length: 9 }, (_, i) => `${prefix}k${i}=v${i}`));
     expect(Number((await raw.get(`${prefix}k8`).exec()).kvs[0]!.mod_revision)).toBeGreaterThan(snapshot.revision);
   });
@@ -83,18 +94,25 @@ describe('readPrefix', () => {
   });
 
   it('a read at a compacted revision fails as etcd3 says it, and a deadline is a deadline error', async () => {
-    const prefix = `${uniquePrefix('read-prefix-errors')}/`;
-    await raw.put(`${prefix}a`).value('1');
-    const compactedAt = Number((await raw.put(`${prefix}a`).value('2').exec()).header.revision);
-    await raw.put(`${prefix}a`).value('3');
-    await raw.kv.compact({ revision: String(compactedAt) });
-    await expect(conn.call((c) => c.rangePage({ key: Buffer.from(prefix), rangeEnd: Buffer.from(`${prefix}\xff`), limit: 1, revision: compactedAt - 1 }))).rejects.toThrow(/compacted/);
-    const hasty = new Connection({ endpoints: etcdEndpoints().split(','), dialTimeoutMs: 2000, requestTimeoutMs: 1, connectTimeoutMs: 10_000, probeKey: 'test/' });
+    // Its own etcd: a compaction of the shared one would cut short other files' reads and watches.
+    const node = new EtcdNode({ name: 'read-prefix-compact' });
+    await node.start();
+    const own = new Etcd3({ hosts: node.clientUrl });
+    const ownConn = new Connection({ endpoints: [node.clientUrl], dialTimeoutMs: 2000, requestTimeoutMs: 5000, connectTimeoutMs: 10_000, probeKey: 'test/' });
+    const hasty = new Connection({ endpoints: [node.clientUrl], dialTimeoutMs: 2000, requestTimeoutMs: 1, connectTimeoutMs: 10_000, probeKey: 'test/' });
     try {
-      // A 1 ms deadline on a read of a big range: etcd cannot answer in time.
-      await expect(hasty.call((c) => c.rangePage({ key: Buffer.from('\0'), rangeEnd: Buffer.from([0]), limit: 0, revision: 0 }))).rejects.toBeInstanceOf(GRPCDeadlineExceededError);
+      await own.put('p/a').value('1');
+      const compactedAt = Number((await own.put('p/a').value('2').exec()).header.revision);
+      await own.put('p/a').value('3');
+      await own.kv.compact({ revision: String(compactedAt) });
+      await expect(ownConn.call((c) => c.rangePage({ key: Buffer.from('p/'), rangeEnd: Buffer.from('p0'), limit: 1, revision: compactedAt - 1 }))).rejects.toThrow(/compacted/);
+      // A 1 ms deadline, on a client that has not connected yet: it runs out first.
+      await expect(hasty.call((c) => c.rangePage({ key: Buffer.from('p/'), rangeEnd: Buffer.from('p0'), limit: 0, revision: 0 }))).rejects.toBeInstanceOf(GRPCDeadlineExceededError);
     } finally {
       hasty.close();
+      ownConn.close();
+      own.close();
+      await node.stop();
     }
   });
 });

@@ -29,6 +29,7 @@ const uint64 = fc.oneof(
 const bytes = fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a));
 const keyValue = fc.record({ key: bytes, create_revision: uint64, mod_revision: uint64, version: uint64, value: bytes, lease: uint64 });
 const response = fc.record({
+  // etcd always sends a header (a page without one is refused: see below).
   header: fc.record({ cluster_id: uint64, member_id: uint64, revision: uint64, raft_term: uint64 }),
   kvs: fc.array(keyValue, { maxLength: 20 }),
   more: fc.boolean(),
@@ -56,8 +57,10 @@ describe('RangeResponse decoding', () => {
   it('decodes what protobufjs encodes, field for field', () => {
     fc.assert(
       fc.property(response, (res) => {
-        const { count: _count, ...expected } = res;
-        expect(fields(decodeRangeResponse(range.responseSerialize(res)))).toEqual(expected);
+        const wire = range.responseSerialize(res);
+        // What etcd3 gets from protobufjs: int64s signed (past 2^63 negative), uint64s not.
+        const { count: _count, ...expected } = range.responseDeserialize(wire) as Response;
+        expect(fields(decodeRangeResponse(wire))).toEqual({ ...expected, kvs: expected.kvs.map((kv) => ({ ...kv, key: Buffer.from(kv.key), value: Buffer.from(kv.value) })) });
       }),
       { numRuns: 1_000 },
     );
@@ -72,11 +75,22 @@ describe('RangeResponse decoding', () => {
     expect([kv.key.toString(), kv.value.toString(), kv.lease, kv.mod_revision, kv.create_revision, page.header.revision]).toEqual(['a/b', '{}', '7587882301234567890', '8', '0', '9']);
   });
 
+  it('int64 fields are signed, as etcd3 gives them; uint64 ids are not', () => {
+    const big = String(2n ** 64n - 1n);
+    const page = decodeRangeResponse(range.responseSerialize({ header: { cluster_id: big, member_id: big, revision: String(2n ** 63n), raft_term: big }, kvs: [{ key: Buffer.from('k'), lease: big, mod_revision: String(2n ** 63n) }] }));
+    expect(page.header).toEqual({ cluster_id: big, member_id: big, revision: '-9223372036854775808', raft_term: big });
+    expect([page.kvs[0]!.lease, page.kvs[0]!.mod_revision]).toEqual(['-1', '-9223372036854775808']);
+  });
+
+  it('a page without a header is refused: it cannot be pinned to a revision', () => {
+    expect(() => decodeRangeResponse(range.responseSerialize({ kvs: [{ key: Buffer.from('k') }] }))).toThrow(MalformedResponseError);
+  });
+
   it('skips fields it does not know, of every wire type', () => {
     const known = range.responseSerialize({ header: { revision: '5' }, kvs: [{ key: Buffer.from('k'), value: Buffer.from('v'), version: '3' }], more: true });
     // Field 15 as varint, fixed64, length-delimited and fixed32, at the top level and inside a key.
     const unknown = Buffer.from([0x78, 0x96, 0x01, 0x79, 1, 2, 3, 4, 5, 6, 7, 8, 0x7a, 0x02, 0xaa, 0xbb, 0x7d, 1, 2, 3, 4]);
-    const kv = range.responseSerialize({ kvs: [{ key: Buffer.from('k2'), value: Buffer.from('v2') }] }).subarray(2); // the key's message, without its tag and length
+    const kv = range.responseSerialize({ kvs: [{ key: Buffer.from('k2'), value: Buffer.from('v2') }] }).subarray(2); // the key's message, without its tag and length (no header: encoded alone)
     const withUnknownKv = Buffer.concat([Buffer.from([0x12, kv.length + unknown.length]), unknown, kv]);
     const page = decodeRangeResponse(Buffer.concat([unknown, known, withUnknownKv]));
     expect(fields(page).kvs.map((k) => [k.key.toString(), k.value.toString(), k.version])).toEqual([
@@ -97,7 +111,11 @@ describe('RangeResponse decoding', () => {
           try {
             const page = decodeRangeResponse(candidate);
             for (const kv of page.kvs) {
-              expect(kv.key.byteOffset + kv.key.length).toBeLessThanOrEqual(candidate.byteOffset + candidate.length);
+              for (const view of [kv.key, kv.value]) {
+                if (view.length === 0) continue;
+                expect(view.buffer).toBe(candidate.buffer);
+                expect(view.byteOffset + view.length).toBeLessThanOrEqual(candidate.byteOffset + candidate.length);
+              }
               void [kv.lease, kv.mod_revision, kv.create_revision, kv.version];
             }
           } catch (e) {
