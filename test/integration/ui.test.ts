@@ -83,30 +83,43 @@ describe.runIf(runs)('web view in headless Chromium', () => {
 
   beforeAll(async () => {
     etcd = new Etcd3({ hosts: etcdEndpoints().split(',') });
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ui-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      viewport: { width: 1100, height: 640 },
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-        // No name resolves: nothing but an IP literal (127.0.0.1) can be reached.
-        '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-      ],
-    });
+    // Chromium's start has hung once in CI (past the 30 s hook timeout, no output) where it takes about
+    // half a second: an attempt that takes 15 s is given up (Playwright kills it) and made
+    // again with a fresh profile.
+    for (let attempt = 1; ; attempt++) {
+      userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ui-chromium-'));
+      try {
+        context = await chromium.launchPersistentContext(userDataDir, {
+          executablePath: CHROMIUM,
+          headless: true,
+          timeout: 15_000,
+          viewport: { width: 1100, height: 640 },
+          args: [
+            '--headless',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--disable-background-networking',
+            '--disable-component-update',
+            '--disable-sync',
+            '--no-first-run',
+            // No name resolves: nothing but an IP literal (127.0.0.1) can be reached.
+            '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+          ],
+        });
+        break;
+      } catch (e) {
+        fs.rmSync(userDataDir, { recursive: true, force: true });
+        if (attempt === 3) throw e;
+        console.log(`Chromium did not start (attempt ${attempt}): ${(e as Error).message.split('\n')[0]}`);
+      }
+    }
     await context.route('**/*', (route) => {
       const url = new URL(route.request().url());
       if (url.hostname === '127.0.0.1') return route.continue();
       offLoopback.push(url.href);
       return route.abort();
     });
-  });
+  }, 60_000);
 
   afterAll(async () => {
     for (const c of children) c.process.kill('SIGKILL');
