@@ -183,7 +183,7 @@ export class PrefixView implements WatchTarget {
     const batches = new Map<ServiceList, Batch>();
     for (const event of events) {
       // A deleted key that has no place here was skipped (and reported) when it was put.
-      const deleted = event.type === 'Delete' ? keyString(event.kv.key) : undefined;
+      const deleted = event.type === 'Delete' ? keyString(event.kv) : undefined;
       const decoded = event.type === 'Delete' ? deleted !== undefined && this.locate(deleted, false) : this.decode(event.kv);
       if (!decoded) continue;
       let batch = batches.get(decoded.list);
@@ -254,7 +254,7 @@ export class PrefixView implements WatchTarget {
   }
 
   private decode(kv: RangeKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
-    const key = keyString(kv.key);
+    const key = keyString(kv);
     if (key === undefined) {
       this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
       return undefined;
@@ -276,7 +276,8 @@ export class PrefixView implements WatchTarget {
    */
   private decodePage(kvs: RangeKeyValue[], fresh: Map<ServiceList, Fill>, last: LastService, context: ReadContext): void {
     for (const kv of kvs) {
-      const key = keyString(kv.key);
+      // A page's key as text straight from the answer's bytes (a Buffer of it only if it is not valid UTF-8).
+      const key = keyString(kv, kv.keyText?.());
       if (key === undefined) {
         this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
         continue;
@@ -326,11 +327,11 @@ export class PrefixView implements WatchTarget {
  * The key as a string, or undefined when its bytes are not valid UTF-8. Invalid bytes
  * decode to U+FFFD: a key without one was valid (only one with it needs the strict decoder).
  */
-function keyString(key: Buffer): string | undefined {
-  const text = key.toString('utf8');
+function keyString(kv: { readonly key: Buffer }, text?: string): string | undefined {
+  text ??= kv.key.toString('utf8');
   if (!text.includes('\uFFFD')) return text;
   try {
-    return utf8.decode(key);
+    return utf8.decode(kv.key);
   } catch {
     return undefined;
   }

@@ -26,6 +26,8 @@ export interface RangeKeyValue {
   readonly mod_revision: string;
   readonly version: string;
   readonly lease: string;
+  /** The key as UTF-8 text (invalid bytes as U+FFFD, as `key.toString()`), without a Buffer for it. */
+  keyText?(): string;
 }
 
 export interface RangePage {
@@ -37,18 +39,32 @@ export interface RangePage {
 
 /**
  * One key of a page, with etcd3's field names: `key` and `value` are views of the
- * answer's bytes (copy them to keep them past the page); the int64 fields are decoded
- * when read, as decimal strings like etcd3's (signed, as protobufjs gives them).
+ * answer's bytes (copy them to keep them past the page), made when read; the int64 fields
+ * are decoded when read, as decimal strings like etcd3's (signed, as protobufjs gives them).
  */
 export class PageKeyValue implements RangeKeyValue {
   constructor(
-    readonly key: Buffer,
-    readonly value: Buffer,
-    /** The answer's bytes, and where this key's message lies in them (read again for a number). */
+    /** The answer's bytes, and where this key's message, key and value lie in them. */
     private readonly source: Buffer,
     private readonly start: number,
     private readonly end: number,
+    private readonly keyStart: number,
+    private readonly keyEnd: number,
+    private readonly valueStart: number,
+    private readonly valueEnd: number,
   ) {}
+
+  get key(): Buffer {
+    return this.source.subarray(this.keyStart, this.keyEnd);
+  }
+
+  get value(): Buffer {
+    return this.source.subarray(this.valueStart, this.valueEnd);
+  }
+
+  keyText(): string {
+    return this.source.toString('utf8', this.keyStart, this.keyEnd);
+  }
 
   get create_revision(): string {
     return this.field(2);
@@ -129,21 +145,23 @@ function decodeHeader(r: Reader): IResponseHeader {
   return { cluster_id: fields[0]!, member_id: fields[1]!, revision: fields[2]!, raft_term: fields[3]! };
 }
 
-const EMPTY: Buffer = Buffer.alloc(0);
-
 function decodeKeyValue(r: Reader): PageKeyValue {
   const start = r.at;
-  let key: Buffer = EMPTY;
-  let value: Buffer = EMPTY;
+  let keyStart = start;
+  let keyEnd = start;
+  let valueStart = start;
+  let valueEnd = start;
   while (r.at < r.end) {
     const tag = r.varint();
     const wire = tag & 7;
-    if (wire !== 2) r.skip(wire);
-    else if (tag >>> 3 === 1) key = r.view();
-    else if (tag >>> 3 === 5) value = r.view();
-    else r.skip(wire);
+    if (wire === 2 && (tag >>> 3 === 1 || tag >>> 3 === 5)) {
+      const n = r.lengthOf();
+      if (tag >>> 3 === 1) keyEnd = (keyStart = r.at) + n;
+      else valueEnd = (valueStart = r.at) + n;
+      r.at += n;
+    } else r.skip(wire);
   }
-  return new PageKeyValue(key, value, r.bytes, start, r.end);
+  return new PageKeyValue(r.bytes, start, r.end, keyStart, keyEnd, valueStart, valueEnd);
 }
 
 class Reader {
@@ -167,7 +185,8 @@ class Reader {
     throw new MalformedResponseError('varint longer than 10 bytes');
   }
 
-  private length(): number {
+  /** A length-delimited field's length, checked against the message's end; `at` is then at its first byte. */
+  lengthOf(): number {
     const n = this.varint();
     if (n > this.end - this.at) throw new MalformedResponseError(`field of ${n} bytes past the end of its message`);
     return n;
@@ -175,24 +194,16 @@ class Reader {
 
   /** A length-delimited field as a reader of its own bytes. */
   sub(): Reader {
-    const n = this.length();
+    const n = this.lengthOf();
     const r = new Reader(this.bytes, this.at, this.at + n);
     this.at += n;
     return r;
   }
 
-  /** A length-delimited field as a view of the bytes (no copy). */
-  view(): Buffer {
-    const n = this.length();
-    const v = this.bytes.subarray(this.at, this.at + n);
-    this.at += n;
-    return v;
-  }
-
   skip(wire: number): void {
     if (wire === 0) this.varint();
     else if (wire === 2) {
-      const n = this.length(); // read first: `this.at += this.length()` would add to the position before the length
+      const n = this.lengthOf(); // read first: `this.at += this.lengthOf()` would add to the position before the length
       this.at += n;
     }
     else if (wire === 1 || wire === 5) {
