@@ -234,8 +234,12 @@ export class WatchStream {
     const next = target?.nextRevision ?? 0;
     const exact = target !== undefined && this.exactStart.has(target);
     if (target) this.exactStart.delete(target);
-    // One revision early (seen already, so never in the future); its events are dropped on arrival.
-    const startRevision = target === undefined ? 0 : exact || next <= 1 ? next : next - 1;
+    // One revision early (seen already, so never in the future: etcd >= 3.5.22 answers no
+    // progress request while a watch's start is ahead of it); its events are dropped on
+    // arrival. Not through etcd's grpc-proxy (serialCreates): it answers no progress request
+    // anyway, and it lets a new watch join its watch on etcd only if that one is not ahead of
+    // the new one's start, which one revision early always is once an event has passed.
+    const startRevision = target === undefined ? 0 : exact || this.serialCreates || next <= 1 ? next : next - 1;
     this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, progressSeq: this.progressSeq });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);

@@ -61,6 +61,35 @@ describe('through etcd grpc-proxy, under faults', () => {
     expect(resets.watcher).toBeLessThanOrEqual(1);
   });
 
+  it('watchers that start after an event share the watch the proxy already holds on etcd', async () => {
+    const prefix = uniquePrefix('proxy-share');
+    const watchers = async (): Promise<number> => {
+      const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
+      return Number(/^etcd_debugging_mvcc_watcher_total (\d+)/m.exec(text)?.[1]);
+    };
+    // What the tests before left (their watches are cancelled as their registries close): once it holds still.
+    let before = await watchers();
+    for (let settled = 0; settled < 2; ) {
+      await sleep(300);
+      const now = await watchers();
+      settled = now === before ? settled + 1 : 0;
+      before = now;
+    }
+    const first = reg(proxy.url, prefix);
+    expect(await first.endpoints('web')).toEqual([]);
+    await client.put(`${prefix}/services/web/10.0.22.1:80`).value('{"Op":0,"Addr":"10.0.22.1:80","Metadata":null}');
+    await expect.poll(async () => (await first.endpoints('web')).length, { timeout: 10_000 }).toBe(1);
+    // Five more, after that event: each starts at the next revision, which the proxy's watch on
+    // etcd has reached, so they join it (one revision early, each would have needed its own
+    // until the next event).
+    const later = Array.from({ length: 5 }, () => reg(proxy.url, prefix));
+    for (const r of later) expect((await r.endpoints('web')).map((e) => e.address)).toEqual(['10.0.22.1:80']);
+    await sleep(500);
+    expect(await watchers()).toBe(before + 1);
+    await client.put(`${prefix}/services/web/10.0.22.2:80`).value('{"Op":0,"Addr":"10.0.22.2:80","Metadata":null}');
+    for (const r of [first, ...later]) await expect.poll(async () => (await r.endpoints('web')).length, { timeout: 10_000 }).toBe(2);
+  });
+
   it('a watcher cut off past a compaction re-reads through the proxy and reports exactly what changed', async () => {
     const prefix = uniquePrefix('proxy-compact');
     const cut = new TcpProxy('127.0.0.1', Number(new URL(proxy.url).port));
