@@ -291,7 +291,9 @@ export class WatchStream {
     this.heard++;
     this.heardAt = Date.now();
     if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
-    this.conn.checkHeader(res.header, false);
+    // etcd's grpc-proxy answers a create that joins a watch it already holds itself, with the
+    // new watch's start revision as the header's: one ahead of etcd's, not etcd's answer.
+    if (!(res.created && this.serialCreates)) this.conn.checkHeader(res.header, false);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
     let id: number | undefined;
@@ -305,6 +307,7 @@ export class WatchStream {
         // The ids of the other answers cannot be trusted: start again, one create at a time.
         if (!this.serialCreates) {
           this.serialCreates = true;
+          this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
           debug('the server answered a create with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
           this.broken(new Error(`watch id ${serverId} chosen by the server`), 0);
         }

@@ -90,6 +90,23 @@ describe('through etcd grpc-proxy, under faults', () => {
     for (const r of [first, ...later]) await expect.poll(async () => (await r.endpoints('web')).length, { timeout: 10_000 }).toBe(2);
   });
 
+  it('an idle fleet behind the proxy sends etcd about one read per registry a minute', async () => {
+    const prefix = uniquePrefix('proxy-idle');
+    const ranges = async (): Promise<number> => {
+      const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
+      return Number(/^grpc_server_msg_received_total\{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"\} (\d+)/m.exec(text)?.[1]);
+    };
+    const fleet = Array.from({ length: 10 }, () => reg(proxy.url, prefix));
+    await Promise.all(fleet.map((r) => r.endpoints('web')));
+    await sleep(1000);
+    const before = await ranges();
+    await sleep(10_000);
+    // Each watchdog reads every second; the proxy answers the serializable reads from its cache,
+    // and the linearizable one (which it passes on) comes about every 60 s: 10 registries,
+    // 10 s, about 1.7 reads (at one every 10 s, as directly, about 10).
+    expect(await ranges()).toBeLessThanOrEqual(before + 6);
+  }, 30_000);
+
   it('a watcher cut off past a compaction re-reads through the proxy and reports exactly what changed', async () => {
     const prefix = uniquePrefix('proxy-compact');
     const cut = new TcpProxy('127.0.0.1', Number(new URL(proxy.url).port));
