@@ -779,7 +779,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const now = Date.now();
     // With several members, a linearizable read every time: a member cut off from its peers
     // still answers serializable reads (and its watch streams' probes) but delivers nothing.
-    const vouch = this.options.endpoints.length > 1 || now >= this.nextVouchAt;
+    // Not with several grpc-proxies: each passes reads to members of its own choosing.
+    const vouch = (this.options.endpoints.length > 1 && !this.throughProxy) || now >= this.nextVouchAt;
     this.watchdogBusy = true;
     try {
       if (vouch) {
