@@ -27,6 +27,15 @@ import { EtcdNode, etcdctl } from '../support/etcd';
 import { etcdEndpoints, uniquePrefix } from '../support/env';
 
 const CHROMIUM = '/usr/bin/chromium';
+
+/** Removes a Chromium profile directory, retrying while a process that just ended still writes into it. */
+function removeProfile(dir: string): void {
+  try {
+    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 });
+  } catch (e) {
+    console.log(`left ${dir} behind: ${(e as Error).message}`);
+  }
+}
 const hex = (decimal: string): string => BigInt(decimal).toString(16).padStart(16, '0');
 /** Skipped where Debian's chromium is not installed, except in CI (.ci/run installs it): there it must run. */
 const runs = fs.existsSync(CHROMIUM) || process.env.CI === 'true';
@@ -108,7 +117,8 @@ describe.runIf(runs)('web view in headless Chromium', () => {
         });
         break;
       } catch (e) {
-        fs.rmSync(userDataDir, { recursive: true, force: true });
+        // Playwright has killed it, but its last writes into the profile may still be landing.
+        removeProfile(userDataDir);
         if (attempt === 3) throw e;
         console.log(`Chromium did not start (attempt ${attempt}): ${(e as Error).message.split('\n')[0]}`);
       }
@@ -126,7 +136,7 @@ describe.runIf(runs)('web view in headless Chromium', () => {
     for (const c of clis) c.process.kill('SIGKILL');
     await Promise.all(registries.map((r) => r.close()));
     await context?.close();
-    if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+    if (userDataDir) removeProfile(userDataDir);
     etcd?.close();
     expect(offLoopback).toEqual([]);
   });
