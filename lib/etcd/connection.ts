@@ -617,12 +617,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (!header) return;
     const revision = Number(header.revision);
     const clusterId = this.clusterIdOf(header);
-    if (clusterId !== undefined) {
-      if (this.clusterId === undefined) this.clusterId = clusterId;
-      else if (clusterId !== this.clusterId) {
-        this.suspectReset(`cluster id changed from ${this.clusterId} to ${clusterId}`);
-        return;
-      }
+    // A header etcd's grpc-proxy made up itself (a create it answers for a watch it already
+    // holds, with the new watch's start revision; a cancel or refusal with an empty header):
+    // etcd fills the cluster id in every header it sends, and these revisions are not etcd's.
+    if (clusterId === undefined) return;
+    if (this.clusterId === undefined) this.clusterId = clusterId;
+    else if (clusterId !== this.clusterId) {
+      this.suspectReset(`cluster id changed from ${this.clusterId} to ${clusterId}`);
+      return;
     }
     if (linearizable && revision > this.vouchedRevision) this.vouchedRevision = revision;
     if (revision < this.maxRevision) {
@@ -649,6 +651,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.throughProxy = true;
     this.nextVouchAt = Date.now() + Math.random() * PROXY_VOUCH_INTERVAL_MS;
     debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, PROXY_VOUCH_INTERVAL_MS / 1000);
+  }
+
+  /** The watchdog's next round reads linearizably (it vouches for the revision), whatever the interval. */
+  vouchSoon(why: string): void {
+    if (this.closed) return;
+    debug('a linearizable read at the next watchdog round: %s', why);
+    this.nextVouchAt = 0;
   }
 
   /** `revision` is one etcd wrote (a watch event's): it counts as vouched for (see confirmLoss). */

@@ -291,9 +291,7 @@ export class WatchStream {
     this.heard++;
     this.heardAt = Date.now();
     if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
-    // etcd's grpc-proxy answers a create that joins a watch it already holds itself, with the
-    // new watch's start revision as the header's: one ahead of etcd's, not etcd's answer.
-    if (!(res.created && this.serialCreates)) this.conn.checkHeader(res.header, false);
+    this.conn.checkHeader(res.header, false);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
     let id: number | undefined;
@@ -438,7 +436,12 @@ export class WatchStream {
   }
 
   private onStreamEnd(stream: IDuplexStream<IWatchRequest, IWatchResponse>, err: Error): void {
-    if (stream === this.stream) this.broken(err);
+    if (stream !== this.stream) return;
+    // Through etcd's grpc-proxy the watches that come back may join watches the proxy holds
+    // at revisions etcd (restored empty meanwhile) no longer has, answered by the proxy
+    // itself: the connection's linearizable read, which vouches for the revision, comes next.
+    if (this.serialCreates) this.conn.vouchSoon(`watch stream through a grpc-proxy ended: ${err.message}`);
+    this.broken(err);
   }
 
   /** Drops the stream and reopens it (after `delayMs`, by default the next backoff step). */
