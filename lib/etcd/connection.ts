@@ -494,7 +494,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Date.now() - started);
       // The contact's read was linearizable: the next one comes at a random point of the
       // interval, now known (through a proxy or not), so that a fleet started at once spreads out.
-      this.nextVouchAt = Date.now() + Math.random() * (this.throughProxy ? PROXY_VOUCH_INTERVAL_MS : VOUCH_INTERVAL_MS);
+      this.nextVouchAt = Date.now() + Math.random() * this.vouchIntervalMs;
       this.startWatchdog();
     } catch (e) {
       deadline.abort();
@@ -649,8 +649,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   markThroughProxy(why: string): void {
     if (this.throughProxy) return;
     this.throughProxy = true;
-    this.nextVouchAt = Date.now() + Math.random() * PROXY_VOUCH_INTERVAL_MS;
-    debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, PROXY_VOUCH_INTERVAL_MS / 1000);
+    this.nextVouchAt = Date.now() + Math.random() * this.vouchIntervalMs;
+    debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, this.vouchIntervalMs / 1000);
+  }
+
+  /** How often the watchdog's read is linearizable with a single endpoint (or proxies only). */
+  private get vouchIntervalMs(): number {
+    return this.throughProxy ? PROXY_VOUCH_INTERVAL_MS : VOUCH_INTERVAL_MS;
   }
 
   /** The watchdog's next round reads linearizably (it vouches for the revision), whatever the interval. */
@@ -793,7 +798,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.watchdogBusy = true;
     try {
       if (vouch) {
-        this.nextVouchAt = now + (this.throughProxy ? PROXY_VOUCH_INTERVAL_MS : VOUCH_INTERVAL_MS) * (0.8 + 0.4 * Math.random());
+        this.nextVouchAt = now + this.vouchIntervalMs * (0.8 + 0.4 * Math.random());
         await this.probe(this.options.requestTimeoutMs);
       } else {
         // Only the answer counts, not its header: etcd's gRPC proxy gives a serializable read

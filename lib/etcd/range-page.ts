@@ -205,8 +205,7 @@ class Reader {
     else if (wire === 2) {
       const n = this.lengthOf(); // read first: `this.at += this.lengthOf()` would add to the position before the length
       this.at += n;
-    }
-    else if (wire === 1 || wire === 5) {
+    } else if (wire === 1 || wire === 5) {
       const n = wire === 1 ? 8 : 4;
       if (n > this.end - this.at) throw new MalformedResponseError('truncated fixed-width field');
       this.at += n;

@@ -18,6 +18,12 @@ describe('through etcd grpc-proxy, under faults', () => {
   let client: Etcd3;
   const tcp: TcpProxy[] = [];
   const open: Registry[] = [];
+  /** One sample of etcd's /metrics, by its full name (labels included). */
+  const metric = async (name: string): Promise<number> => {
+    const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    return Number(line?.slice(name.length + 1));
+  };
   const reg = (endpoints: string, prefix: string): Registry => {
     const r = faultRegistry(endpoints, prefix);
     r.on('error', () => undefined);
@@ -63,10 +69,7 @@ describe('through etcd grpc-proxy, under faults', () => {
 
   it('watchers that start after an event share the watch the proxy already holds on etcd', async () => {
     const prefix = uniquePrefix('proxy-share');
-    const watchers = async (): Promise<number> => {
-      const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
-      return Number(/^etcd_debugging_mvcc_watcher_total (\d+)/m.exec(text)?.[1]);
-    };
+    const watchers = (): Promise<number> => metric('etcd_debugging_mvcc_watcher_total');
     // What the tests before left (their watches are cancelled as their registries close): once it holds still.
     let before = await watchers();
     for (let settled = 0; settled < 2; ) {
@@ -92,10 +95,7 @@ describe('through etcd grpc-proxy, under faults', () => {
 
   it.each([1, 2])('an idle fleet behind %i proxies sends etcd about one read per registry a minute', async (proxies) => {
     const prefix = uniquePrefix('proxy-idle');
-    const ranges = async (): Promise<number> => {
-      const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
-      return Number(/^grpc_server_msg_received_total\{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"\} (\d+)/m.exec(text)?.[1]);
-    };
+    const ranges = (): Promise<number> => metric('grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}');
     const second = proxies === 2 ? new GrpcProxy(etcd.clientUrl) : undefined;
     await second?.start();
     try {
