@@ -10,7 +10,10 @@ VERSION=3.5.30
 PACKAGE_VERSION=3.5.30-2
 out="$PWD/.etcd/$VERSION"
 bin="$out/usr/bin"
-if [ -x "$bin/etcd" ] && [ -x "$bin/etcdctl" ] && "$bin/etcd" --version | grep -q "etcd Version: $VERSION"; then
+# `etcd --version` is read whole before it is matched: with pipefail, `| grep -q` exits at the first
+# line and etcd, still writing the next ones, dies of SIGPIPE (about 1 run in 20 here), which failed CI.
+is_wanted() { [ -x "$1/etcd" ] && [ -x "$1/etcdctl" ] && [[ "$("$1/etcd" --version)" == *"etcd Version: $VERSION"* ]]; }
+if is_wanted "$bin"; then
   echo "$bin"
   exit 0
 fi
@@ -18,7 +21,7 @@ fi
 # The mirror the machine's own apt sources name (deb822 or one-line format).
 # Only live lines of enabled files: `URIs: …` (deb822) or `deb …` (one-line), never comments.
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-  grep -E '^[[:space:]]*(URIs:|deb )' | grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ' || true)
+  grep -E '^[[:space:]]*(URIs:|deb )' | grep -oE 'https?://[^ ]+/debian/?( |$)' | sed -n '1{s/ //g;p;}' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 mirror=${mirror%/}
 
@@ -40,5 +43,5 @@ apt-get "${apt_opts[@]}" -qq update </dev/null >&2
 rm -rf "$out"
 mkdir -p "$out"
 for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$out"; done
-"$bin/etcd" --version | grep -q "etcd Version: $VERSION" || { echo "etcd $VERSION was not extracted into $out" >&2; exit 1; }
+is_wanted "$bin" || { echo "etcd $VERSION was not extracted into $out" >&2; exit 1; }
 echo "$bin"
