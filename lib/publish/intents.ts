@@ -23,6 +23,9 @@
 import { RegistryError } from '../errors';
 import type { Endpoint } from '../types';
 
+/** Forgotten keys remembered for their late events: past this, the oldest go (a later event of theirs costs one delete that finds nothing). */
+const FORGOTTEN_MAX = 4096;
+
 /** An endpoint as written: the Endpoint and its encoded value. */
 export interface Registration {
   readonly endpoint: Endpoint;
@@ -115,6 +118,14 @@ export class Intents {
   private readonly recoveringKeys = new Set<string>();
   /** Keys owed because of a call or a listing change (not only a recovery). */
   private readonly callsOwedKeys = new Set<string>();
+  /**
+   * Keys forgotten once their delete was confirmed, with the latest revision of ours each had
+   * (put or delete). The self-watch trails the answers to our writes: the event of a put
+   * confirmed before the delete may come after the key is forgotten, and is history, not a
+   * put that landed late. A key leaves when its delete event comes (or a newer call takes it
+   * up again); the oldest go past FORGOTTEN_MAX.
+   */
+  private readonly forgotten = new Map<string, number>();
   /** One clock for tokens and write issue times: never repeats. */
   private clock = 0;
 
@@ -178,7 +189,8 @@ export class Intents {
         sent: false,
         deleting: 0,
         putRevision: 0,
-        deleteRevision: 0,
+        // What etcd confirmed before the key was forgotten still dates its events.
+        deleteRevision: this.forgotten.get(key) ?? 0,
         lateRevision: 0,
         restoring: false,
         recovering: false,
@@ -189,6 +201,7 @@ export class Intents {
         waiters: [],
       };
       this.entries.set(key, entry);
+      this.forgotten.delete(key);
     }
     return entry;
   }
@@ -408,7 +421,13 @@ export class Intents {
    */
   deletedByOther(key: string, revision: number): boolean {
     const entry = this.entries.get(key);
-    if (!entry || !target(entry) || !entry.registered) return false;
+    if (!entry) {
+      // Our own delete of a forgotten key, as its event: nothing of it is left to come.
+      const last = this.forgotten.get(key);
+      if (last !== undefined && revision >= last) this.forgotten.delete(key);
+      return false;
+    }
+    if (!target(entry) || !entry.registered) return false;
     if (revision <= entry.putRevision || revision <= entry.deleteRevision || entry.deleting > 0) return false;
     entry.restoring = true;
     entry.recovering = true;
@@ -426,7 +445,9 @@ export class Intents {
    */
   latePut(key: string, value: Buffer, revision: number): boolean {
     const known = this.entries.get(key);
-    if (known && (revision <= known.putRevision || target(known)?.value.equals(value) === true)) return false;
+    // At or below a confirmed write of ours the put is history: that write came after it.
+    const latest = known ? Math.max(known.putRevision, known.deleteRevision) : (this.forgotten.get(key) ?? 0);
+    if (revision <= latest || target(known)?.value.equals(value) === true) return false;
     // A key we no longer track is deleted again.
     const entry = known ?? this.entry(key);
     if (!known) entry.token = entry.call = ++this.clock;
@@ -445,6 +466,7 @@ export class Intents {
    */
   forgetRevisions(): void {
     for (const e of this.entries.values()) e.putRevision = e.deleteRevision = e.lateRevision = 0;
+    this.forgotten.clear();
   }
 
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */
@@ -520,7 +542,15 @@ export class Intents {
     toggle(this.putsOwedKeys, key, listed && owed);
     toggle(this.recoveringKeys, key, owed && entry.recovering);
     toggle(this.callsOwedKeys, key, owed && !entry.recovering);
-    if (!entry.want && !owed && entry.waiters.length === 0 && entry.deleting === 0) this.entries.delete(key);
+    if (!entry.want && !owed && entry.waiters.length === 0 && entry.deleting === 0) this.forget(entry);
+  }
+
+  private forget(entry: Entry): void {
+    this.entries.delete(entry.key);
+    const latest = Math.max(entry.putRevision, entry.deleteRevision, entry.lateRevision);
+    if (latest === 0) return;
+    this.forgotten.set(entry.key, latest);
+    if (this.forgotten.size > FORGOTTEN_MAX) this.forgotten.delete(this.forgotten.keys().next().value!);
   }
 }
 
