@@ -606,14 +606,24 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   /**
-   * Tracks the highest revision and the cluster id seen. A header behind a revision
-   * already seen, or from another cluster, makes etcd suspected of having lost its
-   * data: a linearizable read decides (see suspectReset). A `linearizable` header may
-   * still be behind without any loss (its request went out before the answer that
-   * raised the revision came back), and any other header may come from a lagging member.
-   * A cluster id of 0 (what etcd's gRPC proxy passes on) is "not told": never a change.
+   * The highest revision seen so far. Taken when a request goes out, it is the `floor`
+   * its answer's header is checked against.
    */
-  checkHeader(header: IResponseHeader | undefined, linearizable: boolean): void {
+  get seenRevision(): number {
+    return this.maxRevision;
+  }
+
+  /**
+   * Tracks the highest revision and the cluster id seen. A header behind `floor` (what
+   * was seen when its request went out, or its stream opened), or from another cluster,
+   * makes etcd suspected of having lost its data: a linearizable read decides (see
+   * suspectReset). Only the floor counts: answers on other connections overtake one
+   * another (a watch event trails the answer to its put, a keepalive answered before a
+   * put may arrive after it), and that is no loss. A header may still be behind its floor
+   * when it comes from a lagging member. A cluster id of 0 (what etcd's gRPC proxy
+   * passes on) is "not told": never a change.
+   */
+  checkHeader(header: IResponseHeader | undefined, linearizable: boolean, floor = this.maxRevision): void {
     if (!header) return;
     const revision = Number(header.revision);
     const clusterId = this.clusterIdOf(header);
@@ -627,9 +637,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       return;
     }
     if (linearizable && revision > this.vouchedRevision) this.vouchedRevision = revision;
-    if (revision < this.maxRevision) {
-      this.suspectReset(`revision went backwards from ${this.maxRevision} to ${revision}${linearizable ? '' : ' (not a linearizable answer)'}`);
-    } else {
+    // What was seen then and still stands (a confirmed reset lowers what was seen).
+    const behind = Math.min(floor, this.maxRevision);
+    if (revision < behind) {
+      this.suspectReset(`revision went backwards from ${behind} to ${revision}${linearizable ? '' : ' (not a linearizable answer)'}`);
+    } else if (revision > this.maxRevision) {
       this.maxRevision = revision;
     }
   }

@@ -28,15 +28,17 @@ export async function readPrefix(
 ): Promise<PrefixSnapshot> {
   const range = Range.prefix(prefix);
   let revision = 0;
+  let floor = conn.seenRevision;
   let request = conn.call((c) => c.rangePage({ key: range.start, rangeEnd: range.end, limit: pageSize, revision: 0 }));
   for (;;) {
     const res = await request;
-    conn.checkHeader(res.header, revision === 0);
+    conn.checkHeader(res.header, revision === 0, floor);
     if (revision === 0) revision = Number(res.header.revision);
     const more = res.more && res.kvs.length > 0;
     if (more) {
       // The next page starts right after the last key read, at the same revision.
       const start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
+      floor = conn.seenRevision;
       request = conn.call((c) => c.rangePage({ key: start, rangeEnd: range.end, limit: pageSize, revision }));
       request.catch(() => undefined); // observed on the next turn of the loop
     }

@@ -138,6 +138,12 @@ export class WatchStream {
   private heard = 0;
   /** When the current stream last answered (or opened). */
   private heardAt = 0;
+  /**
+   * What was seen when the current stream opened: its answers' headers are checked against
+   * it. Not what was seen since: an event trails the answer to its own put, and through a
+   * grpc-proxy one stream carries the answers of several watches on etcd, in no one order.
+   */
+  private floor = 0;
   private progressAnswers = 0;
   private probe: Probe | undefined;
   private probes = 0;
@@ -198,6 +204,7 @@ export class WatchStream {
         }
         this.stream = stream;
         this.generation = generation;
+        this.floor = this.conn.seenRevision;
         stream.on('data', (res) => this.onResponse(stream, res));
         stream.on('error', (err) => this.onStreamEnd(stream, err));
         stream.on('end', () => this.onStreamEnd(stream, new Error('watch stream ended')));
@@ -291,7 +298,7 @@ export class WatchStream {
     this.heard++;
     this.heardAt = Date.now();
     if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
-    this.conn.checkHeader(res.header, false);
+    this.conn.checkHeader(res.header, false, this.floor);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
     let id: number | undefined;

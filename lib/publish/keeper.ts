@@ -271,12 +271,13 @@ export class LeaseKeeper {
     if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
     const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
     this.intents.sending(writes);
+    const floor = this.conn.seenRevision;
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
       const single = ops.length === 1 ? ops[0]!.request_put : undefined;
       const res = single ? await this.conn.call((c) => c.kv.put(single)) : await this.conn.call((c) => c.kv.txn({ success: ops }));
-      this.conn.checkHeader(res.header, false);
+      this.conn.checkHeader(res.header, false, floor);
       revision = Number(res.header.revision);
     } catch (e) {
       if (e instanceof EtcdLeaseInvalidError) this.session.markLost('etcd no longer knows the lease');
@@ -360,6 +361,7 @@ export class LeaseKeeper {
     let lease = this.session.leaseId;
     if (lease === undefined) return { note: ' (no lease of ours ever held it)', revision: 0 };
     for (let attempt = 0; attempt < 3; attempt++) {
+      const floor = this.conn.seenRevision;
       const res = await this.conn.call((c) =>
         c.kv.txn({
           compare: [{ key, target: 'Lease', result: 'Equal', lease }],
@@ -368,7 +370,7 @@ export class LeaseKeeper {
         }),
       );
       // As for a put: a header behind what was seen (etcd restored empty) is checked.
-      this.conn.checkHeader(res.header, false);
+      this.conn.checkHeader(res.header, false, floor);
       const revision = Number(res.header.revision);
       if (res.succeeded) return { note: '', revision };
       const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];

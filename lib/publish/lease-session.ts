@@ -53,6 +53,8 @@ export class LeaseSession {
   private lossTimer: NodeJS.Timeout | undefined;
   /** Armed when a keepalive is sent, cleared by its answer. */
   private ackTimer: NodeJS.Timeout | undefined;
+  /** What was seen when the oldest unanswered keepalive went out: its answer's header is checked against it. */
+  private keepaliveFloor = 0;
   private closing: Promise<RegistryError | undefined> | undefined;
   /** The throwaway grant and revoke that warm the close path's revoke; once per session. */
   private warming: Promise<void> | undefined;
@@ -97,13 +99,14 @@ export class LeaseSession {
     if (this.currentState === 'alive' && this.current) return this.current;
     this.setState('granting', 'granting');
     let res;
+    const floor = this.conn.seenRevision;
     try {
       res = await this.conn.call((c) => c.leaseClient.leaseGrant({ TTL: this.ttlSeconds }));
     } catch (e) {
       if (this.currentState === 'granting') this.setState(this.current ? 'lost' : 'none', 'grant failed');
       throw e;
     }
-    this.conn.checkHeader(res.header, false);
+    this.conn.checkHeader(res.header, false, floor);
     if (this.closing) {
       void this.revokeQuietly(res.ID, 'granted after close');
       throw new RegistryClosedError('register');
@@ -249,6 +252,8 @@ export class LeaseSession {
       return;
     }
     if (!this.ackTimer) {
+      // The oldest unanswered keepalive's: the next answer is its, or a later one's.
+      this.keepaliveFloor = this.conn.seenRevision;
       // etcd's grpc-proxy answers a keepalive only when its own upstream keepalive (every TTL/3)
       // comes back: allow for that wait, and still leave half the TTL for a second attempt on a
       // fresh connection before etcd's TTL runs out.
@@ -271,7 +276,7 @@ export class LeaseSession {
   private onKeepalive(stream: KeepaliveStream, res: ILeaseKeepAliveResponse): void {
     if (stream !== this.keepalive || res.ID !== this.current || !this.isAlive) return;
     this.clearAckTimer();
-    this.conn.checkHeader(res.header, false);
+    this.conn.checkHeader(res.header, false, this.keepaliveFloor);
     if (Number(res.TTL) <= 0) {
       this.markLost('etcd answered the keepalive with TTL 0');
       return;

@@ -103,6 +103,25 @@ describe('suspected resets on one etcd member', () => {
     expect(Number((await client.get(`${prefix}/x`).exec()).header.revision)).toBe(revisionBefore);
   });
 
+  it('answers that overtake one another are not suspected: a busy writer that watches its service sends no extra reads', async () => {
+    // The answer to a put raises the revision seen; that put's watch event, and a keepalive
+    // answered before it, may come after it on their own connections. Only what was seen
+    // when a request went out (or its stream opened) counts: 12 to 38 suspicions (each a
+    // linearizable read) came of 1,000 register/unregister pairs before.
+    const prefix = uniquePrefix('overtaken');
+    const { a, suspected } = await watched(prefix);
+    const other = reg(prefix);
+    await other.endpoints('web');
+    for (let i = 0; i < 400; i++) {
+      const address = `10.0.12.${i % 250}:${8000 + Math.floor(i / 250)}`;
+      await a.register({ service: 'web', address });
+      await a.unregister({ service: 'web', address });
+      if (i % 50 === 0) await client.put(`${prefix}/noise`).value(String(i));
+    }
+    expect(suspected).toEqual([]);
+    await eventually(async () => expect((await other.endpoints('web')).length).toBe(1), { timeout: 5000 });
+  });
+
   it('a real data loss (etcd wiped) is confirmed and emits reset, once, and everything is put back', async () => {
     const prefix = uniquePrefix('wiped');
     const { a, conn, resets } = await watched(prefix);
