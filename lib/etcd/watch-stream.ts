@@ -86,6 +86,12 @@ interface Sent {
   readonly startRevision: number;
   /** Progress requests written before this create: an answer to a later one covers it. */
   readonly progressSeq: number;
+  /**
+   * What was seen when the create went out: etcd answers it with its current revision,
+   * never below that unless it lost its data (the canary's answer checks this every 30 s,
+   * on a stream that through a grpc-proxy outlives any restart of etcd).
+   */
+  readonly floor: number;
   /** The server's id for it, once its create was answered. */
   serverId?: number;
   /** Removed (or a canary answered) before its create was answered: cancel it then. */
@@ -139,9 +145,10 @@ export class WatchStream {
   /** When the current stream last answered (or opened). */
   private heardAt = 0;
   /**
-   * What was seen when the current stream opened: its answers' headers are checked against
-   * it. Not what was seen since: an event trails the answer to its own put, and through a
-   * grpc-proxy one stream carries the answers of several watches on etcd, in no one order.
+   * What was seen when the current stream opened: its events' and progress answers' headers
+   * are checked against it (a create's against what was seen when it went out). Not what
+   * was seen since: an event trails the answer to its own put, and through a grpc-proxy one
+   * stream carries the answers of several watches on etcd, in no one order.
    */
   private floor = 0;
   private progressAnswers = 0;
@@ -247,7 +254,7 @@ export class WatchStream {
     // anyway, and it lets a new watch join its watch on etcd only if that one is not ahead of
     // the new one's start, which one revision early always is once an event has passed.
     const startRevision = target === undefined ? 0 : exact || this.serialCreates || next <= 1 ? next : next - 1;
-    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, progressSeq: this.progressSeq });
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, progressSeq: this.progressSeq, floor: this.conn.seenRevision });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
@@ -298,15 +305,16 @@ export class WatchStream {
     this.heard++;
     this.heardAt = Date.now();
     if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
-    this.conn.checkHeader(res.header, false, this.floor);
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
+    // etcd answers creates in order; 3.4 answers one it refused with id -1. With
+    // serialCreates only one is in flight, whatever id the server gave it.
+    const i = !res.created || this.pendingCreates.length === 0 ? -1 : serverId === ALL_WATCHES || this.serialCreates ? 0 : this.pendingCreates.indexOf(serverId);
+    const created = i < 0 ? undefined : this.sent.get(this.pendingCreates[i]!);
+    this.conn.checkHeader(res.header, false, created?.floor ?? this.floor);
     let id: number | undefined;
     if (res.created) {
-      // etcd answers creates in order; 3.4 answers one it refused with id -1. With
-      // serialCreates only one is in flight, whatever id the server gave it.
       if (this.pendingCreates.length === 0) return;
-      const i = serverId === ALL_WATCHES || this.serialCreates ? 0 : this.pendingCreates.indexOf(serverId);
       if (i < 0) {
         // An id we never sent: the server numbers the watches itself (etcd's grpc-proxy).
         // The ids of the other answers cannot be trusted: start again, one create at a time.

@@ -128,6 +128,8 @@ export class Intents {
   private readonly forgotten = new Map<string, number>();
   /** One clock for tokens and write issue times: never repeats. */
   private clock = 0;
+  /** Writes issued before this clock (before etcd lost its data) tell no revision of the history etcd has now. */
+  private revisionsFrom = 0;
 
   /** Endpoints this registry owns, in registration order. */
   get endpoints(): Endpoint[] {
@@ -349,8 +351,12 @@ export class Intents {
   confirm(write: Write, revision = 0): Settled | undefined {
     const entry = this.entries.get(write.key);
     if (!entry) return undefined;
-    if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
-    else entry.deleteRevision = Math.max(entry.deleteRevision, revision);
+    // A write issued before etcd lost its data may be answered from the lost history: its
+    // revision dates nothing in the new one.
+    if (write.issued >= this.revisionsFrom) {
+      if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
+      else entry.deleteRevision = Math.max(entry.deleteRevision, revision);
+    }
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten
     // by an older put of ours that landed late (see latePut): the calls it answers are
@@ -467,6 +473,7 @@ export class Intents {
   forgetRevisions(): void {
     for (const e of this.entries.values()) e.putRevision = e.deleteRevision = e.lateRevision = 0;
     this.forgotten.clear();
+    this.revisionsFrom = ++this.clock;
   }
 
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */

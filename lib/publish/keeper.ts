@@ -70,6 +70,8 @@ export class LeaseKeeper {
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
   private regranting = false;
+  /** Data losses confirmed so far: a write sent before the latest is answered from history etcd lost. */
+  private resets = 0;
   /** Causes of recovery that came since the last recovery round began: the next round is paced by them. */
   private readonly recoveryDue = new Set<RecoveryCause>();
   private reachable = true;
@@ -272,6 +274,7 @@ export class LeaseKeeper {
     const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
     this.intents.sending(writes);
     const floor = this.conn.seenRevision;
+    const resets = this.resets;
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
@@ -307,7 +310,8 @@ export class LeaseKeeper {
         this.outbox.push(() => this.hooks.registered(endpoint));
       }
     }
-    for (const service of services) this.guard.watchFrom(service, revision);
+    // A write answered from before a data loss: its revision is none of the new history's.
+    if (resets === this.resets) for (const service of services) this.guard.watchFrom(service, revision);
     if (!this.intents.putsOwed) this.recovered(leaseId);
     return undefined;
   }
@@ -325,6 +329,7 @@ export class LeaseKeeper {
   /** Deletes each key while it is on a lease of ours; resolves with an error if any failed. */
   private async deleteAll(writes: Write[]): Promise<unknown> {
     this.intents.sending(writes);
+    const resets = this.resets;
     const results = await Promise.allSettled(writes.map((w) => this.deleteOne(w)));
     let failure: unknown;
     /** Per service, the lowest revision a delete was answered at. */
@@ -346,7 +351,7 @@ export class LeaseKeeper {
     // Watched from here on too, so that a put of ours that lands late is undone: from the
     // round's lowest revision (a delete that found nothing answers with etcd's current
     // revision, which may be past a late put on another key).
-    for (const [service, revision] of from) this.guard.watchFrom(service, revision);
+    if (resets === this.resets) for (const [service, revision] of from) this.guard.watchFrom(service, revision);
     return failure;
   }
 
@@ -433,6 +438,7 @@ export class LeaseKeeper {
 
   private onReset = (reason: string): void => {
     if (this.closed) return;
+    this.resets++;
     // Revisions start again lower: what each key remembers of them would hide real deletes.
     this.intents.forgetRevisions();
     if (this.intents.staleAll() === 0) return;

@@ -7,7 +7,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ChangeEvent, Registry } from '../../lib';
 import { EtcdNode } from '../support/etcd';
-import { uniquePrefix } from '../support/env';
+import { eventually, uniquePrefix } from '../support/env';
 import { GrpcProxy } from '../support/grpc-proxy';
 import { TcpProxy } from '../support/proxy';
 import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
@@ -65,6 +65,29 @@ describe('through etcd grpc-proxy, under faults', () => {
     await sleep(4000);
     expect(resets.a).toBeLessThanOrEqual(1);
     expect(resets.watcher).toBeLessThanOrEqual(1);
+  });
+
+  it("a watch-only registry's canary through the proxy notices etcd restored empty, though etcd passed the revision its stream opened at", async () => {
+    // Through the proxy the watch stream outlives etcd: a create's answer (the canary's, every
+    // 30 s of silence) is checked against what was seen when the create went out.
+    const prefix = uniquePrefix('proxy-canary');
+    const watcher = reg(proxy.url, prefix);
+    const internals = watcher as unknown as { conn: NodeJS.EventEmitter & { seenRevision: number }; stream: { sendProbe(now: number, escalate: boolean, answers: undefined): void } };
+    await watcher.endpoints('web');
+    const opened = internals.conn.seenRevision;
+    for (let i = 0; i < 150; i++) await client.put(`${prefix}/services/web/10.0.21.${i}:80`).value(JSON.stringify({ Op: 0, Addr: `10.0.21.${i}:80` }));
+    await eventually(async () => expect((await watcher.endpoints('web')).length).toBe(150), { timeout: 10_000 });
+    const seen = internals.conn.seenRevision;
+    const suspected: string[] = [];
+    internals.conn.on('suspected', (r: string) => suspected.push(r));
+    await etcd.restart({ wipe: true });
+    // Past the revision the stream opened at, still behind what the watcher saw.
+    for (let i = 0; i < opened + 20; i++) await client.put(`${prefix}-other/${i}`).value('x');
+    const now = Number((await client.get(`${prefix}-other/0`).exec()).header.revision);
+    expect(now).toBeGreaterThan(opened);
+    expect(now).toBeLessThan(seen);
+    internals.stream.sendProbe(Date.now(), true, undefined);
+    await eventually(() => expect(suspected.some((r) => r.includes('went backwards'))).toBe(true), { timeout: 10_000 });
   });
 
   it('watchers that start after an event share the watch the proxy already holds on etcd', async () => {

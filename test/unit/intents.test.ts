@@ -352,6 +352,44 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     expect(intents.owed(128).deletes.map((w) => w.key)).toEqual([KEY]);
   });
 
+  it('a delete answered from before a data loss dates nothing in the new history', async () => {
+    // etcd restored empty while the delete was out: its answer's revision is the old history's.
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    const [put] = intents.owed(128).puts;
+    intents.sending([put!]);
+    intents.confirm(put!, 5000);
+    await first.done;
+    const removed = intents.intend(KEY, undefined);
+    const [del] = intents.owed(128).deletes;
+    intents.sending([del!]);
+    intents.forgetRevisions();
+    intents.deleteAnswered(del!);
+    intents.confirm(del!, 5001);
+    await removed.done;
+    const again = intents.intend(KEY, regN(2));
+    const [put2] = intents.owed(128).puts;
+    intents.sending([put2!]);
+    intents.confirm(put2!, 12);
+    await again.done;
+    // In the new history: a delete by someone else, and a put of ours that landed late.
+    expect(intents.deletedByOther(KEY, 20)).toBe(true);
+    const fresh = new Intents();
+    const one = fresh.intend(KEY, regN(1));
+    const [p1] = fresh.owed(128).puts;
+    fresh.sending([p1!]);
+    fresh.confirm(p1!, 5000);
+    await one.done;
+    const gone = fresh.intend(KEY, undefined);
+    const [d1] = fresh.owed(128).deletes;
+    fresh.sending([d1!]);
+    fresh.forgetRevisions();
+    fresh.deleteAnswered(d1!);
+    fresh.confirm(d1!, 5001);
+    await gone.done;
+    expect(fresh.latePut(KEY, regN(1).value, 30)).toBe(true);
+  });
+
   it('a late put of an older value is overwritten with the registration the key should have', async () => {
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
