@@ -239,10 +239,12 @@ export class LeaseKeeper {
       // Writes that answer calls never wait behind the pacing of recovery writes.
       if (this.recoveryDue.size > 0 && !this.intents.callsOwed) await this.paceRecovery();
       if (this.intents.putsOwed && !this.session.isAlive) await this.grant();
+      // Taken with the writes: a data loss confirmed after this is one they may predate.
+      const resets = this.resets;
       const { puts, deletes } = this.intents.owed(MAX_TXN_OPS);
       let failure: unknown;
-      if (puts.length > 0) failure = await this.put(byteLimited(puts));
-      if (deletes.length > 0) failure = (await this.deleteAll(deletes)) ?? failure;
+      if (puts.length > 0) failure = await this.put(byteLimited(puts), resets);
+      if (deletes.length > 0) failure = (await this.deleteAll(deletes, resets)) ?? failure;
       if (failure !== undefined && !this.closed) {
         debug('write failed, retrying: %s', (failure as Error).message);
         throw failure;
@@ -267,14 +269,13 @@ export class LeaseKeeper {
     this.guard.restartAll();
   }
 
-  /** Puts the writes on the current lease; resolves with the error if it failed. */
-  private async put(writes: Write[]): Promise<unknown> {
+  /** Puts the writes on the current lease; resolves with the error if it failed. `resets`: this.resets when they were taken. */
+  private async put(writes: Write[], resets: number): Promise<unknown> {
     const leaseId = this.session.leaseId;
     if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
     const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
     this.intents.sending(writes);
     const floor = this.conn.seenRevision;
-    const resets = this.resets;
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
@@ -289,8 +290,8 @@ export class LeaseKeeper {
         // halves are tried on their own, so only the key it refuses fails its caller.
         debug('%s refused (%s): splitting the transaction', describeWrites(writes, leaseId), (e as Error).message);
         const half = Math.ceil(writes.length / 2);
-        const first = await this.put(writes.slice(0, half));
-        const second = this.closed ? undefined : await this.put(writes.slice(half));
+        const first = await this.put(writes.slice(0, half), resets);
+        const second = this.closed ? undefined : await this.put(writes.slice(half), resets);
         return first ?? second;
       } else this.refused(e, writes, describeWrites(writes, leaseId));
       return e;
@@ -310,7 +311,8 @@ export class LeaseKeeper {
         this.outbox.push(() => this.hooks.registered(endpoint));
       }
     }
-    // A write answered from before a data loss: its revision is none of the new history's.
+    // Taken before a data loss, the writes may be answered from the lost history: their keys
+    // are owed again, and the watch restarts after that write.
     if (resets === this.resets) for (const service of services) this.guard.watchFrom(service, revision);
     if (!this.intents.putsOwed) this.recovered(leaseId);
     return undefined;
@@ -327,9 +329,8 @@ export class LeaseKeeper {
   }
 
   /** Deletes each key while it is on a lease of ours; resolves with an error if any failed. */
-  private async deleteAll(writes: Write[]): Promise<unknown> {
+  private async deleteAll(writes: Write[], resets: number): Promise<unknown> {
     this.intents.sending(writes);
-    const resets = this.resets;
     const results = await Promise.allSettled(writes.map((w) => this.deleteOne(w)));
     let failure: unknown;
     /** Per service, the lowest revision a delete was answered at. */
@@ -351,7 +352,10 @@ export class LeaseKeeper {
     // Watched from here on too, so that a put of ours that lands late is undone: from the
     // round's lowest revision (a delete that found nothing answers with etcd's current
     // revision, which may be past a late put on another key).
-    if (resets === this.resets) for (const [service, revision] of from) this.guard.watchFrom(service, revision);
+    // Taken before a data loss, they may be answered from the lost history: watched from
+    // what etcd has now (no later write of the service may come to restart the watch).
+    const now = this.conn.seenRevision;
+    for (const [service, revision] of from) this.guard.watchFrom(service, resets === this.resets ? revision : now);
     return failure;
   }
 
@@ -441,10 +445,12 @@ export class LeaseKeeper {
     this.resets++;
     // Revisions start again lower: what each key remembers of them would hide real deletes.
     this.intents.forgetRevisions();
+    // The self-watches wait at revisions of the lost history: each restarts after the next
+    // write of its service (with every key paused or failing its check, when one comes back).
+    this.guard.restartAll();
     if (this.intents.staleAll() === 0) return;
     debug('etcd lost its data (%s): putting every endpoint back', reason);
     this.startRecovery('data loss', reason);
-    this.guard.restartAll();
     this.kick();
   };
 
