@@ -2,6 +2,7 @@
  * CPU per change event per client, in one process: K Registries (or raw etcd3 watchers)
  * watching one service, N put/delete rounds from another client.
  *   npx tsx bench/diagnostics/fanout-cpu.ts [K] [N]
+ * VIA_PROXY=1: the clients reach etcd through one `etcd grpc-proxy` (the writer writes to etcd).
  * The modes alternate, raw first and last (MODES=raw,ours,… to change): the first run of
  * a process is slower (cold code), so a fixed order would favour the mode that runs later.
  */
@@ -9,6 +10,7 @@ import { Etcd3 } from 'etcd3';
 import { Registry } from '../../lib';
 import { KeySpace } from '../../lib/keys';
 import { EtcdNode } from '../../test/support/etcd';
+import { GrpcProxy } from '../../test/support/grpc-proxy';
 import { sleep } from '../stats';
 
 async function main(): Promise<void> {
@@ -17,10 +19,12 @@ async function main(): Promise<void> {
   const etcd = new EtcdNode({ name: 'diag-fanout' });
   await etcd.start();
   console.log("etcd up", etcd.clientUrl);
-  const url = etcd.clientUrl;
+  const proxy = process.env.VIA_PROXY ? new GrpcProxy(etcd.clientUrl) : undefined;
+  await proxy?.start();
+  const url = proxy?.url ?? etcd.clientUrl;
   const prefix = 'fanout';
   const keys = new KeySpace(prefix);
-  const writer = new Etcd3({ hosts: url });
+  const writer = new Etcd3({ hosts: etcd.clientUrl });
   try {
     for (const mode of (process.env.MODES ?? 'raw,ours,raw,ours,raw').split(',')) {
       let seen = 0;
@@ -67,6 +71,7 @@ async function main(): Promise<void> {
     }
   } finally {
     writer.close();
+    await proxy?.stop();
     await etcd.stop();
   }
 }
