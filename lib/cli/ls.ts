@@ -4,7 +4,7 @@
  * read of the prefix; records that are not valid endpoints are listed as
  * skipped instead of being hidden.
  */
-import type { RangeKeyValue } from '../etcd/range-page';
+import type { RangeKeyValue } from '../etcd/wire';
 import type { Connection } from '../etcd/connection';
 import type { RegistryConfig } from '../config';
 import { quote } from '../errors';

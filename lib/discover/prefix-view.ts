@@ -10,7 +10,7 @@
  * registry's Limiter: a reset re-reads many views a few at a time.
  */
 import { EtcdPermissionDeniedError, Range, type IEvent } from 'etcd3';
-import type { RangeKeyValue } from '../etcd/range-page';
+import type { RangeKeyValue } from '../etcd/wire';
 import { cappedBackoff } from '../backoff';
 import { type Connection, isUnreachableError, watchRefusal } from '../etcd/connection';
 import { RegistryClosedError, quote } from '../errors';
@@ -183,7 +183,7 @@ export class PrefixView implements WatchTarget {
     const batches = new Map<ServiceList, Batch>();
     for (const event of events) {
       // A deleted key that has no place here was skipped (and reported) when it was put.
-      const deleted = event.type === 'Delete' ? keyString(event.kv) : undefined;
+      const deleted = event.type === 'Delete' ? keyString(event.kv, (event.kv as RangeKeyValue).keyText?.()) : undefined;
       const decoded = event.type === 'Delete' ? deleted !== undefined && this.locate(deleted, false) : this.decode(event.kv);
       if (!decoded) continue;
       let batch = batches.get(decoded.list);
@@ -254,7 +254,7 @@ export class PrefixView implements WatchTarget {
   }
 
   private decode(kv: RangeKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
-    const key = keyString(kv);
+    const key = keyString(kv, kv.keyText?.());
     if (key === undefined) {
       this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
       return undefined;

@@ -1,15 +1,26 @@
 /**
- * etcd3's client with one more call: `rangePage()`, a range read whose answer is
- * decoded by lib/etcd/range-page.ts instead of protobufjs (the cold read of a big prefix
- * spends most of its CPU there). It goes through etcd3's own connection handling
- * (member choice, per-member policy, auth metadata, error types) and the client's
- * failover policy and deadline, as every other call does.
+ * etcd3's client with two more calls whose answers are decoded by this library instead of
+ * protobufjs: `rangePage()`, a range read (lib/etcd/range-page.ts: the cold read of a big
+ * prefix spends most of its CPU decoding), and `watchStream()`, a Watch stream
+ * (lib/etcd/watch-response.ts: every client decodes every change). Both go through etcd3's
+ * own connection handling (member choice, per-member policy, auth metadata, error types);
+ * the range also through the client's failover policy and deadline, as every other call does.
  */
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse } from 'etcd3';
+import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
+import { decodeWatchResponse } from './watch-response';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
+
+/** The Watch stream as etcd3's `watchClient.watch()` gives it. */
+export type WatchDuplex = Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
+
+/** What grpc-js's generated client keeps of the Watch method (its requests stay protobufjs's). */
+interface WatchMethod {
+  readonly path: string;
+  readonly requestSerialize: (req: IWatchRequest) => Buffer;
+}
 
 /** What a call's gRPC options are made of: its deadline (see Connection's callDeadline). */
 export type CallDeadline = () => number;
@@ -22,6 +33,20 @@ export class EtcdClient extends Etcd3 {
     private readonly deadline: CallDeadline,
   ) {
     super({ ...options, faultHandling: { ...options.faultHandling, global } });
+  }
+
+  /**
+   * A Watch stream, as etcd3's `watchClient.watch()` opens it (the same member choice, auth
+   * metadata and failure marking; no deadline, as for every stream), its answers decoded by
+   * decodeWatchResponse.
+   */
+  watchStream(): Promise<WatchDuplex> {
+    return this.pool.withConnection('Watch', ({ resource, client, metadata }) => {
+      const method = watchMethod(client);
+      const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
+      stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
+      return stream as unknown as WatchDuplex;
+    });
   }
 
   /** One page of a range read, as RangePage. */
@@ -51,6 +76,11 @@ export class EtcdClient extends Etcd3 {
       return fromResponse(await this.kv.range({ key: req.key, range_end: req.rangeEnd, limit: req.limit, revision: req.revision }));
     }
   }
+}
+
+/** The Watch service's method definition, from the generated client's constructor. */
+function watchMethod(client: object): WatchMethod {
+  return (client.constructor as unknown as { service: { Watch: WatchMethod } }).service.Watch;
 }
 
 function fromResponse(res: IRangeResponse): RangePage {

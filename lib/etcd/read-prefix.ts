@@ -5,7 +5,7 @@
  */
 import { Range } from 'etcd3';
 import type { Connection } from './connection';
-import type { RangeKeyValue } from './range-page';
+import type { RangeKeyValue } from './wire';
 
 export const PAGE_SIZE = 5000;
 

@@ -200,8 +200,8 @@ export class WatchStream {
     if (this.closed || this.opening || this.stream || this.targets.size === 0) return;
     this.opening = true;
     const generation = this.conn.generation;
-    this.conn.client.watchClient
-      .watch()
+    this.conn.client
+      .watchStream()
       .then((stream) => {
         this.opening = false;
         if (this.closed || this.targets.size === 0 || generation !== this.conn.generation) {

@@ -11,7 +11,7 @@
  * does. Read-only: range and watch only.
  */
 import type { IEvent } from 'etcd3';
-import type { RangeKeyValue } from '../etcd/range-page';
+import type { RangeKeyValue } from '../etcd/wire';
 import { EtcdPermissionDeniedError, Range } from 'etcd3';
 import { cappedBackoff } from '../backoff';
 import { isDoctorProbeKey } from '../cli/doctor';

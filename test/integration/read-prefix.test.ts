@@ -8,7 +8,7 @@ import { Etcd3, GRPCDeadlineExceededError } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Connection } from '../../lib/etcd/connection';
 import { readPrefix } from '../../lib/etcd/read-prefix';
-import type { RangeKeyValue } from '../../lib/etcd/range-page';
+import type { RangeKeyValue } from '../../lib/etcd/wire';
 import { EtcdNode } from '../support/etcd';
 import { etcdEndpoints, uniquePrefix } from '../support/env';
 

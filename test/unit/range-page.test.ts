@@ -9,7 +9,8 @@ import path from 'node:path';
 import { loadSync } from '@grpc/proto-loader';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MalformedResponseError, decodeRangeResponse, encodeRangeRequest } from '../../lib/etcd/range-page';
+import { decodeRangeResponse, encodeRangeRequest } from '../../lib/etcd/range-page';
+import { MalformedResponseError } from '../../lib/etcd/wire';
 
 const definition = loadSync(path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto/rpc.proto'), {
   keepCase: true,
