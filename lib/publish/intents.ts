@@ -191,8 +191,7 @@ export class Intents {
         sent: false,
         deleting: 0,
         putRevision: 0,
-        // What etcd confirmed before the key was forgotten still dates its events.
-        deleteRevision: this.forgotten.get(key) ?? 0,
+        deleteRevision: 0,
         lateRevision: 0,
         restoring: false,
         recovering: false,
@@ -203,6 +202,8 @@ export class Intents {
         waiters: [],
       };
       this.entries.set(key, entry);
+      // Taken up again: its own writes date its events from now on (a revision remembered
+      // from before could also be from a history etcd has since lost without our noticing).
       this.forgotten.delete(key);
     }
     return entry;
