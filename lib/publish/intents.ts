@@ -355,8 +355,15 @@ export class Intents {
     // A write issued before etcd lost its data may be answered from the lost history: its
     // revision dates nothing in the new one.
     if (write.issued >= this.revisionsFrom) {
-      if (write.want) entry.putRevision = Math.max(entry.putRevision, revision);
-      else entry.deleteRevision = Math.max(entry.deleteRevision, revision);
+      // A key's writes are confirmed in the order they were sent (one writer, one step at a
+      // time): the latest dates its events, and a revision of ours above it is from a history
+      // etcd lost without a confirmed reset (it would hide a foreign delete).
+      if (revision > 0) {
+        if (write.want) entry.putRevision = revision;
+        else entry.deleteRevision = revision;
+        if (entry.putRevision > revision) entry.putRevision = 0;
+        if (entry.deleteRevision > revision) entry.deleteRevision = 0;
+      }
     }
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten

@@ -393,6 +393,24 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     expect(fresh.latePut(KEY, regN(1).value, 30)).toBe(true);
   });
 
+  it('after a data loss no reset confirmed (a wipe whose new history passed what was vouched for), the re-put dates the key', async () => {
+    // The lease died with etcd's data (keepalive TTL 0): every key is put again, at a revision
+    // of the new history below the old one. A foreign delete after that re-put is news.
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    const [put] = intents.owed(128).puts;
+    intents.sending([put!]);
+    intents.confirm(put!, 120);
+    await first.done;
+    intents.staleAll();
+    const [again] = intents.owed(128).puts;
+    intents.sending([again!]);
+    intents.confirm(again!, 30);
+    expect(intents.dirty).toBe(false);
+    expect(intents.deletedByOther(KEY, 32)).toBe(true);
+    expect(intents.owed(128).puts.map((w) => w.key)).toEqual([KEY]);
+  });
+
   it('a late put of an older value is overwritten with the registration the key should have', async () => {
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
