@@ -8,6 +8,7 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, describe, it } from 'vitest';
 import type { Endpoint, Registry } from '../../lib';
+import { KeySpace } from '../../lib/keys';
 import { EtcdNode } from '../support/etcd';
 import { uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
@@ -37,6 +38,7 @@ describe('randomized soak', () => {
     await etcd.start();
     client = new Etcd3({ hosts: etcd.clientUrl });
     const prefix = uniquePrefix('soak');
+    const keys = new KeySpace(prefix);
     const target = new URL(etcd.clientUrl);
     const viaProxy = async (): Promise<Registry> => {
       const proxy = new TcpProxy(target.hostname, Number(target.port));
@@ -55,6 +57,10 @@ describe('randomized soak', () => {
 
     // The model: what each registrar must own once everything settles.
     const model = new Map<Registry, Map<string, Endpoint>>(registrars.map((r) => [r, new Map()]));
+    // Per registrar and key, the latest call: a register() that resolves after a later
+    // unregister() of the key was made (its put landed first) does not make the key owned.
+    const calls = new Map<Registry, Map<string, number>>(registrars.map((r) => [r, new Map()]));
+    let call = 0;
     const counts = { register: 0, unregister: 0, failed: 0, faults: 0 };
     const deadline = Date.now() + DURATION_MS;
 
@@ -66,15 +72,19 @@ describe('randomized soak', () => {
         if (owned.size > 0 && rand() < 0.4) {
           const endpoint = pick(Array.from(owned.values()));
           owned.delete(endpoint.key); // whatever unregister() says, it must end up gone
+          calls.get(r)!.set(endpoint.key, ++call);
           counts.unregister++;
           pending.push(r.unregister(endpoint).catch(() => void counts.failed++));
         } else {
           const address = `10.9.${Math.floor(rand() * 4)}.${Math.floor(rand() * 8)}:80`;
           const service = pick(services);
           counts.register++;
+          const key = keys.endpointKey(service, address);
+          const mine = ++call;
+          calls.get(r)!.set(key, mine);
           pending.push(
             r.register({ service, address, metadata: { n: counts.register } }).then(
-              (endpoint) => void owned.set(endpoint.key, endpoint),
+              (endpoint) => void (calls.get(r)!.get(endpoint.key) === mine && owned.set(endpoint.key, endpoint)),
               () => void counts.failed++,
             ),
           );
