@@ -352,18 +352,15 @@ export class Intents {
   confirm(write: Write, revision = 0): Settled | undefined {
     const entry = this.entries.get(write.key);
     if (!entry) return undefined;
-    // A write issued before etcd lost its data may be answered from the lost history: its
-    // revision dates nothing in the new one.
-    if (write.issued >= this.revisionsFrom) {
-      // A key's writes are confirmed in the order they were sent (one writer, one step at a
-      // time): the latest dates its events, and a revision of ours above it is from a history
-      // etcd lost without a confirmed reset (it would hide a foreign delete).
-      if (revision > 0) {
-        if (write.want) entry.putRevision = revision;
-        else entry.deleteRevision = revision;
-        if (entry.putRevision > revision) entry.putRevision = 0;
-        if (entry.deleteRevision > revision) entry.deleteRevision = 0;
-      }
+    // A key's writes are confirmed in the order they were sent (one writer, one step at a
+    // time): the latest dates its events, and a revision of ours above it is from a history
+    // etcd lost without a confirmed reset (it would hide a foreign delete). A write issued
+    // before a confirmed loss may be answered from the lost history: it dates nothing.
+    if (revision > 0 && write.issued >= this.revisionsFrom) {
+      if (write.want) entry.putRevision = revision;
+      else entry.deleteRevision = revision;
+      if (entry.putRevision > revision) entry.putRevision = 0;
+      if (entry.deleteRevision > revision) entry.deleteRevision = 0;
     }
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten
