@@ -170,11 +170,17 @@ const regN = (n: number): Registration => ({
 });
 const timeout = (): RegistryError => new RegistryError('ERR_ETCD_UNREACHABLE', 'timed out');
 
-/** Takes the owed writes, sends and confirms them all, as the keeper's writer does when etcd answers. */
-function writeAll(intents: Intents): void {
+/**
+ * Takes the owed writes, sends and confirms them all at `revision`, as the keeper's writer does
+ * when etcd answers; `meanwhile` runs while they are out.
+ */
+function writeAll(intents: Intents, revision = 10, meanwhile?: () => void): void {
   const { puts, deletes } = intents.owed(128);
   intents.sending(puts);
-  for (const w of [...puts, ...deletes]) intents.confirm(w, 10);
+  intents.sending(deletes);
+  meanwhile?.();
+  for (const w of deletes) intents.deleteAnswered(w);
+  for (const w of [...puts, ...deletes]) intents.confirm(w, revision);
 }
 
 describe('Intents: a failed register() falls back to what the calls before it asked for', () => {
@@ -313,15 +319,10 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     // (and the key forgotten) before the put's event comes (23 times in 1,300 such pairs).
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
-    const [put] = intents.owed(128).puts;
-    intents.sending([put!]);
-    intents.confirm(put!, 30);
+    writeAll(intents, 30);
     await first.done;
     const removed = intents.intend(KEY, undefined);
-    const [del] = intents.owed(128).deletes;
-    intents.sending([del!]);
-    intents.deleteAnswered(del!);
-    intents.confirm(del!, 31);
+    writeAll(intents, 31);
     await removed.done;
     expect(intents.dirty).toBe(false);
     expect(intents.latePut(KEY, regN(1).value, 30)).toBe(false);
@@ -329,10 +330,8 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     // A register() of the key again: the old event costs no write beyond its own put.
     const again = intents.intend(KEY, regN(2));
     intents.latePut(KEY, regN(1).value, 30);
-    const puts = intents.owed(128).puts;
-    expect(puts.map((w) => w.want?.endpoint.metadata)).toEqual([{ n: 2 }]);
-    intents.sending(puts);
-    intents.confirm(puts[0]!, 40);
+    expect(intents.owed(128).puts.map((w) => w.want?.endpoint.metadata)).toEqual([{ n: 2 }]);
+    writeAll(intents, 40);
     await again.done;
     expect(intents.dirty).toBe(false);
   });
@@ -340,15 +339,10 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
   it('a forgotten key is remembered until its delete event comes, and a put after that is late', async () => {
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
-    const [put] = intents.owed(128).puts;
-    intents.sending([put!]);
-    intents.confirm(put!, 40);
+    writeAll(intents, 40);
     await first.done;
     const removed = intents.intend(KEY, undefined);
-    const [del] = intents.owed(128).deletes;
-    intents.sending([del!]);
-    intents.deleteAnswered(del!);
-    intents.confirm(del!, 41);
+    writeAll(intents, 41);
     await removed.done;
     expect(intents.deletedByOther(KEY, 41)).toBe(false); // our own delete's event
     expect(intents.latePut(KEY, regN(1).value, 45)).toBe(true);
@@ -357,40 +351,23 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
 
   it('a delete answered from before a data loss dates nothing in the new history', async () => {
     // etcd restored empty while the delete was out: its answer's revision is the old history's.
-    const intents = new Intents();
-    const first = intents.intend(KEY, regN(1));
-    const [put] = intents.owed(128).puts;
-    intents.sending([put!]);
-    intents.confirm(put!, 5000);
-    await first.done;
-    const removed = intents.intend(KEY, undefined);
-    const [del] = intents.owed(128).deletes;
-    intents.sending([del!]);
-    intents.forgetRevisions();
-    intents.deleteAnswered(del!);
-    intents.confirm(del!, 5001);
-    await removed.done;
+    const unregisteredDuringLoss = async (): Promise<Intents> => {
+      const intents = new Intents();
+      const first = intents.intend(KEY, regN(1));
+      writeAll(intents, 5000);
+      await first.done;
+      const removed = intents.intend(KEY, undefined);
+      writeAll(intents, 5001, () => intents.forgetRevisions());
+      await removed.done;
+      return intents;
+    };
+    const intents = await unregisteredDuringLoss();
     const again = intents.intend(KEY, regN(2));
-    const [put2] = intents.owed(128).puts;
-    intents.sending([put2!]);
-    intents.confirm(put2!, 12);
+    writeAll(intents, 12);
     await again.done;
     // In the new history: a delete by someone else, and a put of ours that landed late.
     expect(intents.deletedByOther(KEY, 20)).toBe(true);
-    const fresh = new Intents();
-    const one = fresh.intend(KEY, regN(1));
-    const [p1] = fresh.owed(128).puts;
-    fresh.sending([p1!]);
-    fresh.confirm(p1!, 5000);
-    await one.done;
-    const gone = fresh.intend(KEY, undefined);
-    const [d1] = fresh.owed(128).deletes;
-    fresh.sending([d1!]);
-    fresh.forgetRevisions();
-    fresh.deleteAnswered(d1!);
-    fresh.confirm(d1!, 5001);
-    await gone.done;
-    expect(fresh.latePut(KEY, regN(1).value, 30)).toBe(true);
+    expect((await unregisteredDuringLoss()).latePut(KEY, regN(1).value, 30)).toBe(true);
   });
 
   it('after a data loss no reset confirmed (a wipe whose new history passed what was vouched for), the re-put dates the key', async () => {
@@ -398,14 +375,10 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     // of the new history below the old one. A foreign delete after that re-put is news.
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
-    const [put] = intents.owed(128).puts;
-    intents.sending([put!]);
-    intents.confirm(put!, 120);
+    writeAll(intents, 120);
     await first.done;
     intents.staleAll();
-    const [again] = intents.owed(128).puts;
-    intents.sending([again!]);
-    intents.confirm(again!, 30);
+    writeAll(intents, 30);
     expect(intents.dirty).toBe(false);
     expect(intents.deletedByOther(KEY, 32)).toBe(true);
     expect(intents.owed(128).puts.map((w) => w.key)).toEqual([KEY]);
