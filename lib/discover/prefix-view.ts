@@ -94,6 +94,8 @@ export class PrefixView implements WatchTarget {
   /** Backoff between watches refused for permission, and when the last refusal came. */
   private denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
   private lastDenial = 0;
+  /** Ends the first sync's wait for the watch's create (see watchCreated()). */
+  private watching: (() => void) | undefined;
 
   /** `service` undefined: the view covers every service under the key space's root. */
   constructor(
@@ -173,9 +175,35 @@ export class PrefixView implements WatchTarget {
     }
     this.nextRevision = snapshot.revision + 1;
     this.synced = true;
+    const created = kind === 'initial' ? this.watchCreated() : undefined;
     this.stream.add(this);
     debug('%s read at revision %d: %d endpoint(s)', this.name, snapshot.revision, total);
     for (const batch of batches) this.commit(batch, batch.list.synced ? kind : 'initial');
+    await created;
+  }
+
+  /**
+   * The first sync resolves once the watch's create was answered (within a request timeout;
+   * past it, the list is read and the watch catches up from its revision when it comes). A
+   * change that follows then reaches this client through the watch a grpc-proxy holds on etcd
+   * for the range. A create that reached the proxy after a change had moved that watch on
+   * needed one of its own, from its older revision; the creates right behind it joined that
+   * one, and the proxy never merges a watch of five clients or more into another (figure 9).
+   */
+  private watchCreated(): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.watching?.(), this.conn.requestTimeoutMs);
+      timer.unref();
+      this.watching = () => {
+        clearTimeout(timer);
+        this.watching = undefined;
+        resolve();
+      };
+    });
+  }
+
+  onCreated(): void {
+    this.watching?.();
   }
 
   onEvents(events: IEvent[]): void {
@@ -194,6 +222,7 @@ export class PrefixView implements WatchTarget {
   }
 
   onLost(reason: string): void {
+    this.watching?.();
     const refusal = watchRefusal(reason);
     if (refusal === undefined) {
       void this.resync(reason);
@@ -320,6 +349,7 @@ export class PrefixView implements WatchTarget {
     if (this.closed) return;
     this.closed = true;
     this.stream.remove(this);
+    this.watching?.();
   }
 }
 

@@ -72,6 +72,8 @@ export interface WatchTarget {
   /** The revision the watch starts (or resumes) from. */
   nextRevision: number;
   onEvents(events: IEvent[]): void;
+  /** Its create was answered: the watch is on etcd (or on a grpc-proxy's watch on etcd). */
+  onCreated?(): void;
   /** etcd ended this watch; it is no longer on the stream. */
   onLost(reason: string, compacted: boolean): void;
 }
@@ -84,6 +86,8 @@ interface Sent {
   readonly skipBelow: number;
   /** The revision the create asked for. */
   readonly startRevision: number;
+  /** Sent before the server was known (a member, or a grpc-proxy that numbers watches itself): from its own revision. */
+  readonly blind: boolean;
   /** Progress requests written before this create: an answer to a later one covers it. */
   readonly progressSeq: number;
   /**
@@ -128,6 +132,8 @@ export class WatchStream {
    * that each answer tells the server's id of that create. Once seen, kept.
    */
   private serialCreates = false;
+  /** The server answered a create with the id we gave it: a member, not a grpc-proxy. */
+  private ownIds = false;
   // ---- state of the current stream
   /** Creates written on the current stream, by our id, until etcd ends the watch or it is cancelled. */
   private sent = new Map<number, Sent>();
@@ -250,11 +256,13 @@ export class WatchStream {
     if (target) this.exactStart.delete(target);
     // One revision early (seen already, so never in the future: etcd >= 3.5.22 answers no
     // progress request while a watch's start is ahead of it); its events are dropped on
-    // arrival. Not through etcd's grpc-proxy (serialCreates): it answers no progress request
-    // anyway, and it lets a new watch join its watch on etcd only if that one is not ahead of
-    // the new one's start, which one revision early always is once an event has passed.
-    const startRevision = target === undefined ? 0 : exact || this.serialCreates || next <= 1 ? next : next - 1;
-    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, progressSeq: this.progressSeq, floor: this.conn.seenRevision });
+    // arrival. Only on a member: etcd's grpc-proxy answers no progress request anyway, and it
+    // lets a new watch join its watch on etcd only if that one is not ahead of the new one's
+    // start, which one revision early is once an event of the range has passed. Before the
+    // server is known, from its own revision; on a member it is created again one early.
+    const blind = target !== undefined && !this.ownIds && !this.serialCreates;
+    const startRevision = target === undefined ? 0 : exact || !this.ownIds || this.serialCreates || next <= 1 ? next : next - 1;
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
@@ -269,6 +277,17 @@ export class WatchStream {
           }
         : { key: canaryKey, start_revision: 0, watch_id: id },
     });
+  }
+
+  /** Cancels watch `id` on the server and creates `target` again, under a new id, from its `nextRevision`. */
+  private renew(id: number, sent: Sent, target: WatchTarget): void {
+    this.forget(id);
+    this.write({ cancel_request: { watch_id: sent.serverId ?? id } });
+    this.targets.delete(id);
+    const fresh = this.nextId++;
+    this.ids.set(target, fresh);
+    this.targets.set(fresh, target);
+    this.create(fresh, target);
   }
 
   /** Cancels a watch of ours on the server, now or once its create is answered. */
@@ -309,15 +328,24 @@ export class WatchStream {
     const revision = Number(res.header.revision);
     // etcd answers creates in order; 3.4 answers one it refused with id -1. With
     // serialCreates only one is in flight, whatever id the server gave it.
-    const i = !res.created || this.pendingCreates.length === 0 ? -1 : serverId === ALL_WATCHES || this.serialCreates ? 0 : this.pendingCreates.indexOf(serverId);
+    let i = !res.created || this.pendingCreates.length === 0 ? -1 : serverId === ALL_WATCHES || this.serialCreates ? 0 : this.pendingCreates.indexOf(serverId);
+    // An id we never sent: the server numbers the watches itself (etcd's grpc-proxy). With
+    // one create in flight and nothing else on the stream, the answer can only be its own.
+    const sole = i < 0 && res.created && this.pendingCreates.length === 1 && this.sent.size === 1;
+    if (sole) i = 0;
     const created = i < 0 ? undefined : this.sent.get(this.pendingCreates[i]!);
     this.conn.checkHeader(res.header, false, created?.floor ?? this.floor);
     let id: number | undefined;
     if (res.created) {
       if (this.pendingCreates.length === 0) return;
+      if (sole && !this.serialCreates) {
+        this.serialCreates = true;
+        this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
+        debug('the server answered the create in flight with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
+      }
       if (i < 0) {
-        // An id we never sent: the server numbers the watches itself (etcd's grpc-proxy).
-        // The ids of the other answers cannot be trusted: start again, one create at a time.
+        // Several creates were in flight: the ids of the other answers cannot be trusted.
+        // Start again, one create at a time.
         if (!this.serialCreates) {
           this.serialCreates = true;
           this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
@@ -327,6 +355,7 @@ export class WatchStream {
         return;
       }
       [id] = this.pendingCreates.splice(i, 1) as [number];
+      if (!this.serialCreates && serverId === id) this.ownIds = true;
       const sent = this.sent.get(id);
       if (sent && !res.canceled) {
         sent.serverId = serverId;
@@ -362,13 +391,8 @@ export class WatchStream {
         // Asked for one revision early, and that one was just compacted: the revision the
         // watch needs is still there. Ask for it exactly (under a new id: etcd may hold the old one).
         debug('watch %d %s: revision %d compacted, asking for %d exactly', id, target.name, sent.startRevision, sent.skipBelow);
-        this.write({ cancel_request: { watch_id: sent.serverId ?? id } });
-        this.targets.delete(id);
-        const fresh = this.nextId++;
-        this.ids.set(target, fresh);
-        this.targets.set(fresh, target);
         this.exactStart.add(target);
-        this.create(fresh, target);
+        this.renew(id, sent, target);
         return;
       }
       this.targets.delete(id);
@@ -388,6 +412,11 @@ export class WatchStream {
         this.conn.reportReset(`watch ${target.name} resumed at revision ${target.nextRevision}, but etcd is at ${revision}`);
       }
       if (sent && sent.startRevision <= revision) sent.catchingUpTo = revision;
+      if (sent?.blind && this.ownIds && target.nextRevision > 1) {
+        debug('watch %d %s: a member, created again from revision %d, one early', id, target.name, target.nextRevision - 1);
+        this.renew(id, sent, target);
+      }
+      target.onCreated?.();
       return;
     }
     if (res.events.length > 0) {

@@ -24,6 +24,17 @@ describe('through etcd grpc-proxy, under faults', () => {
     const line = text.split('\n').find((l) => l.startsWith(`${name} `));
     return Number(line?.slice(name.length + 1));
   };
+  /** etcd's watcher count once what the tests before left holds still (their watches are cancelled as their registries close). */
+  const settledWatchers = async (): Promise<number> => {
+    let before = await metric('etcd_debugging_mvcc_watcher_total');
+    for (let settled = 0; settled < 2; ) {
+      await sleep(300);
+      const now = await metric('etcd_debugging_mvcc_watcher_total');
+      settled = now === before ? settled + 1 : 0;
+      before = now;
+    }
+    return before;
+  };
   const reg = (endpoints: string, prefix: string): Registry => {
     const r = faultRegistry(endpoints, prefix);
     r.on('error', () => undefined);
@@ -93,14 +104,7 @@ describe('through etcd grpc-proxy, under faults', () => {
   it('watchers that start after an event share the watch the proxy already holds on etcd', async () => {
     const prefix = uniquePrefix('proxy-share');
     const watchers = (): Promise<number> => metric('etcd_debugging_mvcc_watcher_total');
-    // What the tests before left (their watches are cancelled as their registries close): once it holds still.
-    let before = await watchers();
-    for (let settled = 0; settled < 2; ) {
-      await sleep(300);
-      const now = await watchers();
-      settled = now === before ? settled + 1 : 0;
-      before = now;
-    }
+    const before = await settledWatchers();
     const first = reg(proxy.url, prefix);
     expect(await first.endpoints('web')).toEqual([]);
     await client.put(`${prefix}/services/web/10.0.22.1:80`).value('{"Op":0,"Addr":"10.0.22.1:80","Metadata":null}');
@@ -114,6 +118,30 @@ describe('through etcd grpc-proxy, under faults', () => {
     expect(await watchers()).toBe(before + 1);
     await client.put(`${prefix}/services/web/10.0.22.2:80`).value('{"Op":0,"Addr":"10.0.22.2:80","Metadata":null}');
     for (const r of [first, ...later]) await expect.poll(async () => (await r.endpoints('web')).length, { timeout: 10_000 }).toBe(2);
+  });
+
+  it('registries whose endpoints() resolved are on the watch the proxy holds on etcd, even when a change follows at once', async () => {
+    // endpoints() resolves once the watch's create was answered. Before, it resolved at the
+    // read: a create that reached the proxy after a change had moved the proxy's watch on
+    // made one of its own on etcd, to catch up from its older revision. The creates right
+    // behind it joined that one, and the proxy never merges a watch of five clients or more
+    // into another: in a fleet starting together (figure 9), several more watches for good.
+    const prefix = uniquePrefix('proxy-late');
+    const before = await settledWatchers();
+    const first = reg(proxy.url, prefix);
+    expect(await first.endpoints('web')).toEqual([]);
+    // The fleet reaches the proxy over a slow link: what it sends arrives 150 ms later.
+    const slow = TcpProxy.forUrl(proxy.url, { upstreamDelayMs: 150 });
+    await slow.start();
+    tcp.push(slow);
+    const fleet = Array.from({ length: 8 }, () => reg(slow.url, prefix));
+    await Promise.all(fleet.map((r) => r.endpoints('web')));
+    for (let i = 1; i <= 2; i++) {
+      await client.put(`${prefix}/services/web/10.0.23.${i}:80`).value(`{"Op":0,"Addr":"10.0.23.${i}:80","Metadata":null}`);
+      for (const r of [first, ...fleet]) await expect.poll(async () => (await r.endpoints('web')).length, { timeout: 10_000 }).toBe(i);
+      // None of them needed a watch on etcd of its own to catch up, not even for a while.
+      expect(await metric('etcd_debugging_mvcc_watcher_total')).toBe(before + 1);
+    }
   });
 
   it.each([1, 2])('an idle fleet behind %i proxies sends etcd about one read per registry a minute', async (proxies) => {

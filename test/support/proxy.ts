@@ -22,6 +22,8 @@ export interface TcpProxyOptions {
   /** Listen port (default: any free port on 127.0.0.1). */
   port?: number;
   mode?: ProxyMode;
+  /** Holds what the client sends this long before passing it on, in order: a slow link. */
+  upstreamDelayMs?: number;
 }
 
 interface Pair {
@@ -39,6 +41,7 @@ export class TcpProxy {
   private _mode: ProxyMode;
   private _port: number | undefined;
   private readonly requestedPort: number;
+  private readonly upstreamDelayMs: number;
   /** Bytes dropped because of blackhole mode (both directions). */
   droppedBytes = 0;
   /** Connections accepted since start. */
@@ -49,6 +52,7 @@ export class TcpProxy {
     this.targetPort = targetPort;
     this._mode = options.mode ?? 'pass';
     this.requestedPort = options.port ?? 0;
+    this.upstreamDelayMs = options.upstreamDelayMs ?? 0;
   }
 
   /** A proxy in front of `http://host:port` (e.g. an EtcdNode's clientUrl). */
@@ -156,6 +160,11 @@ export class TcpProxy {
       const up = pair.upstream;
       if (pair.blackholed || up === undefined) {
         this.droppedBytes += chunk.length;
+        return;
+      }
+      if (this.upstreamDelayMs > 0) {
+        // Timers of one duration fire in the order they were set: the bytes stay in order.
+        setTimeout(() => pair.blackholed || up.destroyed || up.write(chunk), this.upstreamDelayMs);
         return;
       }
       if (!up.write(chunk)) {
