@@ -117,6 +117,12 @@ interface Probe {
   readonly heard: number;
   /** Progress answers received before its progress request was sent (undefined: none was). */
   readonly progressAnswers: number | undefined;
+  /**
+   * A create sent before the server was known was unanswered: it asked for its own next
+   * revision, ahead of a member that has not passed it, and etcd >= 3.5.22 answers no
+   * progress request then. Its progress request going unanswered counts for nothing.
+   */
+  readonly blind: boolean;
 }
 
 export class WatchStream {
@@ -196,6 +202,11 @@ export class WatchStream {
 
   get size(): number {
     return this.targets.size;
+  }
+
+  /** The server answered a create with the id we gave it: a member, where a watch joins no other. */
+  get onMember(): boolean {
+    return this.ownIds;
   }
 
   private onRebuilt = (): void => {
@@ -386,6 +397,10 @@ export class WatchStream {
     if (!target) return; // removed while the response was in flight
     if (res.canceled) {
       this.forget(id);
+      // Through a grpc-proxy, etcd ended the proxy's watch of the range, and ours stays in it
+      // until cancelled: after a compaction (answered with revision 0) any later create of the
+      // range would join that dead watch and never hear of a change. A member ignores it.
+      if (serverId !== ALL_WATCHES) this.write({ cancel_request: { watch_id: serverId } });
       const compacted = Number(res.compact_revision) > 0;
       if (compacted && sent && sent.startRevision < sent.skipBelow && Number(res.compact_revision) <= sent.skipBelow) {
         // Asked for one revision early, and that one was just compacted: the revision the
@@ -548,7 +563,7 @@ export class WatchStream {
     const probe = this.probe;
     if (probe) {
       if (this.heard > probe.heard) {
-        if (probe.progressAnswers !== undefined && this.progressAnswers === probe.progressAnswers) this.progressMisses++;
+        if (!probe.blind && probe.progressAnswers !== undefined && this.progressAnswers === probe.progressAnswers) this.progressMisses++;
         this.probe = undefined;
       } else if (now - probe.sentAt < timeout) {
         return;
@@ -584,7 +599,8 @@ export class WatchStream {
       progressAnswers = this.progressAnswers;
     }
     if (canary && ![...this.sent.values()].some((s) => s.target === undefined)) this.create(this.nextId++, undefined);
-    this.probe = { sentAt: now, heard: this.heard, canary, progressAnswers };
+    const blind = (escalate && this.probe?.blind === true) || this.pendingCreates.some((id) => this.sent.get(id)?.blind === true);
+    this.probe = { sentAt: now, heard: this.heard, canary, progressAnswers, blind };
   }
 
   private stopPing(): void {

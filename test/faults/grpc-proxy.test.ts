@@ -195,5 +195,9 @@ describe('through etcd grpc-proxy, under faults', () => {
     const removed = changes.flatMap((e) => e.removed.map((x) => x.address));
     expect(added).toEqual(['10.0.21.3:80']);
     expect(removed).toEqual(['10.0.21.2:80']);
+    // And it goes on watching: etcd ended the proxy's watch of the range for the compaction,
+    // and a create that joined that watch would never hear of a change again.
+    const later = await a.register({ service: 'web', address: '10.0.21.4:80' });
+    await expectConverged(client, prefix, [stays, comes, later], [watcher], 10_000);
   });
 });
