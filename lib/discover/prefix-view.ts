@@ -142,15 +142,20 @@ export class PrefixView implements WatchTarget {
   /** The first read and watch; concurrent callers share it, a failure lets the next call try again. */
   sync(): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('endpoints'));
-    this.initial ??= this.limiter.run(() => this.load('initial')).catch((e: unknown) => {
+    // The wait for the watch's create is not the read's: it holds no place in the limiter.
+    this.initial ??= this.limiter.run(() => this.load('initial')).then(({ created }) => created).catch((e: unknown) => {
       this.initial = undefined;
       throw this.conn.error(e, `read the prefix ${quote(this.prefix)}`);
     });
     return this.initial;
   }
 
-  /** Reads the whole prefix, replaces the lists with it and (re)starts the watch after it. */
-  private async load(kind: ChangeKind): Promise<void> {
+  /**
+   * Reads the whole prefix, replaces the lists with it and (re)starts the watch after it.
+   * The first load gives the wait for the watch's create (see watchCreated()), in an object
+   * so that the load's own promise does not take it over.
+   */
+  private async load(kind: ChangeKind): Promise<{ created?: Promise<void> }> {
     if (this.closed) throw new RegistryClosedError('endpoints');
     const fresh = new Map<ServiceList, Fill>();
     for (const list of this.hooks.lists()) fresh.set(list, { keys: [], entries: [] });
@@ -175,20 +180,21 @@ export class PrefixView implements WatchTarget {
     }
     this.nextRevision = snapshot.revision + 1;
     this.synced = true;
-    const created = kind === 'initial' ? this.watchCreated() : undefined;
+    const created = kind === 'initial' && !this.stream.onMember ? this.watchCreated() : undefined;
     this.stream.add(this);
     debug('%s read at revision %d: %d endpoint(s)', this.name, snapshot.revision, total);
     for (const batch of batches) this.commit(batch, batch.list.synced ? kind : 'initial');
-    await created;
+    return { created };
   }
 
   /**
    * The first sync resolves once the watch's create was answered (within a request timeout;
-   * past it, the list is read and the watch catches up from its revision when it comes). A
-   * change that follows then reaches this client through the watch a grpc-proxy holds on etcd
-   * for the range. A create that reached the proxy after a change had moved that watch on
-   * needed one of its own, from its older revision; the creates right behind it joined that
-   * one, and the proxy never merges a watch of five clients or more into another (figure 9).
+   * past it, the list is read and the watch catches up from its revision when it comes),
+   * unless the stream is known to reach a member. A change that follows then reaches this
+   * client through the watch a grpc-proxy holds on etcd for the range. A create that reached
+   * the proxy after a change had moved that watch on needed one of its own, from its older
+   * revision; the creates right behind it joined that one, and the proxy never merges a watch
+   * of five clients or more into another (figure 9).
    */
   private watchCreated(): Promise<void> {
     return new Promise((resolve) => {
