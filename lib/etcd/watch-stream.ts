@@ -290,10 +290,17 @@ export class WatchStream {
     });
   }
 
-  /** Cancels watch `id` on the server and creates `target` again, under a new id, from its `nextRevision`. */
-  private renew(id: number, sent: Sent, target: WatchTarget): void {
+  /** A create was answered with watch id `serverId`, not ours: the server (etcd's grpc-proxy) numbers watches itself. */
+  private serverNumbers(serverId: number): void {
+    this.serialCreates = true;
+    this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
+    debug('the server answered a create with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
+  }
+
+  /** Cancels watch `id` (the server's `serverId`) and creates `target` again, under a new id, from its `nextRevision`. */
+  private renew(id: number, serverId: number, target: WatchTarget): void {
     this.forget(id);
-    this.write({ cancel_request: { watch_id: sent.serverId ?? id } });
+    this.write({ cancel_request: { watch_id: serverId } });
     this.targets.delete(id);
     const fresh = this.nextId++;
     this.ids.set(target, fresh);
@@ -349,18 +356,12 @@ export class WatchStream {
     let id: number | undefined;
     if (res.created) {
       if (this.pendingCreates.length === 0) return;
-      if (sole && !this.serialCreates) {
-        this.serialCreates = true;
-        this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
-        debug('the server answered the create in flight with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
-      }
+      if (sole && !this.serialCreates) this.serverNumbers(serverId);
       if (i < 0) {
         // Several creates were in flight: the ids of the other answers cannot be trusted.
         // Start again, one create at a time.
         if (!this.serialCreates) {
-          this.serialCreates = true;
-          this.conn.markThroughProxy(`watch id ${serverId} chosen by the server`);
-          debug('the server answered a create with watch id %d of its own (a grpc-proxy?): one create at a time from now on', serverId);
+          this.serverNumbers(serverId);
           this.broken(new Error(`watch id ${serverId} chosen by the server`), 0);
         }
         return;
@@ -397,19 +398,19 @@ export class WatchStream {
     if (!target) return; // removed while the response was in flight
     if (res.canceled) {
       this.forget(id);
-      // Through a grpc-proxy, etcd ended the proxy's watch of the range, and ours stays in it
-      // until cancelled: after a compaction (answered with revision 0) any later create of the
-      // range would join that dead watch and never hear of a change. A member ignores it.
-      if (serverId !== ALL_WATCHES) this.write({ cancel_request: { watch_id: serverId } });
       const compacted = Number(res.compact_revision) > 0;
       if (compacted && sent && sent.startRevision < sent.skipBelow && Number(res.compact_revision) <= sent.skipBelow) {
         // Asked for one revision early, and that one was just compacted: the revision the
         // watch needs is still there. Ask for it exactly (under a new id: etcd may hold the old one).
         debug('watch %d %s: revision %d compacted, asking for %d exactly', id, target.name, sent.startRevision, sent.skipBelow);
         this.exactStart.add(target);
-        this.renew(id, sent, target);
+        this.renew(id, serverId, target);
         return;
       }
+      // Through a grpc-proxy, etcd ended the proxy's watch of the range, and ours stays in it
+      // until cancelled: after a compaction (answered with revision 0) any later create of the
+      // range would join that dead watch and never hear of a change. A member ignores it.
+      if (serverId !== ALL_WATCHES) this.write({ cancel_request: { watch_id: serverId } });
       this.targets.delete(id);
       this.ids.delete(target);
       const reason = compacted
@@ -429,7 +430,7 @@ export class WatchStream {
       if (sent && sent.startRevision <= revision) sent.catchingUpTo = revision;
       if (sent?.blind && this.ownIds && target.nextRevision > 1) {
         debug('watch %d %s: a member, created again from revision %d, one early', id, target.name, target.nextRevision - 1);
-        this.renew(id, sent, target);
+        this.renew(id, serverId, target);
       }
       target.onCreated?.();
       return;
