@@ -146,7 +146,7 @@ interface Stopped {
 }
 
 /** The fleet's processes: spawned once, they serve every phase (spawning costs seconds on a loaded machine). */
-class Fleet {
+export class Fleet {
   readonly children: BenchChild[] = [];
   private sink: ((a: Arrival) => void) | undefined;
 

@@ -14,35 +14,30 @@
 import { Etcd3 } from 'etcd3';
 import { KeySpace } from '../../lib/keys';
 import { EtcdNode } from '../../test/support/etcd';
+import { Fleet } from '../fig9-fleet';
 import { etcdLoad, startGrpcProxy } from '../grpc-proxy';
 import { sleep } from '../stats';
-import { address, registry, spawnChild, value, type BenchChild } from '../support';
+import { address, registry, value } from '../support';
 
 async function main(): Promise<void> {
   const phases = (process.argv[2] ?? 'ours:500,raw:500').split(',');
   const etcd = new EtcdNode({ name: 'diag-proxy-watches' });
   await etcd.start();
   const proxy = await startGrpcProxy(etcd.clientUrl);
-  const children: BenchChild[] = Array.from({ length: 4 }, () => spawnChild('fleet-watchers.ts', {}));
+  const fleet = await Fleet.spawn(4);
   const w = async (label: string): Promise<void> => {
     const l = await etcdLoad(etcd.clientUrl);
     console.log(`${label}: watchers ${l.watchers}`);
   };
   try {
-    await Promise.all(children.map((c) => c.message<{ ready?: boolean }>((m) => m.ready === true, 60_000)));
     let n = 0;
     for (const ph of phases) {
       const [mode, ks] = ph.split(':');
       const k = Number(ks);
       const prefix = `p${n++}`;
       await w(`${ph} before`);
-      await Promise.all(
-        children.map(async (c) => {
-          const started = c.message<{ started?: boolean }>((m) => m.started === true, 120_000);
-          c.send({ op: 'start', mode, count: Math.ceil(k / 4), url: proxy.url, prefix, service: 'svc' });
-          await started;
-        }),
-      );
+      const start = { op: 'start', mode, count: Math.ceil(k / 4), url: proxy.url, prefix, service: 'svc' };
+      await fleet.ask(fleet.children, start, (m: { started?: boolean }) => m.started === true, 120_000);
       await w(`${ph} started`);
       await sleep(Number(process.env.SETTLE_MS ?? 0));
       await w(`${ph} settled`);
@@ -59,19 +54,12 @@ async function main(): Promise<void> {
         await sleep(100);
       }
       await w(`${ph} after writes`);
-      await Promise.all(
-        children.map(async (c) => {
-          const stopped = c.message<{ stopped?: boolean }>((m) => m.stopped === true, 120_000);
-          c.send({ op: 'stop' });
-          await stopped;
-        }),
-      );
+      await fleet.ask(fleet.children, { op: 'stop' }, (m: { stopped?: boolean }) => m.stopped === true, 120_000);
       await writer?.close();
       raw?.close();
     }
   } finally {
-    for (const c of children) c.send({ op: 'exit' });
-    await sleep(500);
+    await fleet.exit();
     await proxy.stop();
     await etcd.stop();
   }
