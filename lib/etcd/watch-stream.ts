@@ -29,6 +29,17 @@
  *   it refuses with watch id -1, so creates are matched to answers in order too.
  *   A refusal for permission also reopens the stream: the stream keeps the auth
  *   token it was opened with, which etcd forgets when it restarts.
+ * - A watch goes out with a NUL after its key, a spelling of its range only this
+ *   library uses (its first key itself, a prefix ending in `/`, is never a record),
+ *   and after each compaction that ended it with two NULs, then one again. etcd's
+ *   grpc-proxy groups watches by the exact key and range end, and keeps a watch
+ *   etcd ended for a compaction among them, with next revision 1, until every
+ *   client in it cancels: every new create of that range fits it, and every watch
+ *   of fewer than 5 clients of that range is merged into it at its next answer, all
+ *   never to hear of a change again, with no sign of it. A client that does not cancel
+ *   it (etcd3 while its stream holds other watches, an older version of this library)
+ *   cannot hold such a watch for ours; ours cancel as soon as etcd ends a watch, and the one that was
+ *   ended moves to the other spelling, away from a slower one's.
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from '../backoff';
@@ -62,10 +73,14 @@ const PROGRESS_RETRY_PROBES = 60;
  * made while etcd did not answer) is checked every request timeout, as before.
  */
 const STREAM_CHECK_MS = 30_000;
+/** Appended to a watch's key: the spellings of its range (see the top of the file). */
+const ONE_NUL = Buffer.from([0]);
+const TWO_NULS = Buffer.from([0, 0]);
 
 export interface WatchTarget {
   /** For logs. */
   readonly name: string;
+  /** The range's first key, never itself a record: the watch may start just after it (see above). */
   readonly key: Buffer;
   readonly rangeEnd: Buffer;
   readonly filters?: FilterType[];
@@ -170,6 +185,8 @@ export class WatchStream {
   private progressMisses = 0;
   /** Targets whose next create asks for `nextRevision` itself (the revision before it was compacted). */
   private readonly exactStart = new WeakSet<WatchTarget>();
+  /** Targets whose watch etcd ended for a compaction an odd number of times: spelled with two NULs. */
+  private readonly respelled = new WeakSet<WatchTarget>();
   private backoff = cappedBackoff().next();
   /** The backoff as a response last reset it: reset again only once a reopen has used it (no allocation per response). */
   private freshBackoff = this.backoff;
@@ -279,7 +296,7 @@ export class WatchStream {
     this.write({
       create_request: target
         ? {
-            key: target.key,
+            key: Buffer.concat([target.key, this.respelled.has(target) ? TWO_NULS : ONE_NUL]),
             range_end: target.rangeEnd,
             start_revision: startRevision,
             watch_id: id,
@@ -306,6 +323,12 @@ export class WatchStream {
     this.ids.set(target, fresh);
     this.targets.set(fresh, target);
     this.create(fresh, target);
+  }
+
+  /** The target's next create goes out under the other spelling of its range. */
+  private respell(target: WatchTarget): void {
+    if (this.respelled.has(target)) this.respelled.delete(target);
+    else this.respelled.add(target);
   }
 
   /** Cancels a watch of ours on the server, now or once its create is answered. */
@@ -399,6 +422,7 @@ export class WatchStream {
     if (res.canceled) {
       this.forget(id);
       const compacted = Number(res.compact_revision) > 0;
+      if (compacted) this.respell(target);
       if (compacted && sent && sent.startRevision < sent.skipBelow && Number(res.compact_revision) <= sent.skipBelow) {
         // Asked for one revision early, and that one was just compacted: the revision the
         // watch needs is still there. Ask for it exactly (under a new id: etcd may hold the old one).

@@ -3,7 +3,7 @@
  * heals its endpoints when the etcd behind the proxy comes back empty (data loss),
  * and a watcher cut off past a compaction re-reads through the proxy.
  */
-import { Etcd3 } from 'etcd3';
+import { Etcd3, Range } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ChangeEvent, Registry } from '../../lib';
 import { EtcdNode } from '../support/etcd';
@@ -166,6 +166,39 @@ describe('through etcd grpc-proxy, under faults', () => {
       await second?.stop();
     }
   }, 40_000);
+
+  it("a watch etcd ended for a compaction, kept by a client of the proxy that never cancels, takes in no watch of ours", async () => {
+    const prefix = uniquePrefix('proxy-dead');
+    const a = reg(etcd.clientUrl, prefix);
+    const first = await a.register({ service: 'web', address: '10.0.22.1:80' });
+    // Watching before that watch exists: the proxy merges a watch of fewer than 5 clients into it at its next answer.
+    const early = reg(proxy.url, prefix);
+    await expectConverged(client, prefix, [first], [early]);
+    await client.put(`${prefix}/elsewhere`).value('x');
+    const rev = (await client.get('anything').exec()).header.revision;
+    await client.kv.compact({ revision: rev, physical: true });
+    // A client of the proxy (as etcd3 does while its stream holds other watches) asks for the service's range from a
+    // compacted revision and, once etcd ended the watch, never cancels it.
+    const foreign = new Etcd3({ hosts: proxy.url });
+    try {
+      const stream = await foreign.watchClient.watch();
+      const answers: { canceled: boolean; compact_revision: string }[] = [];
+      stream.on('data', (r) => answers.push(r));
+      stream.on('error', () => undefined);
+      const range = Range.prefix(`${prefix}/services/web/`);
+      stream.write({ create_request: { key: range.start, range_end: range.end, start_revision: 1 } });
+      await eventually(() => expect(answers.some((r) => r.canceled && Number(r.compact_revision) > 0)).toBe(true));
+      // Watching after: every create of that range fits it.
+      const late = reg(proxy.url, prefix);
+      await expectConverged(client, prefix, [first], [late]);
+      const second = await a.register({ service: 'web', address: '10.0.22.2:80' });
+      await expectConverged(client, prefix, [first, second], [early, late], 10_000);
+      const third = await a.register({ service: 'web', address: '10.0.22.3:80' });
+      await expectConverged(client, prefix, [first, second, third], [early, late], 10_000);
+    } finally {
+      foreign.close();
+    }
+  });
 
   it('a watcher cut off past a compaction re-reads through the proxy and reports exactly what changed', async () => {
     const prefix = uniquePrefix('proxy-compact');
