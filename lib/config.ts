@@ -55,6 +55,13 @@ export interface RegistryOptions {
    */
   discoveryIdleSeconds?: number;
   /**
+   * REGISTRY_WATCH_SILENCE_SECONDS: through etcd's grpc-proxy, a watch that heard nothing for
+   * this long (no event, no progress notification, which etcd sends a quiet watch every 10
+   * minutes by default) is created again; 2.5 × etcd's
+   * --experimental-watch-progress-notify-interval.
+   */
+  watchSilenceSeconds?: number;
+  /**
    * REGISTRY_USE_TLS: talk to etcd over TLS. Also on when an endpoint is https:// or a
    * REGISTRY_TLS_* file is set; http:// endpoints are then switched to https://.
    * `false` together with https:// endpoints or a TLS file is an error, never a silent downgrade.
@@ -106,6 +113,8 @@ export interface RegistryConfig {
   readonly health: HealthDefaults;
   /** How long a service read without a subscription stays watched after its last read; 0: for ever. */
   readonly discoveryIdleMs: number;
+  /** A watch through etcd's grpc-proxy that heard nothing this long (no event, no progress notification) is created again. */
+  readonly watchSilenceMs: number;
   /** TLS towards etcd, with every file already read; undefined: plain http. */
   readonly tls: TlsConfig | undefined;
   /** etcd credentials; undefined: no authentication. */
@@ -156,6 +165,7 @@ export const ENV_VARIABLES = {
   healthFailures: 'REGISTRY_HEALTH_FAILURES',
   healthPasses: 'REGISTRY_HEALTH_PASSES',
   discoveryIdleSeconds: 'REGISTRY_DISCOVERY_IDLE_SECONDS',
+  watchSilenceSeconds: 'REGISTRY_WATCH_SILENCE_SECONDS',
   useTls: 'REGISTRY_USE_TLS',
   tlsCaPath: 'REGISTRY_TLS_CA_PATH',
   tlsCertPath: 'REGISTRY_TLS_CERT_PATH',
@@ -234,6 +244,7 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
       passes: field('healthPasses', count, HEALTH_DEFAULTS.passes),
     }),
     discoveryIdleMs: field('discoveryIdleSeconds', nonNegativeMs, 300_000),
+    watchSilenceMs: field('watchSilenceSeconds', positiveMs, 1_500_000),
     tls,
     auth: resolveAuth(options, read),
     zone: field('zone', zone, undefined),

@@ -98,7 +98,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       probeKey: this.keys.root,
       clientOptions: etcdClientOptions(this.config),
     });
-    this.stream = new WatchStream(this.conn, (e) => this.reportError(e));
+    this.stream = new WatchStream(this.conn, (e) => this.reportError(e), this.config.watchSilenceMs);
     this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {
       registered: (endpoint) => this.emit('registered', endpoint),
       leaseLost: (leaseId, reason) => {

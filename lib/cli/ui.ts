@@ -59,6 +59,7 @@ async function run(args: Parsed): Promise<number> {
       conn,
       keys,
       prefix: config.keyPrefix,
+      watchSilenceMs: config.watchSilenceMs,
       etcd: config.etcdEndpoints.join(','),
       host,
       port,

@@ -29,17 +29,23 @@
  *   it refuses with watch id -1, so creates are matched to answers in order too.
  *   A refusal for permission also reopens the stream: the stream keeps the auth
  *   token it was opened with, which etcd forgets when it restarts.
- * - A watch goes out with a NUL after its key, a spelling of its range only this
- *   library uses (its first key itself, a prefix ending in `/`, is never a record),
- *   and after each compaction that ended it with two NULs, then one again. etcd's
- *   grpc-proxy groups watches by the exact key and range end, and keeps a watch
- *   etcd ended for a compaction among them, with next revision 1, until every
- *   client in it cancels: every new create of that range fits it, and every watch
- *   of fewer than 5 clients of that range is merged into it at its next answer, all
- *   never to hear of a change again, with no sign of it. A client that does not cancel
- *   it (etcd3 while its stream holds other watches, an older version of this library)
- *   cannot hold such a watch for ours; ours cancel as soon as etcd ends a watch, and the one that was
- *   ended moves to the other spelling, away from a slower one's.
+ * - etcd's grpc-proxy groups watches by their exact key and range end, and keeps a
+ *   watch etcd ended for a compaction among them, with next revision 1, until every
+ *   client in it cancels: every new create of that range fits it, and every watch of
+ *   fewer than 5 clients of that range is merged into it at its next answer, all never
+ *   to hear of a change again, with no sign of it. So:
+ *   - a watch goes out as [key + NUL, range end), a spelling of its range only this
+ *     library uses (its first key itself, a prefix ending in `/`, is never a record): a
+ *     client that does not cancel such a watch (etcd3 while its stream holds other
+ *     watches, an older version of this library) cannot hold one for ours;
+ *   - ours cancel a watch as soon as etcd ends it, and after each compaction that ended
+ *     it, a watch goes out as [key + NUL, key + 0xFF) (every UTF-8 key of the range: no
+ *     UTF-8 text holds the byte 0xFF), then as before again, away from the dead watch a
+ *     slower registry's may still hold;
+ *   - a watch of ours that joined such a dead watch anyway (it came while the clients in
+ *     it had not cancelled yet) hears nothing: through a grpc-proxy, a watch that heard
+ *     nothing for `silenceMs` (etcd sends a quiet watch a progress notification every 10
+ *     minutes by default) is cancelled and created again, under the other spelling.
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from '../backoff';
@@ -73,9 +79,9 @@ const PROGRESS_RETRY_PROBES = 60;
  * made while etcd did not answer) is checked every request timeout, as before.
  */
 const STREAM_CHECK_MS = 30_000;
-/** Appended to a watch's key: the spellings of its range (see the top of the file). */
-const ONE_NUL = Buffer.from([0]);
-const TWO_NULS = Buffer.from([0, 0]);
+/** The spellings of a watch's range (see the top of the file): key + NUL, and range end key + 0xFF. */
+const NUL = Buffer.from([0]);
+const FF = Buffer.from([0xff]);
 
 export interface WatchTarget {
   /** For logs. */
@@ -113,6 +119,8 @@ interface Sent {
   readonly floor: number;
   /** The server's id for it, once its create was answered. */
   serverId?: number;
+  /** When it went out, or the last response for it came. */
+  heardAt: number;
   /** Removed (or a canary answered) before its create was answered: cancel it then. */
   cancelOnCreate?: boolean;
   /**
@@ -185,7 +193,7 @@ export class WatchStream {
   private progressMisses = 0;
   /** Targets whose next create asks for `nextRevision` itself (the revision before it was compacted). */
   private readonly exactStart = new WeakSet<WatchTarget>();
-  /** Targets whose watch etcd ended for a compaction an odd number of times: spelled with two NULs. */
+  /** Targets whose watch etcd ended for a compaction (or went silent) an odd number of times: range end key + 0xFF. */
   private readonly respelled = new WeakSet<WatchTarget>();
   private backoff = cappedBackoff().next();
   /** The backoff as a response last reset it: reset again only once a reopen has used it (no allocation per response). */
@@ -194,7 +202,12 @@ export class WatchStream {
   private pingTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
-  constructor(conn: Connection, private readonly onError: (e: Error) => void) {
+  /** `silenceMs`: through a grpc-proxy, a watch that heard nothing this long is created again (see the top of the file). */
+  constructor(
+    conn: Connection,
+    private readonly onError: (e: Error) => void,
+    private readonly silenceMs: number,
+  ) {
     this.conn = conn;
     conn.on('rebuilt', this.onRebuilt);
   }
@@ -290,14 +303,14 @@ export class WatchStream {
     // server is known, from its own revision; on a member it is created again one early.
     const blind = target !== undefined && !this.ownIds && !this.serialCreates;
     const startRevision = target === undefined ? 0 : exact || !this.ownIds || this.serialCreates || next <= 1 ? next : next - 1;
-    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision });
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision, heardAt: Date.now() });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
       create_request: target
         ? {
-            key: Buffer.concat([target.key, this.respelled.has(target) ? TWO_NULS : ONE_NUL]),
-            range_end: target.rangeEnd,
+            key: Buffer.concat([target.key, NUL]),
+            range_end: this.respelled.has(target) ? Buffer.concat([target.key, FF]) : target.rangeEnd,
             start_revision: startRevision,
             watch_id: id,
             filters: target.filters,
@@ -413,6 +426,7 @@ export class WatchStream {
     }
     if (id === undefined) return;
     const sent = this.sent.get(id);
+    if (sent) sent.heardAt = this.heardAt;
     if (sent && sent.target === undefined) {
       this.onCanary(id, sent, res);
       return;
@@ -585,6 +599,7 @@ export class WatchStream {
   private tick(timeout: number): void {
     if (!this.stream) return;
     const now = Date.now();
+    if (this.serialCreates) this.renewSilent(now);
     const probe = this.probe;
     if (probe) {
       if (this.heard > probe.heard) {
@@ -607,6 +622,21 @@ export class WatchStream {
     // A create not answered yet is a question etcd owes an answer to: checked at once.
     if (this.pendingCreates.length === 0 && now - this.heardAt < STREAM_CHECK_MS) return;
     this.sendProbe(now, false, undefined);
+  }
+
+  /**
+   * Through a grpc-proxy, a watch that heard nothing for silenceMs may be in a watch the proxy
+   * keeps after etcd ended it (see the top of the file): cancelled, which also lets the proxy
+   * drop that dead watch, and created again from where it stands, under the other spelling.
+   */
+  private renewSilent(now: number): void {
+    for (const [id, sent] of this.sent) {
+      const target = sent.target;
+      if (!target || sent.serverId === undefined || now - sent.heardAt < this.silenceMs || this.targets.get(id) !== target) continue;
+      debug('watch %d %s heard nothing for %d ms through a grpc-proxy: created again', id, target.name, now - sent.heardAt);
+      this.respell(target);
+      this.renew(id, sent.serverId, target);
+    }
   }
 
   /** `progressAnswers`: the count when the progress request of the probe being escalated was sent. */

@@ -21,6 +21,8 @@ export interface WebViewOptions {
   readonly etcd: string;
   readonly host: string;
   readonly port: number;
+  /** REGISTRY_WATCH_SILENCE_SECONDS, in ms (see WatchStream). */
+  readonly watchSilenceMs: number;
   /** A background failure that is being retried (a refused watch, a failed re-read). */
   readonly onError: (error: Error) => void;
 }
@@ -36,7 +38,7 @@ export interface WebView {
 export async function openWebView(options: WebViewOptions): Promise<WebView> {
   const { conn, keys } = options;
   const state = new ViewState(options.prefix, options.etcd);
-  const stream = new WatchStream(conn, options.onError);
+  const stream = new WatchStream(conn, options.onError, options.watchSilenceMs);
   const source = new RegistrySource(keys, conn, stream, state, options.onError);
   let feed: EventFeed | undefined;
   const leases = new LeaseClock(conn, () => state.leases(), () => (feed?.size ?? 0) > 0);

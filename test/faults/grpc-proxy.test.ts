@@ -234,3 +234,59 @@ describe('through etcd grpc-proxy, under faults', () => {
     await expectConverged(client, prefix, [stays, comes, later], [watcher], 10_000);
   });
 });
+
+describe('through etcd grpc-proxy, a watch of ours that joined a watch etcd ended', () => {
+  // etcd sends a quiet watch a progress notification every second here (10 minutes by default).
+  const etcd = new EtcdNode({ extraArgs: ['--experimental-watch-progress-notify-interval=1s'] });
+  let proxy: GrpcProxy;
+  let client: Etcd3;
+  const open: Registry[] = [];
+
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+    proxy = new GrpcProxy(etcd.clientUrl);
+    await proxy.start();
+  });
+  afterAll(async () => {
+    await Promise.all(open.splice(0).map((r) => r.close()));
+    client.close();
+    await proxy.stop();
+    await etcd.stop();
+  });
+
+  it('is noticed from its silence, cancelled and created again, and hears the changes', async () => {
+    const prefix = uniquePrefix('proxy-silent');
+    const a = faultRegistry(etcd.clientUrl, prefix);
+    open.push(a);
+    const first = await a.register({ service: 'web', address: '10.0.23.1:80' });
+    await client.put(`${prefix}/elsewhere`).value('x');
+    const rev = (await client.get('anything').exec()).header.revision;
+    await client.kv.compact({ revision: rev, physical: true });
+    // A client that spells the range as this library does, from a compacted revision, and never
+    // cancels once etcd ended its watch: the proxy keeps that dead watch, and the registry's
+    // create (the only other one of the range) joins it.
+    const foreign = new Etcd3({ hosts: proxy.url });
+    try {
+      const stream = await foreign.watchClient.watch();
+      const answers: { canceled: boolean; compact_revision: string }[] = [];
+      stream.on('data', (r) => answers.push(r));
+      stream.on('error', () => undefined);
+      const range = Range.prefix(`${prefix}/services/web/`);
+      stream.write({ create_request: { key: Buffer.concat([range.start, Buffer.from([0])]), range_end: range.end, start_revision: 1 } });
+      await eventually(() => expect(answers.some((r) => r.canceled && Number(r.compact_revision) > 0)).toBe(true));
+      const watcher = faultRegistry(proxy.url, prefix, { watchSilenceSeconds: 3 });
+      watcher.on('error', () => undefined);
+      open.push(watcher);
+      await expectConverged(client, prefix, [first], [watcher]);
+      const second = await a.register({ service: 'web', address: '10.0.23.2:80' });
+      const registered = Date.now();
+      await expectConverged(client, prefix, [first, second], [watcher], 20_000);
+      measured('through grpc-proxy: a watch in a watch etcd ended → created again, converged', Date.now() - registered);
+      const third = await a.register({ service: 'web', address: '10.0.23.3:80' });
+      await expectConverged(client, prefix, [first, second, third], [watcher], 5_000);
+    } finally {
+      foreign.close();
+    }
+  });
+});

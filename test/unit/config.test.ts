@@ -58,6 +58,7 @@ describe('resolveConfig defaults', () => {
       healthUrl: undefined,
       health: { intervalSeconds: 5, timeoutSeconds: 2, failures: 3, passes: 1 },
       discoveryIdleMs: 300_000,
+      watchSilenceMs: 1_500_000,
       tls: undefined,
       auth: undefined,
       zone: undefined,
@@ -97,6 +98,7 @@ describe('resolveConfig good values from the environment', () => {
       REGISTRY_HEALTH_FAILURES: '2',
       REGISTRY_HEALTH_PASSES: '4',
       REGISTRY_DISCOVERY_IDLE_SECONDS: '60',
+      REGISTRY_WATCH_SILENCE_SECONDS: '120',
       REGISTRY_ZONE: ' eu-west-1a ',
     });
     expect(config).toStrictEqual({
@@ -115,6 +117,7 @@ describe('resolveConfig good values from the environment', () => {
       healthUrl: '/healthz',
       health: { intervalSeconds: 10, timeoutSeconds: 0.5, failures: 2, passes: 4 },
       discoveryIdleMs: 60_000,
+      watchSilenceMs: 120_000,
       tls: { caPath: undefined, ca: undefined, certPath: undefined, cert: undefined, keyPath: undefined, key: undefined },
       auth: undefined,
       zone: 'eu-west-1a',
@@ -268,6 +271,7 @@ describe('number variables', () => {
     ['REGISTRY_LEASE_SECONDS', [...common, '0', '0.5', '1.5', '31536001', '9000000000']],
     ['REGISTRY_SHUTDOWN_TIMEOUT_SECONDS', [...common, '0']],
     ['REGISTRY_DRAIN_SECONDS', [...common, '2147484']],
+    ['REGISTRY_WATCH_SILENCE_SECONDS', [...common, '0', '2147484']],
     ['REGISTRY_SERVICE_PORT', [...common, '0', '65536', '80.5', '99999999']],
   ];
   for (const [variable, values] of cases) {
@@ -284,6 +288,7 @@ describe('number variables', () => {
     ['leaseSeconds', ['10', 0, 1.5, -10, 1e12, NaN]],
     ['shutdownTimeoutSeconds', ['5', 0, -1]],
     ['drainSeconds', ['0', -1, -Infinity, NaN]],
+    ['watchSilenceSeconds', ['1500', 0, -1, NaN]],
     ['servicePort', ['8080', 0, 65536, 80.5, NaN]],
   ])('options.%s rejects bad numbers and strings', (name, values) => {
     for (const value of values) rejectsOption(name, value);
@@ -523,6 +528,7 @@ describe('options and environment', () => {
     REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '7',
     REGISTRY_DRAIN_SECONDS: '7',
     REGISTRY_DISCOVERY_IDLE_SECONDS: '7',
+    REGISTRY_WATCH_SILENCE_SECONDS: '70',
     REGISTRY_ZONE: 'env-zone',
   };
 
@@ -546,6 +552,7 @@ describe('options and environment', () => {
       healthFailures: 1,
       healthPasses: 1,
       discoveryIdleSeconds: 9,
+      watchSilenceSeconds: 90,
       zone: 'opt-zone',
     });
     expect(config).toStrictEqual({
@@ -564,6 +571,7 @@ describe('options and environment', () => {
       healthUrl: 'http://127.0.0.1:9/ready',
       health: { intervalSeconds: 1, timeoutSeconds: 1, failures: 1, passes: 1 },
       discoveryIdleMs: 9_000,
+      watchSilenceMs: 90_000,
       tls: undefined,
       auth: undefined,
       zone: 'opt-zone',
