@@ -121,6 +121,10 @@ interface Sent {
   serverId?: number;
   /** When it went out, or the last response for it came. */
   heardAt: number;
+  /** An event or a progress notification came for it: it is on a live watch. */
+  live?: boolean;
+  /** Its create was in flight when etcd ended a watch it may join (see renewJoined()): created again once answered. */
+  rejoin?: boolean;
   /** Removed (or a canary answered) before its create was answered: cancel it then. */
   cancelOnCreate?: boolean;
   /**
@@ -338,6 +342,31 @@ export class WatchStream {
     this.create(fresh, target);
   }
 
+  /**
+   * etcd ended the grpc-proxy's watch that `lost` was in, for a compaction. Another watch of
+   * ours of the same range and spelling may have joined that dead watch (the proxy answers a
+   * create that joins at once, itself), or may yet: for example the second of a registry's two
+   * watches of a service it both lists and registers in, created right after the first. Those
+   * that have heard nothing since are created again under the other spelling: now if their create
+   * was answered, once it is if it is in flight; those still queued go out under it.
+   */
+  private renewJoined(lost: WatchTarget): void {
+    const respelled = this.respelled.has(lost);
+    const same = (t: WatchTarget): boolean => t !== lost && this.respelled.has(t) === respelled && t.key.equals(lost.key) && t.rangeEnd.equals(lost.rangeEnd);
+    for (const q of this.createQueue) if (q.target && this.targets.get(q.id) === q.target && same(q.target)) this.respell(q.target);
+    for (const [id, sent] of this.sent) {
+      const target = sent.target;
+      if (!target || sent.live || this.targets.get(id) !== target || !same(target)) continue;
+      if (sent.serverId === undefined) {
+        sent.rejoin = true;
+        continue;
+      }
+      debug('watch %d %s may have joined the watch etcd ended for %s: created again', id, target.name, lost.name);
+      this.respell(target);
+      this.renew(id, sent.serverId, target);
+    }
+  }
+
   /** The target's next create goes out under the other spelling of its range. */
   private respell(target: WatchTarget): void {
     if (this.respelled.has(target)) this.respelled.delete(target);
@@ -436,6 +465,7 @@ export class WatchStream {
     if (res.canceled) {
       this.forget(id);
       const compacted = Number(res.compact_revision) > 0;
+      if (compacted && this.serialCreates) this.renewJoined(target);
       if (compacted) this.respell(target);
       if (compacted && sent && sent.startRevision < sent.skipBelow && Number(res.compact_revision) <= sent.skipBelow) {
         // Asked for one revision early, and that one was just compacted: the revision the
@@ -466,6 +496,12 @@ export class WatchStream {
         this.conn.reportReset(`watch ${target.name} resumed at revision ${target.nextRevision}, but etcd is at ${revision}`);
       }
       if (sent && sent.startRevision <= revision) sent.catchingUpTo = revision;
+      if (sent?.rejoin) {
+        debug('watch %d %s may have joined a watch etcd ended: created again', id, target.name);
+        this.respell(target);
+        this.renew(id, serverId, target);
+        return;
+      }
       if (sent?.blind && this.ownIds && target.nextRevision > 1) {
         debug('watch %d %s: a member, created again from revision %d, one early', id, target.name, target.nextRevision - 1);
         this.renew(id, serverId, target);
@@ -473,6 +509,7 @@ export class WatchStream {
       target.onCreated?.();
       return;
     }
+    if (sent) sent.live = true;
     if (res.events.length > 0) {
       // The watch started one revision early: what is below skipBelow was delivered before.
       // (Copied only when some are below it: the first response of a watch, at most.)

@@ -200,6 +200,35 @@ describe('through etcd grpc-proxy, under faults', () => {
     }
   });
 
+  it('a registry that watches what it registers, cut off past a compaction: neither of its two watches of the range is left in the watch etcd ended', async () => {
+    const prefix = uniquePrefix('proxy-siblings');
+    // What the registry sends arrives 150 ms later: after etcd ended the first watch it creates
+    // again (its revision was compacted), the second one's create reaches the proxy first.
+    const cut = TcpProxy.forUrl(proxy.url, { upstreamDelayMs: 150 });
+    await cut.start();
+    tcp.push(cut);
+    const other = reg(etcd.clientUrl, prefix);
+    const r = reg(cut.url, prefix);
+    // One watch of web/ to list it, one of its own keys there (deletes only) to put them back.
+    const own = await r.register({ service: 'web', address: '10.0.24.1:80' });
+    const first = await other.register({ service: 'web', address: '10.0.24.2:80' });
+    await expectConverged(client, prefix, [own, first], [r]);
+    cut.setMode('blackhole');
+    const second = await other.register({ service: 'web', address: '10.0.24.3:80' });
+    await client.put(`${prefix}/elsewhere`).value('x');
+    const rev = (await client.get('anything').exec()).header.revision;
+    await client.kv.compact({ revision: rev, physical: true });
+    cut.setMode('pass');
+    cut.resetBlackholed();
+    await expectConverged(client, prefix, [own, first, second], [r], 30_000);
+    const third = await other.register({ service: 'web', address: '10.0.24.4:80' });
+    await expectConverged(client, prefix, [own, first, second, third], [r], 10_000);
+    const restored = timeUntil(r, 'restored');
+    await client.delete().key(`${prefix}/services/web/10.0.24.1:80`);
+    await restored;
+    await expectConverged(client, prefix, [own, first, second, third], [r], 10_000);
+  });
+
   it('a watcher cut off past a compaction re-reads through the proxy and reports exactly what changed', async () => {
     const prefix = uniquePrefix('proxy-compact');
     const cut = new TcpProxy('127.0.0.1', Number(new URL(proxy.url).port));
