@@ -56,8 +56,8 @@ export interface RegistryOptions {
   discoveryIdleSeconds?: number;
   /**
    * REGISTRY_WATCH_SILENCE_SECONDS: through etcd's grpc-proxy, a watch that heard nothing for
-   * this long (no event, no progress notification, which etcd sends a quiet watch every 10
-   * minutes by default) is created again; 2.5 × etcd's
+   * this long (no event, no progress notification: etcd sends one in each 10-minute interval,
+   * jittered by up to 10 %, in which it sent the watch no event) is created again; 2.5 × etcd's
    * --experimental-watch-progress-notify-interval.
    */
   watchSilenceSeconds?: number;

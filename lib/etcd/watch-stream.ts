@@ -41,11 +41,13 @@
  *   - ours cancel a watch as soon as etcd ends it, and after each compaction that ended
  *     it, a watch goes out as [key + NUL, key + 0xFF) (every UTF-8 key of the range: no
  *     UTF-8 text holds the byte 0xFF), then as before again, away from the dead watch a
- *     slower registry's may still hold;
- *   - a watch of ours that joined such a dead watch anyway (it came while the clients in
- *     it had not cancelled yet) hears nothing: through a grpc-proxy, a watch that heard
- *     nothing for `silenceMs` (etcd sends a quiet watch a progress notification every 10
- *     minutes by default) is cancelled and created again, under the other spelling.
+ *     slower registry's may still hold, and so do the stream's other watches of the
+ *     range (see renewJoined());
+ *   - a watch of ours that joined such a dead watch anyway (another registry's, while
+ *     the clients in it had not cancelled yet) hears nothing: through a grpc-proxy, a
+ *     watch that heard nothing for `silenceMs` (etcd sends a progress notification in
+ *     each interval, 10 minutes by default, in which it sent the watch no event) is
+ *     cancelled and created again, under the other spelling.
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from '../backoff';
@@ -199,6 +201,11 @@ export class WatchStream {
   private readonly exactStart = new WeakSet<WatchTarget>();
   /** Targets whose watch etcd ended for a compaction (or went silent) an odd number of times: range end key + 0xFF. */
   private readonly respelled = new WeakSet<WatchTarget>();
+  /**
+   * Targets renewed for silence and silent since: the next renewal waits this many times
+   * silenceMs (doubling, at most 16), for an etcd whose progress notifications come less often.
+   */
+  private readonly silenceFactor = new WeakMap<WatchTarget, number>();
   private backoff = cappedBackoff().next();
   /** The backoff as a response last reset it: reset again only once a reopen has used it (no allocation per response). */
   private freshBackoff = this.backoff;
@@ -346,9 +353,11 @@ export class WatchStream {
    * etcd ended the grpc-proxy's watch that `lost` was in, for a compaction. Another watch of
    * ours of the same range and spelling may have joined that dead watch (the proxy answers a
    * create that joins at once, itself), or may yet: for example the second of a registry's two
-   * watches of a service it both lists and registers in, created right after the first. Those
-   * that have heard nothing since are created again under the other spelling: now if their create
-   * was answered, once it is if it is in flight; those still queued go out under it.
+   * watches of a service it both lists and registers in, created right after the first. They
+   * are created again under the other spelling, from where they stand: now if their create was
+   * answered, once it is if it is in flight; those still queued go out under it. Even one that
+   * heard events: the proxy merges a watch of fewer than 5 clients into the dead one at its next
+   * answer.
    */
   private renewJoined(lost: WatchTarget): void {
     const respelled = this.respelled.has(lost);
@@ -356,7 +365,7 @@ export class WatchStream {
     for (const q of this.createQueue) if (q.target && this.targets.get(q.id) === q.target && same(q.target)) this.respell(q.target);
     for (const [id, sent] of this.sent) {
       const target = sent.target;
-      if (!target || sent.live || this.targets.get(id) !== target || !same(target)) continue;
+      if (!target || this.targets.get(id) !== target || !same(target)) continue;
       if (sent.serverId === undefined) {
         sent.rejoin = true;
         continue;
@@ -434,16 +443,24 @@ export class WatchStream {
       [id] = this.pendingCreates.splice(i, 1) as [number];
       if (!this.serialCreates && serverId === id) this.ownIds = true;
       const sent = this.sent.get(id);
+      let rejoined = false;
       if (sent && !res.canceled) {
         sent.serverId = serverId;
         this.byServer.set(serverId, id);
         if (sent.cancelOnCreate) {
           this.forget(id);
           this.write({ cancel_request: { watch_id: serverId } });
+          if (sent.rejoin && sent.target) this.respell(sent.target);
+        } else if (sent.rejoin && sent.target && this.targets.get(id) === sent.target) {
+          // Before the next queued create goes out: the cancel lets the proxy drop the dead watch.
+          debug('watch %d %s may have joined a watch etcd ended: created again', id, sent.target.name);
+          this.respell(sent.target);
+          this.renew(id, serverId, sent.target);
+          rejoined = true;
         }
       }
       if (this.serialCreates) this.sendQueued();
-      if (!sent || sent.cancelOnCreate) return;
+      if (!sent || sent.cancelOnCreate || rejoined) return;
     } else if (serverId === ALL_WATCHES) {
       id = ALL_WATCHES;
     } else {
@@ -496,12 +513,6 @@ export class WatchStream {
         this.conn.reportReset(`watch ${target.name} resumed at revision ${target.nextRevision}, but etcd is at ${revision}`);
       }
       if (sent && sent.startRevision <= revision) sent.catchingUpTo = revision;
-      if (sent?.rejoin) {
-        debug('watch %d %s may have joined a watch etcd ended: created again', id, target.name);
-        this.respell(target);
-        this.renew(id, serverId, target);
-        return;
-      }
       if (sent?.blind && this.ownIds && target.nextRevision > 1) {
         debug('watch %d %s: a member, created again from revision %d, one early', id, target.name, target.nextRevision - 1);
         this.renew(id, serverId, target);
@@ -509,7 +520,10 @@ export class WatchStream {
       target.onCreated?.();
       return;
     }
-    if (sent) sent.live = true;
+    if (sent && !sent.live && sent.target) {
+      sent.live = true;
+      this.silenceFactor.delete(sent.target);
+    }
     if (res.events.length > 0) {
       // The watch started one revision early: what is below skipBelow was delivered before.
       // (Copied only when some are below it: the first response of a watch, at most.)
@@ -669,8 +683,10 @@ export class WatchStream {
   private renewSilent(now: number): void {
     for (const [id, sent] of this.sent) {
       const target = sent.target;
-      if (!target || sent.serverId === undefined || now - sent.heardAt < this.silenceMs || this.targets.get(id) !== target) continue;
+      const factor = target ? (this.silenceFactor.get(target) ?? 1) : 1;
+      if (!target || sent.serverId === undefined || now - sent.heardAt < this.silenceMs * factor || this.targets.get(id) !== target) continue;
       debug('watch %d %s heard nothing for %d ms through a grpc-proxy: created again', id, target.name, now - sent.heardAt);
+      this.silenceFactor.set(target, Math.min(16, factor * 2));
       this.respell(target);
       this.renew(id, sent.serverId, target);
     }

@@ -209,7 +209,7 @@ describe('through etcd grpc-proxy, under faults', () => {
     tcp.push(cut);
     const other = reg(etcd.clientUrl, prefix);
     const r = reg(cut.url, prefix);
-    // One watch of web/ to list it, one of its own keys there (deletes only) to put them back.
+    // One watch of web/ to list it, one of the service it publishes in, to put back its own keys.
     const own = await r.register({ service: 'web', address: '10.0.24.1:80' });
     const first = await other.register({ service: 'web', address: '10.0.24.2:80' });
     await expectConverged(client, prefix, [own, first], [r]);
