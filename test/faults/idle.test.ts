@@ -15,7 +15,7 @@ import { EtcdNode, findFreePort, findOnPath, isHealthy } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { faultRegistry, measured, sleep } from './support';
 
-const IDLE_MS = 20_000;
+const IDLE_MS = 15_000;
 
 describe('an idle registry', () => {
   const etcd = new EtcdNode();
