@@ -12,6 +12,33 @@ import { GrpcProxy } from '../support/grpc-proxy';
 import { TcpProxy } from '../support/proxy';
 import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
 
+/** Compacts etcd's history up to its revision after one more write, so that a watch of anything from before it is refused. */
+async function compactNow(client: Etcd3, prefix: string): Promise<void> {
+  await client.put(`${prefix}/elsewhere`).value('x');
+  const rev = (await client.get('anything').exec()).header.revision;
+  await client.kv.compact({ revision: rev, physical: true });
+}
+
+/**
+ * A client of the proxy that watches [key, rangeEnd) from revision 1 (compacted) and, once etcd
+ * ended the watch, never cancels it: the proxy keeps that dead watch. Close the client returned.
+ */
+async function deadProxyWatch(proxyUrl: string, key: Buffer, rangeEnd: Buffer): Promise<Etcd3> {
+  const foreign = new Etcd3({ hosts: proxyUrl });
+  try {
+    const stream = await foreign.watchClient.watch();
+    const answers: { canceled: boolean; compact_revision: string }[] = [];
+    stream.on('data', (r) => answers.push(r));
+    stream.on('error', () => undefined);
+    stream.write({ create_request: { key, range_end: rangeEnd, start_revision: 1 } });
+    await eventually(() => expect(answers.some((r) => r.canceled && Number(r.compact_revision) > 0)).toBe(true));
+    return foreign;
+  } catch (e) {
+    foreign.close();
+    throw e;
+  }
+}
+
 describe('through etcd grpc-proxy, under faults', () => {
   const etcd = new EtcdNode();
   let proxy: GrpcProxy;
@@ -174,20 +201,12 @@ describe('through etcd grpc-proxy, under faults', () => {
     // Watching before that watch exists: the proxy merges a watch of fewer than 5 clients into it at its next answer.
     const early = reg(proxy.url, prefix);
     await expectConverged(client, prefix, [first], [early]);
-    await client.put(`${prefix}/elsewhere`).value('x');
-    const rev = (await client.get('anything').exec()).header.revision;
-    await client.kv.compact({ revision: rev, physical: true });
-    // A client of the proxy (as etcd3 does while its stream holds other watches) asks for the service's range from a
-    // compacted revision and, once etcd ended the watch, never cancels it.
-    const foreign = new Etcd3({ hosts: proxy.url });
+    await compactNow(client, prefix);
+    // A client of the proxy (as etcd3 does while its stream holds other watches) asks for the
+    // service's plain range from a compacted revision and never cancels it.
+    const range = Range.prefix(`${prefix}/services/web/`);
+    const foreign = await deadProxyWatch(proxy.url, range.start, range.end);
     try {
-      const stream = await foreign.watchClient.watch();
-      const answers: { canceled: boolean; compact_revision: string }[] = [];
-      stream.on('data', (r) => answers.push(r));
-      stream.on('error', () => undefined);
-      const range = Range.prefix(`${prefix}/services/web/`);
-      stream.write({ create_request: { key: range.start, range_end: range.end, start_revision: 1 } });
-      await eventually(() => expect(answers.some((r) => r.canceled && Number(r.compact_revision) > 0)).toBe(true));
       // Watching after: every create of that range fits it.
       const late = reg(proxy.url, prefix);
       await expectConverged(client, prefix, [first], [late]);
@@ -215,9 +234,7 @@ describe('through etcd grpc-proxy, under faults', () => {
     await expectConverged(client, prefix, [own, first], [r]);
     cut.setMode('blackhole');
     const second = await other.register({ service: 'web', address: '10.0.24.3:80' });
-    await client.put(`${prefix}/elsewhere`).value('x');
-    const rev = (await client.get('anything').exec()).header.revision;
-    await client.kv.compact({ revision: rev, physical: true });
+    await compactNow(client, prefix);
     cut.setMode('pass');
     cut.resetBlackholed();
     await expectConverged(client, prefix, [own, first, second], [r], 30_000);
@@ -289,21 +306,12 @@ describe('through etcd grpc-proxy, a watch of ours that joined a watch etcd ende
     const a = faultRegistry(etcd.clientUrl, prefix);
     open.push(a);
     const first = await a.register({ service: 'web', address: '10.0.23.1:80' });
-    await client.put(`${prefix}/elsewhere`).value('x');
-    const rev = (await client.get('anything').exec()).header.revision;
-    await client.kv.compact({ revision: rev, physical: true });
-    // A client that spells the range as this library does, from a compacted revision, and never
-    // cancels once etcd ended its watch: the proxy keeps that dead watch, and the registry's
-    // create (the only other one of the range) joins it.
-    const foreign = new Etcd3({ hosts: proxy.url });
+    await compactNow(client, prefix);
+    // A client that spells the range as this library does: the registry's create (the only
+    // other one of the range) joins its dead watch.
+    const range = Range.prefix(`${prefix}/services/web/`);
+    const foreign = await deadProxyWatch(proxy.url, Buffer.concat([range.start, Buffer.from([0])]), range.end);
     try {
-      const stream = await foreign.watchClient.watch();
-      const answers: { canceled: boolean; compact_revision: string }[] = [];
-      stream.on('data', (r) => answers.push(r));
-      stream.on('error', () => undefined);
-      const range = Range.prefix(`${prefix}/services/web/`);
-      stream.write({ create_request: { key: Buffer.concat([range.start, Buffer.from([0])]), range_end: range.end, start_revision: 1 } });
-      await eventually(() => expect(answers.some((r) => r.canceled && Number(r.compact_revision) > 0)).toBe(true));
       const watcher = faultRegistry(proxy.url, prefix, { watchSilenceSeconds: 3 });
       watcher.on('error', () => undefined);
       open.push(watcher);
