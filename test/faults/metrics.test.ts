@@ -92,16 +92,19 @@ describe('metrics', () => {
     expect(await sum('service_registry.etcd.unreachable', { 'service_registry.prefix': prefix })).toBeGreaterThanOrEqual(1);
     expect(await sum('service_registry.lease.losses', { reason: 'no_keepalive_answer' })).toBe(1);
     expect(await sum('service_registry.lease.reregistrations', { 'service_registry.prefix': prefix })).toBe(1);
-
-    // etcd restored empty: discovery reads its prefix again.
-    await etcd.restart({ wipe: true });
-    await eventually(async () => expect(await sum('service_registry.discovery.resyncs', { reason: 'data_loss' })).toBeGreaterThanOrEqual(1), { timeout: 20_000 });
-
     // stats(): the same figures, without an SDK.
     const stats = a.stats();
     expect(stats.ownEndpoints).toBe(3);
     expect(stats.leaseLosses.no_keepalive_answer).toBe(1);
     expect(stats.reregistrations).toBe(1);
+
+    // etcd restored empty: discovery reads its prefix again. The registrar puts its keys back
+    // too; whether that counts as a second re-registration by the time the watcher has
+    // resynced depends on the machine's load (one run on a loaded machine counted 2), so the
+    // exact counts are checked above, before the wipe.
+    await etcd.restart({ wipe: true });
+    await eventually(async () => expect(await sum('service_registry.discovery.resyncs', { reason: 'data_loss' })).toBeGreaterThanOrEqual(1), { timeout: 20_000 });
+    expect(a.stats().ownEndpoints).toBe(3);
     await eventually(() => expect(b.stats().endpoints.web).toBe(2), { timeout: 20_000 });
     const seen = b.stats();
     expect(seen.fetchAttempts.http_5xx).toBeGreaterThanOrEqual(1);
