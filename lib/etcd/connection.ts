@@ -329,13 +329,23 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private resetGapMs = RESET_MIN_GAP_MS;
   private pendingReset: string | undefined;
   private resetTimer: NodeJS.Timeout | undefined;
+  private watchdogOn = false;
   private watchdogTimer: NodeJS.Timeout | undefined;
   private watchdogBusy = false;
+  /** When the watchdog last sent its read, and last looked for skipped members (performance.now(), as every watchdog time). */
+  private probedAt = 0;
+  private membersCheckedAt = 0;
+  /**
+   * When the current client last got an answer: a unary call's, or a watch or keepalive
+   * answer (checkHeader). With one endpoint, the watchdog's serializable read proves no more
+   * than that, so it is sent only after an interval without one (see watchdog()).
+   */
+  private answeredAt = 0;
   /**
    * When the watchdog's next read is linearizable (see VOUCH_INTERVAL_MS): spread over
    * the interval, so that a fleet started at once does not send them at once.
    */
-  private nextVouchAt = Date.now() + Math.random() * VOUCH_INTERVAL_MS;
+  private nextVouchAt = performance.now() + Math.random() * VOUCH_INTERVAL_MS;
   private lastRebuild = 0;
   private rebuilding = false;
   /** Which members of the current client answer. */
@@ -439,6 +449,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         debug('call made on a client that was just replaced: again on generation %d', this.generation);
         result = await fn(this.client);
       }
+      // Opening a stream proves nothing yet; a unary answer does (of the current client).
+      if (!isStream(result) && client === this.client) this.answeredAt = performance.now();
       this.markReachable();
       return result;
     } catch (e) {
@@ -494,7 +506,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Date.now() - started);
       // The contact's read was linearizable: the next one comes at a random point of the
       // interval, now known (through a proxy or not), so that a fleet started at once spreads out.
-      this.nextVouchAt = Date.now() + Math.random() * this.vouchIntervalMs;
+      this.nextVouchAt = performance.now() + Math.random() * this.vouchIntervalMs;
       this.startWatchdog();
     } catch (e) {
       deadline.abort();
@@ -624,6 +636,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * passes on) is "not told": never a change.
    */
   checkHeader(header: IResponseHeader | undefined, linearizable: boolean, floor = this.maxRevision): void {
+    this.answeredAt = performance.now();
     if (!header) return;
     const revision = Number(header.revision);
     const clusterId = this.clusterIdOf(header);
@@ -661,7 +674,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   markThroughProxy(why: string): void {
     if (this.throughProxy) return;
     this.throughProxy = true;
-    this.nextVouchAt = Date.now() + Math.random() * this.vouchIntervalMs;
+    this.nextVouchAt = performance.now() + Math.random() * this.vouchIntervalMs;
     debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, this.vouchIntervalMs / 1000);
   }
 
@@ -785,29 +798,78 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.emit('unreachable', clean);
   }
 
+  private get watchdogIntervalMs(): number {
+    return this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
+  }
+
   private startWatchdog(): void {
-    if (this.watchdogTimer || this.closed) return;
-    const interval = this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
-    this.watchdogTimer = setInterval(() => {
-      void this.watchdog();
-      this.checkSkippedMembers();
-    }, interval);
-    this.watchdogTimer.unref();
+    if (this.watchdogOn || this.closed) return;
+    this.watchdogOn = true;
+    this.probedAt = this.membersCheckedAt = performance.now();
+    this.armWatchdog();
   }
 
   /**
-   * Proves the client still gets answers: a read with a deadline. With one endpoint (one
-   * member, or a grpc-proxy) it is linearizable about every VOUCH_INTERVAL_MS (see probe())
-   * and serializable in between, an answer that says nothing of the revision.
+   * The watchdog's timer, set for the next time it has something to do: the next member
+   * check, linearizable read, or (with one endpoint) the end of an interval without an
+   * answer. A watch event or keepalive answer in between moves that on; the timer then fires
+   * once early and is set again, so nothing is done per answer but note the time.
+   */
+  private armWatchdog(): void {
+    if (this.closed) return;
+    const now = performance.now();
+    const interval = this.watchdogIntervalMs;
+    let due = this.membersCheckedAt + interval;
+    // While a read is out, only the member check: the read ends within its deadline.
+    if (!this.watchdogBusy) {
+      const everyRead = this.options.endpoints.length > 1 && !this.throughProxy;
+      const lastSign = everyRead ? this.probedAt : Math.max(this.probedAt, this.answeredAt);
+      due = Math.min(due, lastSign + interval, this.nextVouchAt);
+    }
+    this.watchdogTimer = setTimeout(() => this.watchdogRound(), Math.max(0, due - now));
+    this.watchdogTimer.unref();
+  }
+
+  private watchdogRound(): void {
+    this.watchdogTimer = undefined;
+    try {
+      if (performance.now() - this.membersCheckedAt >= this.watchdogIntervalMs) {
+        this.membersCheckedAt = performance.now();
+        this.checkSkippedMembers();
+      }
+      // Set again once the read (if one went out) has ended; until then for the member check.
+      void this.watchdog().finally(() => {
+        clearTimeout(this.watchdogTimer);
+        this.armWatchdog();
+      });
+    } finally {
+      if (!this.watchdogTimer) this.armWatchdog();
+    }
+  }
+
+  /**
+   * Proves the client still gets answers: a read with a deadline, once per interval. With
+   * one endpoint (one member, or a grpc-proxy) it is linearizable about every
+   * VOUCH_INTERVAL_MS (see probe()) and serializable in between, an answer that says nothing
+   * of the revision: any other answer in the interval (a watch event, a keepalive) says as
+   * much, and then it is not sent. Those may come on connections of their own (etcd3 opens
+   * one per service); a call that runs into its deadline on a stalled one has etcd3 close the
+   * member's connections (Host.resetAllServices), so the next call goes on a new one. A
+   * connection that went silent is noticed as before, within two intervals of the last
+   * answer. With several members every read is linearizable and always sent: a member cut
+   * off from its peers still answers serializable reads (and its watch streams' probes) but
+   * delivers nothing.
    */
   private async watchdog(): Promise<void> {
     if (this.watchdogBusy || this.closed) return;
-    const now = Date.now();
-    // With several members, a linearizable read every time: a member cut off from its peers
-    // still answers serializable reads (and its watch streams' probes) but delivers nothing.
+    const now = performance.now();
+    const interval = this.watchdogIntervalMs;
     // Not with several grpc-proxies: each passes reads to members of its own choosing.
-    const vouch = (this.options.endpoints.length > 1 && !this.throughProxy) || now >= this.nextVouchAt;
+    const everyRead = this.options.endpoints.length > 1 && !this.throughProxy;
+    const vouch = now >= this.nextVouchAt || (everyRead && now - this.probedAt >= interval);
+    if (!vouch && now - Math.max(this.probedAt, this.answeredAt) < interval) return;
     this.watchdogBusy = true;
+    this.probedAt = now;
     try {
       if (vouch) {
         this.nextVouchAt = now + this.vouchIntervalMs * (0.8 + 0.4 * Math.random());
@@ -922,7 +984,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.watchdogTimer) clearInterval(this.watchdogTimer);
+    if (this.watchdogTimer) clearTimeout(this.watchdogTimer);
     if (this.resetTimer) clearTimeout(this.resetTimer);
     this.abort.abort(new RegistryClosedError('close'));
     this.client.close();

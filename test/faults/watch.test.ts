@@ -41,6 +41,39 @@ describe('watches and connections under faults', () => {
     return proxy;
   }
 
+  it('a stalled KV connection is noticed at the first call that runs into its deadline, while watch events still arrive on their own connection', async () => {
+    // etcd3 opens a connection per service. Watch events prove that the watch connection
+    // answers, and while they come the watchdog sends no read of its own on the KV one.
+    const prefix = uniquePrefix('kv-stall');
+    await startProxy();
+    const watcher = reg(proxy.url, prefix); // its first contact, a read, opens the first connection
+    await watcher.endpoints('web'); // and its watch another
+    expect(proxy.connectionCount).toBeGreaterThanOrEqual(2);
+    let writing = true;
+    const writes = (async () => {
+      for (let i = 0; writing; i++) {
+        await client.put(`${prefix}/services/web/10.0.1.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.1.9:80', Metadata: { i } }));
+        await sleep(200);
+      }
+    })();
+    try {
+      await sleep(1500);
+      proxy.blackholeOldest();
+      const stalled = Date.now();
+      // A service not watched yet: a read on the KV connection. It runs into its deadline
+      // (1 s), and etcd3 closes the member's connections: the next read goes on a new one.
+      // Not later: the watchdog's next linearizable read could be up to 12 s away.
+      await eventually(async () => expect(await watcher.endpoints('api')).toEqual([]), { timeout: 4000, interval: 50 });
+      measured('KV connection stalled, watch events still arriving → a read answered again', Date.now() - stalled);
+    } finally {
+      writing = false;
+      await writes;
+    }
+    // And the list still follows the changes, on the rebuilt client.
+    const last = (await client.get(`${prefix}/services/web/10.0.1.9:80`).json()) as { Metadata: unknown };
+    await eventually(async () => expect((await watcher.endpoints('web'))[0]?.metadata).toEqual(last.Metadata));
+  });
+
   it('re-reads after the revision it would resume from was compacted, and reports exactly what changed meanwhile', async () => {
     const prefix = uniquePrefix('compact');
     await startProxy();

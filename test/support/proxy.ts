@@ -123,6 +123,16 @@ export class TcpProxy {
     this.setMode(mode);
   }
 
+  /**
+   * Black-holes only the oldest live connection (the others and new ones pass): a client's
+   * first connection, for example etcd3's KV connection, which the first call opens.
+   */
+  blackholeOldest(): void {
+    const oldest = this.pairs.values().next().value;
+    if (oldest === undefined) throw new Error('no connection to black-hole');
+    this.blackhole(oldest);
+  }
+
   /** Point NEW connections at another target; existing ones keep theirs (call reset() to move them). */
   setTarget(host: string, port: number): void {
     this.targetHost = host;
