@@ -103,6 +103,11 @@ const VOUCH_INTERVAL_MS = 10_000;
  * notices at once, from its keepalives and writes.
  */
 const PROXY_VOUCH_INTERVAL_MS = 60_000;
+/**
+ * Node's timers start from the event loop's cached time, so they fire up to a millisecond or
+ * so before their due time by performance.now(): a watchdog round that early counts as due.
+ */
+const WATCHDOG_SLACK_MS = 5;
 
 /** A gRPC error that says the member could not be reached at all (refused, reset, no route). */
 function isConnectFailure(e: Error): boolean {
@@ -833,18 +838,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private watchdogRound(): void {
     this.watchdogTimer = undefined;
     try {
-      if (performance.now() - this.membersCheckedAt >= this.watchdogIntervalMs) {
+      if (performance.now() - this.membersCheckedAt >= this.watchdogIntervalMs - WATCHDOG_SLACK_MS) {
         this.membersCheckedAt = performance.now();
         this.checkSkippedMembers();
       }
-      // Set again once the read (if one went out) has ended; until then for the member check.
-      void this.watchdog().finally(() => {
+    } catch (e) {
+      debug('member check failed: %s', (e as Error).message);
+    }
+    const round = this.watchdog().catch((e: unknown) => debug('watchdog round failed: %s', (e as Error).message));
+    // A read went out: set again once it has ended (until then, for the member check).
+    if (this.watchdogBusy) {
+      void round.finally(() => {
         clearTimeout(this.watchdogTimer);
         this.armWatchdog();
       });
-    } finally {
-      if (!this.watchdogTimer) this.armWatchdog();
     }
+    this.armWatchdog();
   }
 
   /**
@@ -866,8 +875,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const interval = this.watchdogIntervalMs;
     // Not with several grpc-proxies: each passes reads to members of its own choosing.
     const everyRead = this.options.endpoints.length > 1 && !this.throughProxy;
-    const vouch = now >= this.nextVouchAt || (everyRead && now - this.probedAt >= interval);
-    if (!vouch && now - Math.max(this.probedAt, this.answeredAt) < interval) return;
+    const vouch = now + WATCHDOG_SLACK_MS >= this.nextVouchAt || (everyRead && now - this.probedAt >= interval - WATCHDOG_SLACK_MS);
+    if (!vouch && now - Math.max(this.probedAt, this.answeredAt) < interval - WATCHDOG_SLACK_MS) return;
     this.watchdogBusy = true;
     this.probedAt = now;
     try {
