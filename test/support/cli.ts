@@ -1,13 +1,33 @@
 /**
- * Runs the command line from source (lib/cli/run.ts through tsx) as a real child
- * process. The child gets this process's environment minus every REGISTRY_*
- * variable and DEBUG, plus `env`: a test states all the settings it relies on.
+ * Runs the command line as a real child process: the package's own bin
+ * (bin/etcd-service-registry.js, on dist/) when the build is newer than every file under
+ * lib/, as in CI, which builds first; otherwise from source (lib/cli/run.ts through tsx),
+ * which takes about twice as long to start (1.3 s against 0.6 s here). The child gets this
+ * process's environment minus every REGISTRY_* variable and DEBUG, plus `env`: a test states
+ * all the settings it relies on.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 
 const root = path.resolve(__dirname, '../..');
-const ENTRY = path.join(root, 'lib/cli/run.ts');
+
+/** The newest modification time of a file under `dir` (0 when there is none). */
+function newest(dir: string): number {
+  let latest = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) latest = Math.max(latest, fs.statSync(path.join(entry.parentPath, entry.name)).mtimeMs);
+  }
+  return latest;
+}
+
+function entry(): readonly string[] {
+  const built = path.join(root, 'dist/cli/main.js');
+  if (fs.existsSync(built) && fs.statSync(built).mtimeMs > newest(path.join(root, 'lib'))) return [path.join(root, 'bin/etcd-service-registry.js')];
+  return ['--import', 'tsx', path.join(root, 'lib/cli/run.ts')];
+}
+
+const ENTRY = entry();
 
 export interface CliResult {
   readonly code: number | null;
@@ -34,7 +54,7 @@ function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
 
 export function spawnCli(args: readonly string[], env: Record<string, string>): CliProcess {
   const started = Date.now();
-  const child = spawn(process.execPath, ['--import', 'tsx', ENTRY, ...args], {
+  const child = spawn(process.execPath, [...ENTRY, ...args], {
     cwd: root,
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
