@@ -32,6 +32,24 @@ export async function findFreePort(): Promise<number> {
  * so the ports are distinct from each other. (Another process may still grab one before you
  * bind it: EtcdNode/EtcdCluster retry with new ports when etcd reports "address already in use".)
  */
+/**
+ * Test files running at once (vitest's forks) each take ports from a range of their own
+ * (VITEST_POOL_ID), below the kernel's ephemeral range, and never the same twice in a
+ * process: a port etcd frees while it is killed and restarted on it is then never handed to
+ * an etcd another file starts meanwhile, as port 0 could (seen in CI: "could not bind its ports").
+ */
+const POOL_ID = Number(process.env.VITEST_POOL_ID);
+const handedOut = new Set<number>();
+
+function candidatePort(): number {
+  if (!Number.isInteger(POOL_ID)) return 0;
+  const base = 20_000 + (POOL_ID % 10) * 1000;
+  for (;;) {
+    const port = base + Math.floor(Math.random() * 1000);
+    if (!handedOut.has(port)) return port;
+  }
+}
+
 export async function findFreePorts(count: number): Promise<number[]> {
   const servers: net.Server[] = [];
   try {
@@ -39,13 +57,25 @@ export async function findFreePorts(count: number): Promise<number[]> {
     for (let i = 0; i < count; i++) {
       const server = net.createServer();
       servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => resolve());
-      });
+      for (let attempt = 1; ; attempt++) {
+        const port = attempt > 50 ? 0 : candidatePort();
+        try {
+          await new Promise<void>((resolve, reject) => {
+            server.once('error', reject);
+            server.listen({ host: '127.0.0.1', port, exclusive: true }, () => {
+              server.off('error', reject);
+              resolve();
+            });
+          });
+          break;
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || port === 0) throw e;
+        }
+      }
       const address = server.address();
       if (address === null || typeof address === 'string') throw new Error('unexpected server address');
       ports.push(address.port);
+      handedOut.add(address.port);
     }
     return ports;
   } finally {
