@@ -807,6 +807,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return this.options.watchdogIntervalMs ?? Math.max(250, this.options.requestTimeoutMs);
   }
 
+  /**
+   * Several members (not grpc-proxies, which pass reads to members of their own choosing): a
+   * linearizable read every interval, whatever else answered.
+   */
+  private get readsEveryInterval(): boolean {
+    return this.options.endpoints.length > 1 && !this.throughProxy;
+  }
+
   private startWatchdog(): void {
     if (this.watchdogOn || this.closed) return;
     this.watchdogOn = true;
@@ -827,8 +835,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     let due = this.membersCheckedAt + interval;
     // While a read is out, only the member check: the read ends within its deadline.
     if (!this.watchdogBusy) {
-      const everyRead = this.options.endpoints.length > 1 && !this.throughProxy;
-      const lastSign = everyRead ? this.probedAt : Math.max(this.probedAt, this.answeredAt);
+      const lastSign = this.readsEveryInterval ? this.probedAt : Math.max(this.probedAt, this.answeredAt);
       due = Math.min(due, lastSign + interval, this.nextVouchAt);
     }
     this.watchdogTimer = setTimeout(() => this.watchdogRound(), Math.max(0, due - now));
@@ -873,9 +880,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.watchdogBusy || this.closed) return;
     const now = performance.now();
     const interval = this.watchdogIntervalMs;
-    // Not with several grpc-proxies: each passes reads to members of its own choosing.
-    const everyRead = this.options.endpoints.length > 1 && !this.throughProxy;
-    const vouch = now + WATCHDOG_SLACK_MS >= this.nextVouchAt || (everyRead && now - this.probedAt >= interval - WATCHDOG_SLACK_MS);
+    const vouch = now + WATCHDOG_SLACK_MS >= this.nextVouchAt || (this.readsEveryInterval && now - this.probedAt >= interval - WATCHDOG_SLACK_MS);
     if (!vouch && now - Math.max(this.probedAt, this.answeredAt) < interval - WATCHDOG_SLACK_MS) return;
     this.watchdogBusy = true;
     this.probedAt = now;

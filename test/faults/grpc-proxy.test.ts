@@ -10,7 +10,7 @@ import { EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { GrpcProxy } from '../support/grpc-proxy';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
+import { RANGE_REQUESTS, etcdMetric, expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
 
 /** Compacts etcd's history up to its revision after one more write, so that a watch of anything from before it is refused. */
 async function compactNow(client: Etcd3, prefix: string): Promise<void> {
@@ -45,12 +45,7 @@ describe('through etcd grpc-proxy, under faults', () => {
   let client: Etcd3;
   const tcp: TcpProxy[] = [];
   const open: Registry[] = [];
-  /** One sample of etcd's /metrics, by its full name (labels included). */
-  const metric = async (name: string): Promise<number> => {
-    const text = await (await fetch(`${etcd.clientUrl}/metrics`)).text();
-    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-    return Number(line?.slice(name.length + 1));
-  };
+  const metric = (name: string): Promise<number> => etcdMetric(etcd.clientUrl, name);
   /** etcd's watcher count once what the tests before left holds still (their watches are cancelled as their registries close). */
   const settledWatchers = async (): Promise<number> => {
     let before = await metric('etcd_debugging_mvcc_watcher_total');
@@ -173,7 +168,7 @@ describe('through etcd grpc-proxy, under faults', () => {
 
   it.each([1, 2])('an idle fleet behind %i proxies sends etcd about one read per registry a minute', async (proxies) => {
     const prefix = uniquePrefix('proxy-idle');
-    const ranges = (): Promise<number> => metric('grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}');
+    const ranges = (): Promise<number> => metric(RANGE_REQUESTS);
     const second = proxies === 2 ? new GrpcProxy(etcd.clientUrl) : undefined;
     await second?.start();
     try {

@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry, RegistryStatus } from '../../lib';
 import { EtcdNode, findFreePort, findOnPath, isHealthy } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
-import { faultRegistry, measured, sleep } from './support';
+import { RANGE_REQUESTS, etcdMetric, faultRegistry, measured, sleep } from './support';
 
 const IDLE_MS = 15_000;
 
@@ -86,11 +86,7 @@ describe('an idle registry', () => {
     // says as much. At K = 500 through one proxy (figure 9), those reads were the fleet's
     // processes' main load while changes fanned out.
     const prefix = uniquePrefix('idle-heard');
-    const ranges = async (): Promise<number> => {
-      const name = 'grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}';
-      const line = (await (await fetch(`${etcd.clientUrl}/metrics`)).text()).split('\n').find((l) => l.startsWith(`${name} `));
-      return Number(line?.slice(name.length + 1) ?? 0);
-    };
+    const ranges = (): Promise<number> => etcdMetric(etcd.clientUrl, RANGE_REQUESTS);
     const writer = new Etcd3({ hosts: etcd.clientUrl });
     const watchers = Array.from({ length: 5 }, () => faultRegistry(etcd.clientUrl, prefix));
     open.push(...watchers);

@@ -65,6 +65,16 @@ export function measured(what: string, ms: number): void {
   console.log(`[measure] ${what}: ${ms} ms`);
 }
 
+/** The range etcd counts unary reads under in its /metrics: the watchdog's reads among them. */
+export const RANGE_REQUESTS = 'grpc_server_msg_received_total{grpc_method="Range",grpc_service="etcdserverpb.KV",grpc_type="unary"}';
+
+/** One sample of the /metrics of the etcd member at `clientUrl`, by its full name (labels included); NaN when absent. */
+export async function etcdMetric(clientUrl: string, name: string): Promise<number> {
+  const text = await (await fetch(`${clientUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return Number(line?.slice(name.length + 1));
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -28,11 +28,6 @@ export async function findFreePort(): Promise<number> {
 }
 
 /**
- * `count` distinct free ports on 127.0.0.1. All listeners are held open at the same time,
- * so the ports are distinct from each other. (Another process may still grab one before you
- * bind it: EtcdNode/EtcdCluster retry with new ports when etcd reports "address already in use".)
- */
-/**
  * Test files running at once (vitest's forks) each take ports from a range of their own
  * (VITEST_POOL_ID), below the kernel's ephemeral range, and never the same twice in a
  * process: a port etcd frees while it is killed and restarted on it is then never handed to
@@ -50,6 +45,11 @@ function candidatePort(): number {
   }
 }
 
+/**
+ * `count` distinct free ports on 127.0.0.1. All listeners are held open at the same time,
+ * so the ports are distinct from each other. (Another process may still grab one before you
+ * bind it: EtcdNode/EtcdCluster retry with new ports when etcd reports "address already in use".)
+ */
 export async function findFreePorts(count: number): Promise<number[]> {
   const servers: net.Server[] = [];
   try {
