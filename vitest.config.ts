@@ -5,10 +5,11 @@ import type { ViteUserConfig } from 'vitest/config' with { 'resolution-mode': 'i
 //  - unit:        pure tests, no etcd;
 //  - integration: one shared etcd (global setup), at most 2 test files at once;
 //  - faults:      tests that start/kill/pause their own etcd processes, each file in a process
-//                 of its own, at most 2 files at once, after the other two (sequence.groupOrder)
-//                 so they do not compete with them for CPU. They mostly wait (for a TTL, a
-//                 restart, a timeout): one at a time, the 2 cores were 5-20 % busy and the
-//                 suite took 222 s; two at a time, 120-139 s in 5 runs, none failed.
+//                 of its own, after the other two (sequence.groupOrder) so they do not compete
+//                 with them for CPU. They mostly wait (for a TTL, a restart, a timeout): one at a
+//                 time, the 2 cores were 5-20 % busy and the suite took 222 s; two at a time,
+//                 120-159 s. `npm test` (scripts/test.sh) runs them as a vitest run of their own
+//                 with --maxWorkers=4: 90-120 s, the cores 40-80 % busy.
 // Pool/worker options are global in vitest 3 (not per project): forks (real child processes, so
 // signals and process.on('exit') work), at most 2 workers (the CI machine has 2 cores shared with etcd).
 const config: ViteUserConfig = {
