@@ -31,6 +31,8 @@ import { logger } from '../log';
 import { withDeadline } from '../time';
 
 const debug = logger('lease');
+/** Floors kept for unanswered keepalives (see keepaliveFloors): a keepalive goes out every TTL/3. */
+const MAX_FLOORS = 16;
 
 export type LeaseSessionState = 'none' | 'granting' | 'alive' | 'lost' | 'closed';
 
@@ -53,8 +55,17 @@ export class LeaseSession {
   private lossTimer: NodeJS.Timeout | undefined;
   /** Armed when a keepalive is sent, cleared by its answer. */
   private ackTimer: NodeJS.Timeout | undefined;
-  /** What was seen when the oldest unanswered keepalive went out: its answer's header is checked against it. */
-  private keepaliveFloor = 0;
+  /**
+   * What was seen when each unanswered keepalive went out, oldest first: etcd answers a stream's
+   * keepalives in order, so an answer's header is checked against the oldest. (With one floor
+   * for all, an answer slower than the interval was checked against what was seen when a later
+   * keepalive went out: behind it after any write meanwhile, a suspected reset each time.)
+   * etcd's grpc-proxy may answer several with one: the floors left are then older than they
+   * need be, which only makes the check weaker; at most MAX_FLOORS are kept (the oldest).
+   */
+  private keepaliveFloors: number[] = [];
+  /** The floor of the last answer: for an answer to a keepalive whose floor was not kept. */
+  private lastKeepaliveFloor = 0;
   private closing: Promise<RegistryError | undefined> | undefined;
   /** The throwaway grant and revoke that warm the close path's revoke; once per session. */
   private warming: Promise<void> | undefined;
@@ -227,6 +238,7 @@ export class LeaseSession {
           return;
         }
         this.keepalive = stream;
+        this.keepaliveFloors = [];
         stream.on('data', (res) => this.onKeepalive(stream, res));
         stream.on('error', (err) => this.onKeepaliveEnd(stream, err));
         stream.on('end', () => this.onKeepaliveEnd(stream, new Error('keepalive stream ended')));
@@ -245,15 +257,15 @@ export class LeaseSession {
       this.openKeepalive();
       return;
     }
+    const floor = this.conn.seenRevision;
     try {
       stream.write({ ID: this.current });
     } catch (e) {
       this.onKeepaliveEnd(stream, e as Error);
       return;
     }
+    if (this.keepaliveFloors.length < MAX_FLOORS) this.keepaliveFloors.push(floor);
     if (!this.ackTimer) {
-      // The oldest unanswered keepalive's: the next answer is its, or a later one's.
-      this.keepaliveFloor = this.conn.seenRevision;
       // etcd's grpc-proxy answers a keepalive only when its own upstream keepalive (every TTL/3)
       // comes back: allow for that wait, and still leave half the TTL for a second attempt on a
       // fresh connection before etcd's TTL runs out.
@@ -276,7 +288,9 @@ export class LeaseSession {
   private onKeepalive(stream: KeepaliveStream, res: ILeaseKeepAliveResponse): void {
     if (stream !== this.keepalive || res.ID !== this.current || !this.isAlive) return;
     this.clearAckTimer();
-    this.conn.checkHeader(res.header, false, this.keepaliveFloor);
+    const floor = this.keepaliveFloors.shift() ?? this.lastKeepaliveFloor;
+    this.lastKeepaliveFloor = floor;
+    this.conn.checkHeader(res.header, false, floor);
     if (Number(res.TTL) <= 0) {
       this.markLost('etcd answered the keepalive with TTL 0');
       return;

@@ -10,6 +10,7 @@ import type { Registry } from '../../lib';
 import type { Connection } from '../../lib/etcd/connection';
 import { EtcdNode, findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
+import { TcpProxy } from '../support/proxy';
 import { expectConverged, faultRegistry, sleep, timeUntil } from './support';
 
 function connectionOf(r: Registry): Connection {
@@ -120,6 +121,39 @@ describe('suspected resets on one etcd member', () => {
     }
     expect(suspected).toEqual([]);
     await eventually(async () => expect((await other.endpoints('web')).length).toBe(1), { timeout: 5000 });
+  });
+
+  it('keepalive answers slower than the keepalive interval are not suspected: each is checked against what was seen when it went out', async () => {
+    // TTL 4 s: a keepalive every 1.33 s, its answer due within 2 s. Delayed 1.65 s, each answer
+    // comes after the next keepalive went out. Checked against what was seen when a later one
+    // went out (after the writes meanwhile), it looked behind: a linearizable read each time.
+    const prefix = uniquePrefix('slow-keepalive');
+    const url = new URL(etcd.clientUrl);
+    const proxy = new TcpProxy(url.hostname, Number(url.port));
+    await proxy.start();
+    const a = faultRegistry(proxy.url, prefix, { leaseSeconds: 4 });
+    try {
+      // Connections in a known order: a read (KV), its watch (Watch), then the lease (Lease).
+      await a.endpoints('web');
+      await a.register({ service: 'web', address: '10.0.13.1:80' });
+      expect(proxy.connectionCount).toBe(3);
+      const conn = connectionOf(a);
+      const suspected: string[] = [];
+      conn.on('suspected', (r) => suspected.push(r));
+      const lost = timeUntil(a, 'lease-lost').then(() => 'lease lost');
+      proxy.delayDownstream(2, 1650);
+      const until = performance.now() + 6000;
+      for (let i = 0; performance.now() < until; i++) {
+        const address = `10.0.13.${2 + (i % 250)}:80`;
+        await a.register({ service: 'web', address });
+        await a.unregister({ service: 'web', address });
+      }
+      expect(suspected).toEqual([]);
+      expect(await Promise.race([lost, sleep(0).then(() => 'kept')])).toBe('kept');
+    } finally {
+      await a.close();
+      await proxy.close();
+    }
   });
 
   it('a real data loss (etcd wiped) is confirmed and emits reset, once, and everything is put back', async () => {

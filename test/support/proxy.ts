@@ -31,6 +31,8 @@ interface Pair {
   upstream: net.Socket | undefined;
   /** Dropping everything, for good. */
   blackholed: boolean;
+  /** Holds what etcd sends on this connection this long before passing it on, in order. */
+  downstreamDelayMs: number;
 }
 
 export class TcpProxy {
@@ -133,6 +135,17 @@ export class TcpProxy {
     this.blackhole(oldest);
   }
 
+  /**
+   * From now on, holds what etcd sends on the `index`-th live connection (0: the oldest) for
+   * `ms` before passing it on, in order: one slow stream beside fast ones. etcd3 opens a
+   * connection per service, in the order first used (a registry that registers: KV, Lease, Watch).
+   */
+  delayDownstream(index: number, ms: number): void {
+    const pair = [...this.pairs][index];
+    if (pair === undefined) throw new Error(`no connection ${index}: ${this.pairs.size} live`);
+    pair.downstreamDelayMs = ms;
+  }
+
   /** Point NEW connections at another target; existing ones keep theirs (call reset() to move them). */
   setTarget(host: string, port: number): void {
     this.targetHost = host;
@@ -161,7 +174,7 @@ export class TcpProxy {
 
   private onConnection(client: net.Socket): void {
     this.acceptedConnections++;
-    const pair: Pair = { client, upstream: undefined, blackholed: false };
+    const pair: Pair = { client, upstream: undefined, blackholed: false, downstreamDelayMs: 0 };
     this.pairs.add(pair);
     client.setNoDelay(true);
     client.on('error', () => this.destroyPair(pair, false));
@@ -201,6 +214,10 @@ export class TcpProxy {
     upstream.on('data', (chunk: Buffer) => {
       if (pair.blackholed) {
         this.droppedBytes += chunk.length;
+        return;
+      }
+      if (pair.downstreamDelayMs > 0) {
+        setTimeout(() => pair.blackholed || client.destroyed || client.write(chunk), pair.downstreamDelayMs);
         return;
       }
       if (!client.write(chunk)) {
