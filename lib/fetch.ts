@@ -191,18 +191,18 @@ export async function fetchWithFailover(
       () => timeout.abort(new RegistryTimeoutError(`${endpoint.address} did not answer within ${options.attemptTimeout} ms`)),
       options.attemptTimeout,
     );
-    const started = Date.now();
+    const started = performance.now();
     const call = source.begin?.(endpoint, beginOptions);
     const record = (outcome: FetchOutcome): void => {
       // A failure for load and ejection: no answer, a timeout, a 5xx; other errors and aborts give no verdict.
       if (outcome === 'ok') call?.end({ ok: true });
       else if (outcome === 'error') call?.end();
       else call?.end({ ok: false });
-      source.recordFetchAttempt?.(service, outcome, (Date.now() - started) / 1000);
+      source.recordFetchAttempt?.(service, outcome, (performance.now() - started) / 1000);
     };
     try {
       const response = await fetch(url, { ...request, signal: AbortSignal.any([stop, timeout.signal]) });
-      debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Date.now() - started);
+      debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Math.round(performance.now() - started));
       record(response.status >= 500 ? 'http_5xx' : 'ok');
       return response;
     } catch (e) {
@@ -228,13 +228,13 @@ export async function fetchWithFailover(
         const cause = connectionError(e);
         record(cause ? 'connect_error' : 'error');
         if (!cause) {
-          debug('%s: %s failed after %d ms, not retried: %s', what, endpoint.address, Date.now() - started, describe(e));
+          debug('%s: %s failed after %d ms, not retried: %s', what, endpoint.address, Math.round(performance.now() - started), describe(e));
           throw e;
         }
         failure = new AttemptFailed(endpoint, cause.message, { cause: e });
       }
       lastFailure = failure;
-      debug('%s: %s failed after %d ms (%s); marking it down for %d s', what, endpoint.address, Date.now() - started, failure.detail, options.markDownSeconds);
+      debug('%s: %s failed after %d ms (%s); marking it down for %d s', what, endpoint.address, Math.round(performance.now() - started), failure.detail, options.markDownSeconds);
       try {
         source.markDown(endpoint, { seconds: options.markDownSeconds });
       } catch (error) {

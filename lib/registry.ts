@@ -56,7 +56,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   /** What is watched, and for how long (lib/discover/discovery.ts). */
   private readonly discovery: Discovery;
   private readonly metrics: RegistryMetrics;
-  /** Locally ejected endpoints (by key) and when they come back (ms since epoch). */
+  /**
+   * Locally ejected endpoints (by key) and when they come back, on performance.now()'s clock:
+   * a wall clock stepped back an hour would keep them out for that hour.
+   */
   private readonly down = new Map<string, number>();
   /** Outlier ejection (lib/choose/outlier.ts). */
   private readonly outliers: OutlierDetector;
@@ -554,7 +557,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (keys.size === 0) return false;
     let out = this.outliers.countEjectedIn(keys);
     if (this.down.size > 0) {
-      const now = Date.now();
+      const now = performance.now();
       for (const [key, until] of this.down) if (until > now && keys.has(key) && !this.outliers.isEjected(key)) out++;
     }
     const up = keys.size - out;
@@ -574,7 +577,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private isDown = (endpoint: Endpoint): boolean => {
     const until = this.down.get(endpoint.key);
     if (until === undefined) return false;
-    if (until > Date.now()) return true;
+    if (until > performance.now()) return true;
     this.down.delete(endpoint.key);
     debug('%s is back after being marked down', endpoint.key);
     return false;
@@ -592,7 +595,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       throw new RegistryError('ERR_INVALID_ARGUMENT', `seconds ${quote(seconds)} is invalid: expected a finite number ≥ 0`);
     }
     const key = this.keys.endpointKey(validateServiceName(endpoint?.service), validateAddress(endpoint?.address));
-    this.down.set(key, Date.now() + seconds * 1000);
+    this.down.set(key, performance.now() + seconds * 1000);
     this.metrics.ejected(endpoint.service);
     debug('%s marked down for %d s', key, seconds);
   }
@@ -799,9 +802,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   /** What a shutdown signal does: deregister at once (bounded), drain, close. */
   private async shutdown(signal: NodeJS.Signals): Promise<void> {
     debug('%s: deregistering', signal);
-    const started = Date.now();
+    const started = performance.now();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
-    debug('%s: deregistered in %d ms%s', signal, Date.now() - started, error ? ` (failed: ${error.message})` : '');
+    debug('%s: deregistered in %d ms%s', signal, Math.round(performance.now() - started), error ? ` (failed: ${error.message})` : '');
     if (this.config.drainMs > 0) await delay(this.config.drainMs, undefined, true);
     await this.close();
   }

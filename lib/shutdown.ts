@@ -124,7 +124,7 @@ function others(done: ReadonlySet<ShutdownParticipant>): ShutdownParticipant[] {
 }
 
 async function shutdownAll(targets: readonly ShutdownParticipant[], signal: NodeJS.Signals, done: Set<ShutdownParticipant>): Promise<void> {
-  const started = Date.now();
+  const started = performance.now();
   const results = await Promise.allSettled(
     targets.map((p) => {
       done.add(p);
@@ -136,7 +136,7 @@ async function shutdownAll(targets: readonly ShutdownParticipant[], signal: Node
     }),
   );
   for (const r of results) if (r.status === 'rejected') debug('%s: a registry failed to shut down: %s', signal, (r.reason as Error)?.message ?? String(r.reason));
-  debug('%s: %d registr%s shut down in %d ms', signal, targets.length, targets.length === 1 ? 'y' : 'ies', Date.now() - started);
+  debug('%s: %d registr%s shut down in %d ms', signal, targets.length, targets.length === 1 ? 'y' : 'ies', Math.round(performance.now() - started));
 }
 
 /** Ends the process as the signal would have: raised again, then 128+n if it is still alive. */

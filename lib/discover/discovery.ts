@@ -221,14 +221,15 @@ export class Discovery {
   private async syncView(view: PrefixView, method: string): Promise<void> {
     if (view.isSynced) return;
     await this.options.conn.ensureContact();
-    const started = Date.now();
+    // Monotonic: a wall clock stepped back must not stretch the connect timeout.
+    const started = performance.now();
     for (;;) {
       try {
         await view.sync();
         return;
       } catch (e) {
         this.assertOpen(method);
-        const left = this.options.connectTimeoutMs - (Date.now() - started);
+        const left = this.options.connectTimeoutMs - (performance.now() - started);
         if (view.isClosed || !isRegistryError(e) || e.code !== 'ERR_ETCD_UNREACHABLE' || left <= 0) throw e;
         await delay(Math.min(250, left), this.options.conn.signal).catch(() => this.assertOpen(method));
       }

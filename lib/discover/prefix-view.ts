@@ -93,7 +93,7 @@ export class PrefixView implements WatchTarget {
   private closed = false;
   /** Backoff between watches refused for permission, and when the last refusal came. */
   private denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
-  private lastDenial = 0;
+  private lastDenial = Number.NEGATIVE_INFINITY;
   /** Ends the first sync's wait for the watch's create (see watchCreated()). */
   private watching: (() => void) | undefined;
 
@@ -236,8 +236,8 @@ export class PrefixView implements WatchTarget {
     }
     // etcd refused the watch: try again later, with backoff. A missing permission is the
     // operator's to fix (say so); a stale auth token heals on the reopened stream.
-    if (Date.now() - this.lastDenial > 6 * DENIED_WATCH_MAX_DELAY_MS) this.denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
-    this.lastDenial = Date.now();
+    if (performance.now() - this.lastDenial > 6 * DENIED_WATCH_MAX_DELAY_MS) this.denied = cappedBackoff(DENIED_WATCH_MAX_DELAY_MS).next();
+    this.lastDenial = performance.now();
     const wait = Math.round(this.denied.duration);
     this.denied = this.denied.next(undefined);
     if (refusal === 'permission') {

@@ -329,8 +329,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** A reset suspected and not yet checked by a linearizable read (the first reason given). */
   private suspicion: string | undefined;
   private confirming = false;
-  private lastConfirmStart = 0;
-  private lastResetAt = 0;
+  // Times below are on performance.now()'s clock, which no wall-clock step moves: stepped
+  // back an hour, Date.now() would hold a check, a reset or a rebuild back for that hour.
+  /** When the last confirming read started. */
+  private lastConfirmStart = Number.NEGATIVE_INFINITY;
+  /** When the last reset went out (none yet: -Infinity). */
+  private lastResetAt = Number.NEGATIVE_INFINITY;
   private resetGapMs = RESET_MIN_GAP_MS;
   private pendingReset: string | undefined;
   private resetTimer: NodeJS.Timeout | undefined;
@@ -351,7 +355,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * the interval, so that a fleet started at once does not send them at once.
    */
   private nextVouchAt = performance.now() + Math.random() * VOUCH_INTERVAL_MS;
-  private lastRebuild = 0;
+  private lastRebuild = Number.NEGATIVE_INFINITY;
   private rebuilding = false;
   /** Which members of the current client answer. */
   private health: MemberHealth;
@@ -479,7 +483,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   private async firstContact(): Promise<void> {
     const { connectTimeoutMs, endpoints } = this.options;
-    const started = Date.now();
+    const started = performance.now();
     const deadline = new AbortController();
     const onClose = (): void => deadline.abort(new RegistryClosedError('connect'));
     this.abort.signal.addEventListener('abort', onClose, { once: true });
@@ -488,7 +492,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     /** grpc-js reports "Last error: null" after the first failure: keep the one that said why. */
     let telling: unknown;
     // A refused TLS handshake is unreachable for etcd3, but no retry fixes it: fail at once.
-    const policy = retryForever((e) => isUnreachableError(e) && tlsFailure(e) === undefined && Date.now() - started < connectTimeoutMs);
+    const policy = retryForever((e) => isUnreachableError(e) && tlsFailure(e) === undefined && performance.now() - started < connectTimeoutMs);
     try {
       await withDeadline(
         policy.execute(async () => {
@@ -508,7 +512,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         // while the attempts wait (grpc-js's reconnect timers keep nothing alive).
         true,
       );
-      debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Date.now() - started);
+      debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Math.round(performance.now() - started));
       // The contact's read was linearizable: the next one comes at a random point of the
       // interval, now known (through a proxy or not), so that a fleet started at once spreads out.
       this.nextVouchAt = performance.now() + Math.random() * this.vouchIntervalMs;
@@ -727,11 +731,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     let step = cappedBackoff().next();
     try {
       while (this.suspicion !== undefined && !this.closed) {
-        const wait = this.lastConfirmStart + CONFIRM_GAP_MS - Date.now();
+        const wait = this.lastConfirmStart + CONFIRM_GAP_MS - performance.now();
         if (wait > 0) await delay(wait, this.signal);
         const reason = this.suspicion;
         this.suspicion = undefined;
-        this.lastConfirmStart = Date.now();
+        this.lastConfirmStart = performance.now();
         try {
           const verdict = await this.probe(this.options.requestTimeoutMs);
           if (verdict === undefined) debug('not a reset (a linearizable read shows etcd at revision %d or later): %s', this.maxRevision, reason);
@@ -761,26 +765,26 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private emitReset(reason: string): void {
     if (this.closed) return;
     const due = this.lastResetAt + this.resetGapMs;
-    if (this.lastResetAt === 0 || Date.now() >= due) {
+    if (performance.now() >= due) {
       this.fireReset(reason);
       return;
     }
     this.pendingReset ??= reason;
     if (this.resetTimer) return;
-    debug('reset held back %d ms (resets repeat): %s', due - Date.now(), reason);
+    debug('reset held back %d ms (resets repeat): %s', Math.round(due - performance.now()), reason);
     this.resetTimer = setTimeout(() => {
       this.resetTimer = undefined;
       const pending = this.pendingReset;
       this.pendingReset = undefined;
       if (pending !== undefined) this.fireReset(pending);
-    }, due - Date.now());
+    }, due - performance.now());
     this.resetTimer.unref();
   }
 
   private fireReset(reason: string): void {
     if (this.closed) return;
-    const now = Date.now();
-    const repeat = this.lastResetAt !== 0 && now - this.lastResetAt < 2 * this.resetGapMs;
+    const now = performance.now();
+    const repeat = now - this.lastResetAt < 2 * this.resetGapMs;
     this.resetGapMs = repeat ? Math.min(2 * this.resetGapMs, RESET_MAX_GAP_MS) : RESET_MIN_GAP_MS;
     this.lastResetAt = now;
     debug('etcd lost its data: %s', reason);
@@ -934,7 +938,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   rebuild(reason: string): void {
     if (this.closed || this.rebuilding) return;
-    const now = Date.now();
+    const now = performance.now();
     if (now - this.lastRebuild < this.options.requestTimeoutMs) return;
     this.lastRebuild = now;
     this.rebuilding = true;

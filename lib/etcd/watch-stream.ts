@@ -121,7 +121,7 @@ interface Sent {
   readonly floor: number;
   /** The server's id for it, once its create was answered. */
   serverId?: number;
-  /** When it went out, or the last response for it came. */
+  /** When it went out, or the last response for it came (performance.now()). */
   heardAt: number;
   /** An event or a progress notification came for it: it is on a live watch. */
   live?: boolean;
@@ -183,7 +183,11 @@ export class WatchStream {
   private progressFrom = 0;
   /** Responses, and answers to progress requests, received on the current stream. */
   private heard = 0;
-  /** When the current stream last answered (or opened). */
+  /**
+   * When the current stream last answered (or opened). This and every other time here is on
+   * performance.now()'s clock: with Date.now(), a wall clock stepped back an hour would keep a
+   * stream that went silent from being probed for that hour.
+   */
   private heardAt = 0;
   /**
    * What was seen when the current stream opened: its events' and progress answers' headers
@@ -314,7 +318,7 @@ export class WatchStream {
     // server is known, from its own revision; on a member it is created again one early.
     const blind = target !== undefined && !this.ownIds && !this.serialCreates;
     const startRevision = target === undefined ? 0 : exact || !this.ownIds || this.serialCreates || next <= 1 ? next : next - 1;
-    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision, heardAt: Date.now() });
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision, heardAt: performance.now() });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
@@ -414,7 +418,7 @@ export class WatchStream {
   private onResponse(stream: IDuplexStream<IWatchRequest, IWatchResponse>, res: IWatchResponse): void {
     if (stream !== this.stream) return;
     this.heard++;
-    this.heardAt = Date.now();
+    this.heardAt = performance.now();
     if (this.backoff !== this.freshBackoff) this.backoff = this.freshBackoff = cappedBackoff().next();
     const serverId = Number(res.watch_id);
     const revision = Number(res.header.revision);
@@ -641,7 +645,7 @@ export class WatchStream {
    */
   private startPing(): void {
     this.stopPing();
-    this.heardAt = Date.now();
+    this.heardAt = performance.now();
     const timeout = this.conn.requestTimeoutMs;
     this.pingTimer = setInterval(() => this.tick(timeout), timeout);
     this.pingTimer.unref();
@@ -649,7 +653,7 @@ export class WatchStream {
 
   private tick(timeout: number): void {
     if (!this.stream) return;
-    const now = Date.now();
+    const now = performance.now();
     if (this.serialCreates) this.renewSilent(now);
     const probe = this.probe;
     if (probe) {
@@ -685,7 +689,7 @@ export class WatchStream {
       const target = sent.target;
       const factor = target ? (this.silenceFactor.get(target) ?? 1) : 1;
       if (!target || sent.serverId === undefined || now - sent.heardAt < this.silenceMs * factor || this.targets.get(id) !== target) continue;
-      debug('watch %d %s heard nothing for %d ms through a grpc-proxy: created again', id, target.name, now - sent.heardAt);
+      debug('watch %d %s heard nothing for %d ms through a grpc-proxy: created again', id, target.name, Math.round(now - sent.heardAt));
       this.silenceFactor.set(target, Math.min(16, factor * 2));
       this.respell(target);
       this.renew(id, sent.serverId, target);

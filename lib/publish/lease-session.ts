@@ -146,10 +146,12 @@ export class LeaseSession {
 
   /**
    * The revoke call, the same one on close and in the warm-up: sent before this
-   * returns, with the call's deadline at most `deadline`.
+   * returns, with the call's deadline at most `deadline` (on performance.now()'s clock).
    */
   private sendRevoke(leaseId: string, deadline: number): Promise<unknown> {
-    return this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Math.min(deadline, Date.now() + this.conn.requestTimeoutMs) }));
+    return this.conn.call((c) =>
+      c.leaseClient.leaseRevoke({ ID: leaseId }, { deadline: Date.now() + Math.min(deadline - performance.now(), this.conn.requestTimeoutMs) }),
+    );
   }
 
   /**
@@ -166,7 +168,7 @@ export class LeaseSession {
       return;
     }
     try {
-      await this.sendRevoke(leaseId, Date.now() + this.conn.requestTimeoutMs);
+      await this.sendRevoke(leaseId, performance.now() + this.conn.requestTimeoutMs);
       debug('warm-up: throwaway lease %s granted and revoked', leaseId);
     } catch (e) {
       debug('warm-up: revoking throwaway lease %s failed, it expires by itself: %s', leaseId, (e as Error).message);
@@ -329,7 +331,8 @@ export class LeaseSession {
   }
 
   private async doClose(timeoutMs: number, what: string): Promise<RegistryError | undefined> {
-    const deadline = Date.now() + timeoutMs;
+    // Monotonic: a wall clock stepped back would let the retries go on past the timeout.
+    const deadline = performance.now() + timeoutMs;
     // The revokes go out first, the current lease's first of all: everything else here
     // (and the caller's teardown after it) runs while they are on their way.
     const revokes: Promise<RegistryError | undefined>[] = [];
@@ -342,7 +345,7 @@ export class LeaseSession {
     this.dropKeepaliveStream();
     this.retired.clear();
     // The throwaway lease of the warm-up, if it is still on its way: revoked by it (bounded by the deadline).
-    if (this.warming) await withDeadline(this.warming, Math.max(0, deadline - Date.now()), () => new Error('warm-up still on its way at the deadline')).catch(() => undefined);
+    if (this.warming) await withDeadline(this.warming, Math.max(0, deadline - performance.now()), () => new Error('warm-up still on its way at the deadline')).catch(() => undefined);
     return errors.find((e) => e !== undefined);
   }
 
@@ -350,7 +353,7 @@ export class LeaseSession {
     // The first attempt is sent now; the retry policy is built only if it fails. Retried while
     // etcd does not answer and a pause and another attempt fit before the deadline.
     const maxDelay = 250;
-    const retryable = (err: Error): boolean => isUnreachableError(err) && deadline - Date.now() > maxDelay;
+    const retryable = (err: Error): boolean => isUnreachableError(err) && deadline - performance.now() > maxDelay;
     try {
       await retryAfterFirst(
         this.sendRevoke(leaseId, deadline),

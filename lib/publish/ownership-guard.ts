@@ -36,7 +36,7 @@ export class OwnershipGuard {
   private readonly pending = new Set<string>();
   /** Backoff between watches refused for permission, and when the last refusal came. */
   private denied = cappedBackoff(10_000).next();
-  private lastDenial = 0;
+  private lastDenial = Number.NEGATIVE_INFINITY;
   private closed = false;
 
   constructor(
@@ -90,8 +90,8 @@ export class OwnershipGuard {
 
   /** etcd refused the watch: a missing permission is reported; a stale auth token heals by itself. */
   private refused(service: string, reason: string): void {
-    if (Date.now() - this.lastDenial > 60_000) this.denied = cappedBackoff(10_000).next();
-    this.lastDenial = Date.now();
+    if (performance.now() - this.lastDenial > 60_000) this.denied = cappedBackoff(10_000).next();
+    this.lastDenial = performance.now();
     const wait = Math.round(this.denied.duration);
     this.denied = this.denied.next(undefined);
     const prefix = quote(this.keys.servicePrefix(service));

@@ -41,12 +41,12 @@ export interface EventuallyOptions {
 export async function eventually<T>(fn: () => T | Promise<T>, options: EventuallyOptions = {}): Promise<T> {
   const timeout = options.timeout ?? 10_000;
   const interval = options.interval ?? 25;
-  const deadline = Date.now() + timeout;
+  const deadline = performance.now() + timeout;
   for (;;) {
     try {
       return await fn();
     } catch (err) {
-      if (Date.now() + interval > deadline) {
+      if (performance.now() + interval > deadline) {
         if (err instanceof Error) {
           err.message = `${err.message} (still failing after ${timeout} ms)`;
         }

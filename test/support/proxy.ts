@@ -135,6 +135,13 @@ export class TcpProxy {
     this.blackhole(oldest);
   }
 
+  /** Black-holes only the newest live connection: a client's last one, for example etcd3's watch connection after a read. */
+  blackholeNewest(): void {
+    const newest = [...this.pairs].at(-1);
+    if (newest === undefined) throw new Error('no connection to black-hole');
+    this.blackhole(newest);
+  }
+
   /**
    * From now on, holds what etcd sends on the `index`-th live connection (0: the oldest) for
    * `ms` before passing it on, in order: one slow stream beside fast ones. etcd3 opens a
