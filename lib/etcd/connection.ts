@@ -171,7 +171,7 @@ class MemberHealth {
   }
 }
 
-/** The end of the current call's time budget, seen by every attempt of it (see FailoverPolicy). */
+/** The end of the current call's time budget (performance.now()), seen by every attempt of it (see FailoverPolicy). */
 const callDeadline = new AsyncLocalStorage<number>();
 
 /** etcd3's per-member policy: skips a failing member while another one is up, never refuses a call. */
@@ -218,7 +218,9 @@ class FailoverPolicy extends NoopPolicy {
   }
 
   override execute<T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
-    const deadline = Date.now() + this.budgetMs;
+    // On performance.now()'s clock (a wall clock stepped meanwhile must not stretch the
+    // budget): each attempt turns what is left into a gRPC deadline when it starts.
+    const deadline = performance.now() + this.budgetMs;
     return callDeadline.run(deadline, async () => {
       let pause = cappedBackoff(this.budgetMs / 4).next();
       /** The last failure that said why (a refused connection, a failed lookup), to report instead of the deadline it ran into. */
@@ -227,7 +229,7 @@ class FailoverPolicy extends NoopPolicy {
         try {
           return await super.execute(fn, signal);
         } catch (e) {
-          const left = deadline - Date.now();
+          const left = deadline - performance.now();
           const again = isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && left > 0 && signal?.aborted !== true;
           if (isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && !isBrokenCircuitError(e)) telling = e;
           if (!again) {
@@ -413,7 +415,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const many = health !== undefined && endpoints.length > 1;
     // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
     // one call shares the call's deadline (FailoverPolicy), so the call ends in time.
-    const deadline = (): number => callDeadline.getStore() ?? Date.now() + requestTimeoutMs;
+    const deadline = (): number => {
+      const end = callDeadline.getStore();
+      return Date.now() + (end === undefined ? requestTimeoutMs : Math.max(0, end - performance.now()));
+    };
     // Each retry picks another member: fail over at once, within the request timeout.
     const global = many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop;
     return new EtcdClient(

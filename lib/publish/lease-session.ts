@@ -60,11 +60,12 @@ export class LeaseSession {
    * keepalives in order, so an answer's header is checked against the oldest. (With one floor
    * for all, an answer slower than the interval was checked against what was seen when a later
    * keepalive went out: behind it after any write meanwhile, a suspected reset each time.)
-   * etcd's grpc-proxy may answer several with one: the floors left are then older than they
-   * need be, which only makes the check weaker; at most MAX_FLOORS are kept (the oldest).
+   * etcd's grpc-proxy answers each keepalive too, in order. At most MAX_FLOORS are kept: past
+   * that, further keepalives count against the newest kept floor (older than theirs: the check
+   * is only weaker, never a false alarm), so the queue stays aligned with the answers.
    */
-  private keepaliveFloors: number[] = [];
-  /** The floor of the last answer: for an answer to a keepalive whose floor was not kept. */
+  private keepaliveFloors: { floor: number; keepalives: number }[] = [];
+  /** The floor of the last answer: for an answer with no keepalive left in the queue. */
   private lastKeepaliveFloor = 0;
   private closing: Promise<RegistryError | undefined> | undefined;
   /** The throwaway grant and revoke that warm the close path's revoke; once per session. */
@@ -266,7 +267,8 @@ export class LeaseSession {
       this.onKeepaliveEnd(stream, e as Error);
       return;
     }
-    if (this.keepaliveFloors.length < MAX_FLOORS) this.keepaliveFloors.push(floor);
+    if (this.keepaliveFloors.length < MAX_FLOORS) this.keepaliveFloors.push({ floor, keepalives: 1 });
+    else this.keepaliveFloors.at(-1)!.keepalives++;
     if (!this.ackTimer) {
       // etcd's grpc-proxy answers a keepalive only when its own upstream keepalive (every TTL/3)
       // comes back: allow for that wait, and still leave half the TTL for a second attempt on a
@@ -290,7 +292,9 @@ export class LeaseSession {
   private onKeepalive(stream: KeepaliveStream, res: ILeaseKeepAliveResponse): void {
     if (stream !== this.keepalive || res.ID !== this.current || !this.isAlive) return;
     this.clearAckTimer();
-    const floor = this.keepaliveFloors.shift() ?? this.lastKeepaliveFloor;
+    const oldest = this.keepaliveFloors[0];
+    const floor = oldest?.floor ?? this.lastKeepaliveFloor;
+    if (oldest && --oldest.keepalives === 0) this.keepaliveFloors.shift();
     this.lastKeepaliveFloor = floor;
     this.conn.checkHeader(res.header, false, floor);
     if (Number(res.TTL) <= 0) {

@@ -141,6 +141,8 @@ describe('suspected resets on one etcd member', () => {
       const suspected: string[] = [];
       conn.on('suspected', (r) => suspected.push(r));
       const lost = timeUntil(a, 'lease-lost').then(() => 'lease lost');
+      // A rebuild (the keepalive's ack deadline missed) would move it to undelayed connections.
+      const generation = conn.generation;
       proxy.delayDownstream(2, 1650);
       const until = performance.now() + 6000;
       for (let i = 0; performance.now() < until; i++) {
@@ -149,6 +151,7 @@ describe('suspected resets on one etcd member', () => {
         await a.unregister({ service: 'web', address });
       }
       expect(suspected).toEqual([]);
+      expect(conn.generation).toBe(generation);
       expect(await Promise.race([lost, sleep(0).then(() => 'kept')])).toBe('kept');
     } finally {
       await a.close();

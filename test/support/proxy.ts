@@ -145,7 +145,7 @@ export class TcpProxy {
   /**
    * From now on, holds what etcd sends on the `index`-th live connection (0: the oldest) for
    * `ms` before passing it on, in order: one slow stream beside fast ones. etcd3 opens a
-   * connection per service, in the order first used (a registry that registers: KV, Lease, Watch).
+   * connection per service, in the order first used (a registry that first lists a service, then registers: KV, Watch, Lease).
    */
   delayDownstream(index: number, ms: number): void {
     const pair = [...this.pairs][index];
