@@ -61,8 +61,7 @@ describe('a wall clock stepped back an hour', () => {
 
   it('a watch stream that goes silent is still probed, replaced, and the list catches up', async () => {
     const prefix = uniquePrefix('clock-watch');
-    const url = new URL(etcd.clientUrl);
-    proxy = new TcpProxy(url.hostname, Number(url.port));
+    proxy = TcpProxy.forUrl(etcd.clientUrl);
     await proxy.start();
     const watcher = reg(proxy.url, prefix); // its first contact, a read, opens the first connection
     expect(await watcher.endpoints('web')).toEqual([]); // and its watch the second

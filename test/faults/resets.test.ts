@@ -128,8 +128,7 @@ describe('suspected resets on one etcd member', () => {
     // comes after the next keepalive went out. Checked against what was seen when a later one
     // went out (after the writes meanwhile), it looked behind: a linearizable read each time.
     const prefix = uniquePrefix('slow-keepalive');
-    const url = new URL(etcd.clientUrl);
-    const proxy = new TcpProxy(url.hostname, Number(url.port));
+    const proxy = TcpProxy.forUrl(etcd.clientUrl);
     await proxy.start();
     const a = faultRegistry(proxy.url, prefix, { leaseSeconds: 4 });
     try {
