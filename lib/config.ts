@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
-import { HOST_PORT, MAX_METADATA_BYTES, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
+import { HOST_PORT, MAX_METADATA_BYTES, canParseUrl, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { HEALTH_DEFAULTS, type HealthDefaults } from './publish/health';
 import { REDACTED, Secret, isSecret } from './secret';
 import { OUTLIER_DEFAULTS, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
@@ -313,10 +313,10 @@ function healthUrl(input: Input): string {
   if (typeof value !== 'string' || value.trim() === '') fail(input, 'expected an http(s) URL or a path such as /healthz');
   const url = value.trim();
   if (url.startsWith('/')) {
-    if (!URL.canParse(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
+    if (!canParseUrl(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
     return url;
   }
-  if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol)) fail(input, 'expected an http(s) URL or a path such as /healthz');
+  if (!canParseUrl(url) || !/^https?:$/.test(new URL(url).protocol)) fail(input, 'expected an http(s) URL or a path such as /healthz');
   return url;
 }
 const port = (input: Input): number => integer(input, 1, 65535, 'an integer port');

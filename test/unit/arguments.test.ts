@@ -8,7 +8,8 @@ import { inspect } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Registry, RegistryConfigError, RegistryError, resolveConfig, type RegistryErrorCode } from '../../lib';
 import { MAX_METADATA_BYTES } from '../../lib/keys';
-import { validateMetadata, validateServiceAddress } from '../../lib/validate';
+import { isUrlHost, validateMetadata, validateServiceAddress } from '../../lib/validate';
+import fc from 'fast-check';
 
 const registry = new Registry({ etcdEndpoints: 'http://127.0.0.1:1', connectTimeoutSeconds: 1, shutdownSignals: [], env: {} });
 afterAll(() => registry.close());
@@ -121,6 +122,48 @@ describe('addresses', () => {
       expect(validateServiceAddress(address)).toBe(address);
       expect(resolveConfig({ env: { REGISTRY_SERVICE_ADDRESS: address } }).serviceAddress).toBe(address);
     }
+  });
+
+  /** What the URL parser says (`new URL`, not URL.canParse: see the test after this one). */
+  const parses = (url: string): boolean => {
+    try {
+      new URL(url);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it('a host is accepted exactly when the URL parser accepts it (the fast paths for plain names and IPv4 never disagree)', () => {
+    const label = fc.stringMatching(/^(?:[a-zA-Z0-9-]{0,6}|xn--[a-z0-9-]{0,4}|0[xX][0-9a-fA-F]{0,3}|\d{1,4}|_[a-z]|%41|[\u00e9\u0130])$/);
+    const host = fc.oneof(
+      fc.array(label, { minLength: 1, maxLength: 5 }).chain((labels) => fc.constantFrom(labels.join('.'), `${labels.join('.')}.`)),
+      fc.array(fc.integer({ min: 0, max: 300 }), { minLength: 1, maxLength: 5 }).map((parts) => parts.join('.')),
+      fc.tuple(fc.constantFrom('0', '00', '01', '1'), fc.nat(300)).map(([lead, n]) => `${lead}${n}.0.0.1`),
+    );
+    fc.assert(
+      fc.property(host, (h) => {
+        expect([h, isUrlHost(h)]).toEqual([h, parses(`http://${h}`)]);
+      }),
+      { numRuns: 20_000 },
+    );
+    for (const h of ['a', 'web.internal', 'a-b.c', 'localhost.', '10.0.0.1', '255.255.255.255', '0x1f', 'a.0x', 'a.123', '256.0.0.1', '1.2.3', 'xn--', 'a.xn--abc-', 'a..b', '-', '999', 'é', 'İ']) {
+      expect([h, isUrlHost(h)]).toEqual([h, parses(`http://${h}`)]);
+    }
+  });
+
+  it('an address with Latin-1 characters gets the same answer however often it is checked (Node 20 refuses it once URL.canParse() is optimized)', () => {
+    const answers = new Set<string>();
+    for (let i = 0; i < 50_000; i++) {
+      for (const address of ['é:80', 'http://café.example', 'ÿ.example:1']) {
+        try {
+          answers.add(`${address} ${validateServiceAddress(address)}`);
+        } catch (e) {
+          answers.add(`${address} ${(e as Error).message}`);
+        }
+      }
+    }
+    expect([...answers].sort()).toEqual(['http://café.example http://café.example', 'é:80 é:80', 'ÿ.example:1 ÿ.example:1']);
   });
 
   it('quotes at most 200 characters of a long value', async () => {
