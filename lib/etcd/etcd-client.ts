@@ -1,17 +1,21 @@
 /**
  * etcd3's client with two more calls whose answers are decoded by this library instead of
  * protobufjs: `rangePage()`, a range read (lib/etcd/range-page.ts: the cold read of a big
- * prefix spends most of its CPU decoding), and `watchStream()`, a Watch stream
- * (lib/etcd/watch-response.ts: every client decodes every change). Both go through etcd3's
- * own connection handling (member choice, per-member policy, auth metadata, error types);
- * the range also through the client's failover policy and deadline, as every other call does.
+ * prefix spends most of its CPU decoding), `putOnLease()`, a put on a lease (lib/etcd/put.ts: what
+ * `register()` sends, on the path from the call to the watchers' events), and `watchStream()`,
+ * a Watch stream (lib/etcd/watch-response.ts: every client decodes every change). All go
+ * through etcd3's own connection handling (member choice, per-member policy, auth metadata,
+ * error types); the unary ones also through the client's failover policy and deadline, as
+ * every other call does.
  */
 import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
+import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
+const PUT_METHOD = '/etcdserverpb.KV/Put';
 
 /** The Watch stream as etcd3's `watchClient.watch()` gives it. */
 export type WatchDuplex = Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
@@ -51,30 +55,49 @@ export class EtcdClient extends Etcd3 {
 
   /** One page of a range read, as RangePage. */
   async rangePage(req: RangePageRequest): Promise<RangePage> {
-    // One order of the members for every attempt of this call, as etcd3's own calls have:
-    // each retry goes to the next member, not to a fresh random pick.
-    type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
-    const pool: { shuffledHosts?: () => MemberOrder } = this.pool as never; // private in etcd3's types
-    const order = pool.shuffledHosts?.();
     try {
-      return await this.global.execute(() =>
-        this.pool.withConnection(
-          'KV',
-          ({ client, metadata }) =>
-            new Promise<RangePage>((resolve, reject) => {
-              client.makeUnaryRequest(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, req, metadata, { deadline: this.deadline() }, (err, res) => {
-                if (err) reject(castGrpcError(err));
-                else resolve(res!);
-              });
-            }),
-          order,
-        ),
-      );
+      return await this.unary(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, req);
     } catch (e) {
       // etcd forgot the auth token (it restarted): etcd3's own call renews it and asks again.
       if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
       return fromResponse(await this.kv.range({ key: req.key, range_end: req.rangeEnd, limit: req.limit, revision: req.revision }));
     }
+  }
+
+  /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
+  async putOnLease(req: PutRequest): Promise<PutResponse> {
+    try {
+      return await this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req);
+    } catch (e) {
+      if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
+      return await this.kv.put({ key: req.key, value: req.value, lease: req.lease });
+    }
+  }
+
+  /**
+   * A unary call as etcd3 makes its own: in the failover policy, through the pool's member
+   * choice, per-member policy and auth metadata, with the call's deadline; gRPC errors cast
+   * to etcd3's types.
+   */
+  private unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req): Promise<Res> {
+    // One order of the members for every attempt of this call, as etcd3's own calls have:
+    // each retry goes to the next member, not to a fresh random pick.
+    type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
+    const pool: { shuffledHosts?: () => MemberOrder } = this.pool as never; // private in etcd3's types
+    const order = pool.shuffledHosts?.();
+    return this.global.execute(() =>
+      this.pool.withConnection(
+        'KV',
+        ({ client, metadata }) =>
+          new Promise<Res>((resolve, reject) => {
+            client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
+              if (err) reject(castGrpcError(err));
+              else resolve(res!);
+            });
+          }),
+        order,
+      ),
+    );
   }
 }
 

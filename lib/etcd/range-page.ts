@@ -5,6 +5,7 @@
  */
 import type { IResponseHeader } from 'etcd3';
 import { MalformedResponseError, Reader, decodeHeader, decodeKeyValue, type RangeKeyValue } from './wire';
+import { bytesFieldSize, varintFieldSize, writeBytesField, writeVarintField } from './wire-write';
 
 /** What a paged read asks for (RangeRequest fields 1–4). */
 export interface RangePageRequest {
@@ -29,8 +30,8 @@ export function encodeRangeRequest(req: RangePageRequest): Buffer {
   const out = Buffer.allocUnsafe(size);
   let at = writeBytesField(out, 0, 1, req.key);
   at = writeBytesField(out, at, 2, req.rangeEnd);
-  at = writeVarintField(out, at, 3, req.limit);
-  writeVarintField(out, at, 4, req.revision);
+  at = writeVarintField(out, at, 3, req.limit, 'RangeRequest');
+  writeVarintField(out, at, 4, req.revision, 'RangeRequest');
   return out;
 }
 
@@ -52,45 +53,4 @@ export function decodeRangeResponse(bytes: Buffer): RangePage {
   // etcd always sends one: a page without a revision cannot be pinned to the others.
   if (header === undefined) throw new MalformedResponseError('RangeResponse without a header');
   return { header, kvs, more };
-}
-
-function varintSize(n: number): number {
-  let size = 1;
-  while (n >= 128) {
-    n = Math.floor(n / 128);
-    size++;
-  }
-  return size;
-}
-
-function bytesFieldSize(b: Buffer): number {
-  return b.length === 0 ? 0 : 1 + varintSize(b.length) + b.length;
-}
-
-function varintFieldSize(n: number): number {
-  return n === 0 ? 0 : 1 + varintSize(n);
-}
-
-function writeVarint(out: Buffer, at: number, n: number): number {
-  while (n >= 128) {
-    out[at++] = (n % 128) | 0x80;
-    n = Math.floor(n / 128);
-  }
-  out[at++] = n;
-  return at;
-}
-
-function writeBytesField(out: Buffer, at: number, field: number, b: Buffer): number {
-  if (b.length === 0) return at;
-  out[at++] = (field << 3) | 2;
-  at = writeVarint(out, at, b.length);
-  b.copy(out, at);
-  return at + b.length;
-}
-
-function writeVarintField(out: Buffer, at: number, field: number, n: number): number {
-  if (n === 0) return at;
-  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`RangeRequest field ${field}: ${n} is not a non-negative safe integer`);
-  out[at++] = field << 3;
-  return writeVarint(out, at, n);
 }

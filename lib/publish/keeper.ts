@@ -273,14 +273,15 @@ export class LeaseKeeper {
   private async put(writes: Write[], resets: number): Promise<unknown> {
     const leaseId = this.session.leaseId;
     if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
-    const ops: IRequestOp[] = writes.map((w) => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } }));
     this.intents.sending(writes);
     const floor = this.conn.seenRevision;
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
-      const single = ops.length === 1 ? ops[0]!.request_put : undefined;
-      const res = single ? await this.conn.call((c) => c.kv.put(single)) : await this.conn.call((c) => c.kv.txn({ success: ops }));
+      const single = writes.length === 1 ? { key: Buffer.from(writes[0]!.key), value: writes[0]!.want!.value, lease: leaseId } : undefined;
+      const res = single
+        ? await this.conn.call((c) => c.putOnLease(single))
+        : await this.conn.call((c) => c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } })) }));
       this.conn.checkHeader(res.header, false, floor);
       revision = Number(res.header.revision);
     } catch (e) {
