@@ -54,50 +54,47 @@ export class EtcdClient extends Etcd3 {
   }
 
   /** One page of a range read, as RangePage. */
-  async rangePage(req: RangePageRequest): Promise<RangePage> {
-    try {
-      return await this.unary(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, req);
-    } catch (e) {
-      // etcd forgot the auth token (it restarted): etcd3's own call renews it and asks again.
-      if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
-      return fromResponse(await this.kv.range({ key: req.key, range_end: req.rangeEnd, limit: req.limit, revision: req.revision }));
-    }
+  rangePage(req: RangePageRequest): Promise<RangePage> {
+    return this.unary(RANGE_METHOD, encodeRangeRequest, decodeRangeResponse, req, async () =>
+      fromResponse(await this.kv.range({ key: req.key, range_end: req.rangeEnd, limit: req.limit, revision: req.revision })),
+    );
   }
 
   /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
-  async putOnLease(req: PutRequest): Promise<PutResponse> {
-    try {
-      return await this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req);
-    } catch (e) {
-      if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
-      return await this.kv.put({ key: req.key, value: req.value, lease: req.lease });
-    }
+  putOnLease(req: PutRequest): Promise<PutResponse> {
+    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: req.key, value: req.value, lease: req.lease }));
   }
 
   /**
    * A unary call as etcd3 makes its own: in the failover policy, through the pool's member
    * choice, per-member policy and auth metadata, with the call's deadline; gRPC errors cast
-   * to etcd3's types.
+   * to etcd3's types. When etcd has forgotten the auth token (it restarted), `viaEtcd3` makes
+   * the same call through etcd3, which renews the token and asks again.
    */
-  private unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req): Promise<Res> {
+  private async unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req, viaEtcd3: () => Promise<Res>): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
     type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
     const pool: { shuffledHosts?: () => MemberOrder } = this.pool as never; // private in etcd3's types
     const order = pool.shuffledHosts?.();
-    return this.global.execute(() =>
-      this.pool.withConnection(
-        'KV',
-        ({ client, metadata }) =>
-          new Promise<Res>((resolve, reject) => {
-            client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
-              if (err) reject(castGrpcError(err));
-              else resolve(res!);
-            });
-          }),
-        order,
-      ),
-    );
+    try {
+      return await this.global.execute(() =>
+        this.pool.withConnection(
+          'KV',
+          ({ client, metadata }) =>
+            new Promise<Res>((resolve, reject) => {
+              client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
+                if (err) reject(castGrpcError(err));
+                else resolve(res!);
+              });
+            }),
+          order,
+        ),
+      );
+    } catch (e) {
+      if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
+      return await viaEtcd3();
+    }
   }
 }
 

@@ -278,10 +278,11 @@ export class LeaseKeeper {
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
-      const single = writes.length === 1 ? { key: Buffer.from(writes[0]!.key), value: writes[0]!.want!.value, lease: leaseId } : undefined;
-      const res = single
-        ? await this.conn.call((c) => c.putOnLease(single))
-        : await this.conn.call((c) => c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: { key: Buffer.from(w.key), value: w.want!.value, lease: leaseId } })) }));
+      const put = (w: Write): { key: Buffer; value: Buffer; lease: string } => ({ key: Buffer.from(w.key), value: w.want!.value, lease: leaseId });
+      const res =
+        writes.length === 1
+          ? await this.conn.call((c) => c.putOnLease(put(writes[0]!)))
+          : await this.conn.call((c) => c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: put(w) })) }));
       this.conn.checkHeader(res.header, false, floor);
       revision = Number(res.header.revision);
     } catch (e) {
