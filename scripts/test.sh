@@ -55,8 +55,12 @@ run_vitest() {
 # as a step of their own (the worker count is global to a vitest run), 2 files at a time: at 4, a
 # fresh-clone run lost the lease once in cluster.test.ts's silent-member case (tight margins). On this
 # 2-core machine the fault phase took 159 s two at a time and 120 s four at a time on 3.5.30 (3.4:
-# 90 s), with the cores 40-80 % busy.
-FAULT_WORKERS=2
+# 90 s), with the cores 40-80 % busy. FAULT_WORKERS=n overrides it (a positive integer).
+FAULT_WORKERS=${FAULT_WORKERS:-2}
+if ! [[ $FAULT_WORKERS =~ ^[1-9][0-9]*$ ]]; then
+  echo "FAULT_WORKERS (how many fault files run at once) must be a positive integer, got \"$FAULT_WORKERS\"" >&2
+  exit 2
+fi
 
 etcd34() {
   REGISTRY_TEST_ETCD_VERSION=3.4 run_vitest "etcd 3.4" --project integration

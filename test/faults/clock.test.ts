@@ -1,22 +1,24 @@
 /**
- * A wall clock stepped back (NTP correcting a clock that ran ahead, a VM resumed from a
- * snapshot) must not hold back what is timed: an endpoint marked down comes back after its
- * seconds, and a watch stream that went silent is still probed and replaced. Every such
- * time runs on performance.now(), which no step moves; only gRPC deadlines are wall-clock
- * times, and grpc-js reads the same stepped clock to turn them back into timeouts.
+ * A wall clock stepped (back: NTP correcting a clock that ran ahead, a VM resumed from a
+ * snapshot; or forward) must not stretch or cut short what is timed: an endpoint marked
+ * down comes back after its seconds, a watch stream that went silent is still probed and
+ * replaced, and a call failing over between members keeps its budget. Every such time runs
+ * on performance.now(), which no step moves; only gRPC deadlines are wall-clock times, and
+ * grpc-js reads the same stepped clock to turn them back into timeouts.
  */
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
+import { Connection } from '../../lib/etcd/connection';
 import { stepWallClock } from '../support/clock';
-import { EtcdNode } from '../support/etcd';
+import { EtcdNode, findFreePorts } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
 import { faultRegistry, measured, sleep } from './support';
 
 const HOUR = 3_600_000;
 
-describe('a wall clock stepped back an hour', () => {
+describe('a wall clock stepped an hour', () => {
   const etcd = new EtcdNode();
   let client: Etcd3;
   let proxy: TcpProxy | undefined;
@@ -44,7 +46,7 @@ describe('a wall clock stepped back an hour', () => {
     await etcd.stop();
   });
 
-  it('an endpoint marked down comes back after its seconds', async () => {
+  it('back: an endpoint marked down comes back after its seconds', async () => {
     const prefix = uniquePrefix('clock-down');
     const owner = reg(etcd.clientUrl, prefix);
     const a = await owner.register({ service: 'web', address: '10.0.5.1:80' });
@@ -59,7 +61,7 @@ describe('a wall clock stepped back an hour', () => {
     expect(picked()).toContain(a.address);
   });
 
-  it('a watch stream that goes silent is still probed, replaced, and the list catches up', async () => {
+  it('back: a watch stream that goes silent is still probed, replaced, and the list catches up', async () => {
     const prefix = uniquePrefix('clock-watch');
     proxy = TcpProxy.forUrl(etcd.clientUrl);
     await proxy.start();
@@ -78,4 +80,56 @@ describe('a wall clock stepped back an hour', () => {
     await eventually(async () => expect((await watcher.endpoints('web')).map((e) => e.address)).toEqual(['10.0.5.9:80']), { timeout: 60_000, interval: 250 });
     measured('watch stream silent after a wall-clock step back of 1 h → list caught up', Math.round(performance.now() - started));
   }, 90_000);
+
+  /**
+   * A call over several members has one time budget, the request timeout, for all its
+   * attempts (FailoverPolicy in lib/etcd/connection.ts). It is kept on performance.now(): on
+   * the wall clock, a step back would stretch it by the step (retries for an hour), and a
+   * step forward would end it at the next failure.
+   */
+  describe('a call failing over between members', () => {
+    let conn: Connection | undefined;
+    const connection = (ports: number[], requestTimeoutMs: number): Connection =>
+      (conn = new Connection({
+        endpoints: ports.map((p) => `http://127.0.0.1:${p}`),
+        dialTimeoutMs: 200,
+        requestTimeoutMs,
+        connectTimeoutMs: 10_000,
+        probeKey: 'clock/',
+      }));
+    afterEach(() => {
+      conn?.close();
+      conn = undefined;
+    });
+
+    it('still ends at its budget after a step back', async () => {
+      // Nothing listens on either port: every attempt is refused at once, and retried.
+      const c = connection(await findFreePorts(2), 1000);
+      const started = performance.now();
+      const call = c.call((client) => client.kv.range({ key: Buffer.from('clock/x') }));
+      const outcome = call.then(
+        () => 'answered',
+        () => 'failed',
+      );
+      await sleep(100);
+      restoreClock = stepWallClock(-HOUR);
+      const first = await Promise.race([outcome, sleep(5000).then(() => 'still retrying after 5 s')]);
+      expect(first).toBe('failed');
+      expect(performance.now() - started).toBeLessThan(3000);
+    });
+
+    it('still has the rest of its budget after a step forward', async () => {
+      const [refused, later] = await findFreePorts(2);
+      const c = connection([refused!, later!], 4000);
+      const call = c.call((client) => client.kv.range({ key: Buffer.from('clock/x') }));
+      await sleep(100);
+      restoreClock = stepWallClock(HOUR);
+      // A member comes up within the budget: the call, still retrying, gets its answer there.
+      await sleep(300);
+      proxy = new TcpProxy('127.0.0.1', etcd.clientPort, { port: later! });
+      await proxy.start();
+      const res = await call;
+      expect(res.header).toBeDefined();
+    });
+  });
 });
