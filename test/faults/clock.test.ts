@@ -6,45 +6,30 @@
  * on performance.now(), which no step moves; only gRPC deadlines are wall-clock times, and
  * grpc-js reads the same stepped clock to turn them back into timeouts.
  */
-import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import { Connection } from '../../lib/etcd/connection';
 import { stepWallClock } from '../support/clock';
-import { EtcdNode, findFreePorts } from '../support/etcd';
+import { findFreePorts } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { faultRegistry, measured, sleep } from './support';
+import { measured, sleep, useFaultNode } from './support';
 
 const HOUR = 3_600_000;
 
 describe('a wall clock stepped an hour', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
   let proxy: TcpProxy | undefined;
   let restoreClock: (() => void) | undefined;
-  const open: Registry[] = [];
-  const reg = (endpoints: string, prefix: string): Registry => {
-    const r = faultRegistry(endpoints, prefix);
-    open.push(r);
-    return r;
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
+  const node = useFaultNode({
+    cleanup: async () => {
+      restoreClock?.();
+      restoreClock = undefined;
+      await proxy?.close();
+      proxy = undefined;
+    },
   });
-  afterEach(async () => {
-    restoreClock?.();
-    restoreClock = undefined;
-    await Promise.all(open.splice(0).map((r) => r.close()));
-    await proxy?.close();
-    proxy = undefined;
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const { etcd } = node;
+  const reg = (endpoints: string, prefix: string): Registry => node.reg(prefix, {}, endpoints);
 
   it('back: an endpoint marked down comes back after its seconds', async () => {
     const prefix = uniquePrefix('clock-down');
@@ -75,7 +60,7 @@ describe('a wall clock stepped an hour', () => {
     proxy.blackholeNewest();
     restoreClock = stepWallClock(-HOUR);
     const started = performance.now();
-    await client.put(`${prefix}/services/web/10.0.5.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.5.9:80', Metadata: null }));
+    await node.client.put(`${prefix}/services/web/10.0.5.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.5.9:80', Metadata: null }));
     // A silent stream is asked after 30 s (STREAM_CHECK_MS), then a canary, a request timeout (1 s) each.
     await eventually(async () => expect((await watcher.endpoints('web')).map((e) => e.address)).toEqual(['10.0.5.9:80']), { timeout: 60_000, interval: 250 });
     measured('watch stream silent after a wall-clock step back of 1 h → list caught up', Math.round(performance.now() - started));

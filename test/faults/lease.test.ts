@@ -2,44 +2,22 @@
  * Registration under faults: etcd paused past the TTL, killed and restarted,
  * restarted empty, our key deleted by someone else, shutdown while etcd is down.
  */
-import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Registry } from '../../lib';
+import { describe, expect, it } from 'vitest';
 import { spawnFixture } from '../support/child';
-import { EtcdNode, etcdctl } from '../support/etcd';
+import { etcdctl } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
-import { TTL, expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
+import { TTL, expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
 
 describe('registration under faults', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
-  const open: Registry[] = [];
-  const reg = (prefix: string, options = {}): Registry => {
-    const r = faultRegistry(etcd.clientUrl, prefix, options);
-    open.push(r);
-    return r;
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    if (etcd.isPaused) etcd.resume();
-    if (!etcd.isRunning) await etcd.restart();
-    await Promise.all(open.splice(0).map((r) => r.close()));
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode();
+  const { etcd, reg } = node;
 
   it('heals a lease that expired while etcd was paused past the TTL', async () => {
     const prefix = uniquePrefix('pause');
     const a = reg(prefix);
     const watcher = reg(prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.0.1:80' }), await a.register({ service: 'api', address: '10.0.0.1:81' })];
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     const oldLease = a.leaseId;
     const lost = timeUntil(a, 'lease-lost');
     const statuses: string[] = [];
@@ -53,8 +31,8 @@ describe('registration under faults', () => {
     await healed;
     measured('SIGSTOP past the TTL: SIGCONT → every endpoint back on a new lease', Date.now() - resumed);
     expect(a.leaseId).not.toBe(oldLease);
-    await expectConverged(client, prefix, owned, [watcher]);
-    const leases = new Set((await client.getAll().prefix(`${prefix}/`).exec()).kvs.map((kv) => kv.lease));
+    await expectConverged(node.client, prefix, owned, [watcher]);
+    const leases = new Set((await node.client.getAll().prefix(`${prefix}/`).exec()).kvs.map((kv) => kv.lease));
     expect(Array.from(leases)).toEqual([a.leaseId]);
     expect(statuses).toContain('recovering');
     expect(a.status).toBe('registered');
@@ -65,7 +43,7 @@ describe('registration under faults', () => {
     const a = reg(prefix);
     const watcher = reg(prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.0.2:80' })];
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     // etcd restores leases on restart: moving to a new lease must not delete anything on the
     // way. The watcher resumes from its last revision, so it sees every delete in the history.
     const removed: string[] = [];
@@ -75,14 +53,14 @@ describe('registration under faults', () => {
     await sleep(TTL * 1000 + 500);
     await etcd.restart();
     const restarted = Date.now();
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     measured('kill -9 + restart (down past the TTL): etcd healthy → converged', Date.now() - restarted);
     await reregistered;
     await sleep(500); // the old lease's revoke, and its events if it deleted anything
     expect(removed).toEqual([]);
     // Registration and discovery keep working afterwards.
     owned.push(await a.register({ service: 'web', address: '10.0.0.3:80' }));
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
   });
 
   it('re-registers and re-reads when etcd comes back empty (data loss)', async () => {
@@ -92,17 +70,17 @@ describe('registration under faults', () => {
     const other = reg(prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.0.4:80' })];
     // Push the revision well past where the new cluster will start.
-    for (let i = 0; i < 30; i++) await client.put(`${prefix}/noise`).value(String(i));
-    await expectConverged(client, prefix, owned, [watcher]);
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
+    await expectConverged(node.client, prefix, owned, [watcher]);
     const resynced = timeUntil(watcher, 'resynced');
     await etcd.restart({ wipe: true });
     const restarted = Date.now();
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     measured('etcd restored empty: healthy → own endpoints back and watchers converged', Date.now() - restarted);
     await resynced;
     // The watchers follow the new history: a change made now reaches them.
     owned.push(await other.register({ service: 'web', address: '10.0.0.5:80' }));
-    await expectConverged(client, prefix, owned, [watcher, a]);
+    await expectConverged(node.client, prefix, owned, [watcher, a]);
   });
 
   it('puts back a key someone else deleted, but not one we unregistered', async () => {
@@ -111,7 +89,7 @@ describe('registration under faults', () => {
     const watcher = reg(prefix);
     const keep = await a.register({ service: 'web', address: '10.0.0.6:80' });
     const drop = await a.register({ service: 'web', address: '10.0.0.7:80' });
-    await expectConverged(client, prefix, [keep, drop], [watcher]);
+    await expectConverged(node.client, prefix, [keep, drop], [watcher]);
     const restored = timeUntil(a, 'restored');
     const deleted = Date.now();
     await etcdctl(etcd.clientUrl, 'del', keep.key);
@@ -119,8 +97,8 @@ describe('registration under faults', () => {
     expect(Date.now() - deleted).toBeLessThan(5000);
     await a.unregister(drop);
     await sleep(500);
-    await expectConverged(client, prefix, [keep], [watcher]);
-    const lease = (await client.getAll().prefix(`${prefix}/`).exec()).kvs[0]?.lease;
+    await expectConverged(node.client, prefix, [keep], [watcher]);
+    const lease = (await node.client.getAll().prefix(`${prefix}/`).exec()).kvs[0]?.lease;
     expect(lease).toBe(a.leaseId);
   });
 
@@ -158,6 +136,6 @@ describe('registration under faults', () => {
       child.process.kill('SIGKILL');
     }
     etcd.resume();
-    await eventually(async () => expect(await client.getAll().prefix(`${prefix}/`).keys()).toEqual([]), { timeout: 10_000 });
+    await eventually(async () => expect(await node.client.getAll().prefix(`${prefix}/`).keys()).toEqual([]), { timeout: 10_000 });
   });
 });

@@ -3,40 +3,18 @@
  * found by review: each name says what must hold (each failed before its fix).
  */
 import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import { EtcdNode } from '../support/etcd';
 import { uniquePrefix } from '../support/env';
-import { faultRegistry, sleep } from './support';
+import { sleep, storedValue, useFaultNode } from './support';
 
 describe('calls racing listing changes and the writer', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
-  const open: Registry[] = [];
-  const reg = (prefix: string, options = {}): Registry => {
-    const r = faultRegistry(etcd.clientUrl, prefix, options);
-    r.on('error', () => undefined);
-    open.push(r);
-    return r;
-  };
-  const valueOf = async (key: string): Promise<{ Addr: string; Metadata: unknown } | undefined> => {
-    const raw = await client.get(key).string();
-    return raw === null ? undefined : (JSON.parse(raw) as { Addr: string; Metadata: unknown });
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    if (etcd.isPaused) etcd.resume();
-    if (!etcd.isRunning) await etcd.restart();
-    await Promise.all(open.splice(0).map((r) => r.close()));
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode();
+  const { etcd } = node;
+  // Refusals these tests provoke are also emitted as 'error' events: not the subject here.
+  const reg = (prefix: string, options = {}): Registry => node.reg(prefix, options).on('error', () => undefined);
+  const valueOf = (key: string): ReturnType<typeof storedValue> => storedValue(node.client, key);
 
   it('a health-gated register() that timed out leaves nothing in etcd once etcd answers', async () => {
     const prefix = uniquePrefix('r1');
@@ -109,9 +87,9 @@ describe('calls racing listing changes and the writer', () => {
     expect(await paused).toBe('paused');
     expect(ready).toBe('ready');
     expect(a.status).toBe('registered');
-    expect(await client.get(`${prefix}/services/web/10.0.0.4:80`).string()).toBeNull();
+    expect(await node.client.get(`${prefix}/services/web/10.0.0.4:80`).string()).toBeNull();
     await a.resume(ep);
-    expect(await client.get(`${prefix}/services/web/10.0.0.4:80`).string()).not.toBeNull();
+    expect(await node.client.get(`${prefix}/services/web/10.0.0.4:80`).string()).not.toBeNull();
   });
 
   it('resume() overtaken by pause() resolves at once', async () => {
@@ -129,7 +107,7 @@ describe('calls racing listing changes and the writer', () => {
     const outcome = await resumed;
     expect(outcome).toBe('resolved');
     expect(Date.now() - started).toBeLessThan(1000);
-    expect(await client.get(ep.key).string()).toBeNull();
+    expect(await node.client.get(ep.key).string()).toBeNull();
   });
 
   describe('batched writes', () => {
@@ -146,10 +124,9 @@ describe('calls racing listing changes and the writer', () => {
 
     it('a transaction too large as a whole is split: every call succeeds, and a lost lease is recovered', async () => {
       const prefix = uniquePrefix('r5');
-      const a = faultRegistry(small.clientUrl, prefix, { leaseSeconds: 5 });
+      const a = node.reg(prefix, { leaseSeconds: 5 }, small.clientUrl);
       const errors: string[] = [];
       a.on('error', (e) => errors.push(e.message));
-      open.push(a);
       const big = { blob: 'x'.repeat(12_000) };
       await a.register({ service: 'web', address: '10.0.0.1:80', metadata: big });
       // Each of these fits on its own (12 KB < 40 KB), the writer batches them into one txn.

@@ -5,42 +5,19 @@
  * lease of ours etcd may still hold, even one we took for lost.
  */
 import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import { spawnFixture } from '../support/child';
 import { EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
-import { faultRegistry, sleep } from './support';
+import { sleep, storedValue, useFaultNode } from './support';
 
 describe('overlapping and failing calls on one key', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
-  const open: Registry[] = [];
-  const reg = (prefix: string, options = {}): Registry => {
-    const r = faultRegistry(etcd.clientUrl, prefix, options);
-    r.on('error', () => undefined);
-    open.push(r);
-    return r;
-  };
-  /** The value etcd holds under the key, parsed, or undefined. */
-  const valueOf = async (key: string): Promise<{ Addr: string; Metadata: unknown } | undefined> => {
-    const raw = await client.get(key).string();
-    return raw === null ? undefined : (JSON.parse(raw) as { Addr: string; Metadata: unknown });
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    if (etcd.isPaused) etcd.resume();
-    if (!etcd.isRunning) await etcd.restart();
-    await Promise.all(open.splice(0).map((r) => r.close()));
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode();
+  const { etcd } = node;
+  // Refusals these tests provoke are also emitted as 'error' events: not the subject here.
+  const reg = (prefix: string, options = {}): Registry => node.reg(prefix, options).on('error', () => undefined);
+  const valueOf = (key: string): ReturnType<typeof storedValue> => storedValue(node.client, key);
 
   it('a metadata update that times out keeps the registered endpoint, owned and on a live lease', async () => {
     const prefix = uniquePrefix('update-timeout');
@@ -59,7 +36,7 @@ describe('overlapping and failing calls on one key', () => {
     expect(value?.Addr).toBe('10.0.0.1:80');
     expect([{ v: 1 }, { v: 2 }]).toContainEqual(value?.Metadata);
     expect(a.leaseId).toBe(lease);
-    expect(String((await client.get(v1.key).exec()).kvs[0]?.lease)).toBe(lease);
+    expect(String((await node.client.get(v1.key).exec()).kvs[0]?.lease)).toBe(lease);
     // Still owned: unregister works and removes it.
     await a.unregister(v1);
     expect(await valueOf(v1.key)).toBeUndefined();
@@ -115,11 +92,11 @@ describe('overlapping and failing calls on one key', () => {
     // etcd applies the v1 put now, on our lease: exactly what a request held in a stalled
     // etcd's socket does when it is finally read (it gets a fresh deadline there).
     const late = JSON.stringify({ Op: 0, Addr: endpoint.address, Metadata: { v: 1 } });
-    await client.put(v2.key).value(late).lease(a.leaseId!).exec();
+    await node.client.put(v2.key).value(late).lease(a.leaseId!).exec();
     await eventually(async () => expect((await valueOf(v2.key))?.Metadata).toEqual({ v: 2 }), { timeout: 5000 });
     // Given up, then the late put lands: deleted again.
     await a.unregister(v2);
-    await client.put(v2.key).value(late).lease(a.leaseId!).exec();
+    await node.client.put(v2.key).value(late).lease(a.leaseId!).exec();
     await eventually(async () => expect(await valueOf(v2.key)).toBeUndefined(), { timeout: 5000 });
   });
 

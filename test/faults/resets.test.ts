@@ -5,13 +5,13 @@
  */
 import { spawn } from 'node:child_process';
 import { Etcd3, type IResponseHeader } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import type { Connection } from '../../lib/etcd/connection';
-import { EtcdNode, findFreePort, findOnPath } from '../support/etcd';
+import { findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, faultRegistry, sleep, timeUntil } from './support';
+import { expectConverged, faultRegistry, sleep, timeUntil, useFaultNode } from './support';
 
 function connectionOf(r: Registry): Connection {
   return (r as unknown as { conn: Connection }).conn;
@@ -24,27 +24,8 @@ function remembered(conn: Connection): { clusterId: string | undefined; maxRevis
 }
 
 describe('suspected resets on one etcd member', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
-  const open: Registry[] = [];
-  const reg = (prefix: string): Registry => {
-    const r = faultRegistry(etcd.clientUrl, prefix);
-    open.push(r);
-    return r;
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    if (!etcd.isRunning) await etcd.restart();
-    await Promise.all(open.splice(0).map((r) => r.close()));
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode();
+  const { etcd, reg } = node;
 
   /** A registry that registered one endpoint and watches its service, with its connection's events counted. */
   async function watched(prefix: string): Promise<{
@@ -57,7 +38,7 @@ describe('suspected resets on one etcd member', () => {
   }> {
     const a = reg(prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.11.1:80' })];
-    await expectConverged(client, prefix, owned, [a]);
+    await expectConverged(node.client, prefix, owned, [a]);
     const conn = connectionOf(a);
     const resets: string[] = [];
     const suspected: string[] = [];
@@ -65,7 +46,7 @@ describe('suspected resets on one etcd member', () => {
     conn.on('suspected', (r) => suspected.push(r));
     let resynced = 0;
     a.on('resynced', () => resynced++);
-    const header = (await client.get(`${prefix}/x`).exec()).header;
+    const header = (await node.client.get(`${prefix}/x`).exec()).header;
     await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(Number(header.revision) - 1), { timeout: 5000 });
     return { a, conn, resets, suspected, resynced: () => resynced, header };
   }
@@ -88,7 +69,7 @@ describe('suspected resets on one etcd member', () => {
   it('suspected resets that a linearizable read does not confirm emit no reset: no re-read, no re-put', async () => {
     const prefix = uniquePrefix('spurious');
     const { conn, resets, suspected, resynced, header } = await watched(prefix);
-    const revisionBefore = Number((await client.get(`${prefix}/x`).exec()).header.revision);
+    const revisionBefore = Number((await node.client.get(`${prefix}/x`).exec()).header.revision);
     const clusterBefore = remembered(conn).clusterId;
     // What a lagging member, a stray answer or the watch stream would report.
     conn.checkHeader({ ...header, revision: '1' }, false);
@@ -101,7 +82,7 @@ describe('suspected resets on one etcd member', () => {
     expect(resynced()).toBe(0);
     expect(remembered(conn).clusterId).toBe(clusterBefore);
     // Nothing was written again: etcd's revision did not move.
-    expect(Number((await client.get(`${prefix}/x`).exec()).header.revision)).toBe(revisionBefore);
+    expect(Number((await node.client.get(`${prefix}/x`).exec()).header.revision)).toBe(revisionBefore);
   });
 
   it('answers that overtake one another are not suspected: a busy writer that watches its service sends no extra reads', async () => {
@@ -117,7 +98,7 @@ describe('suspected resets on one etcd member', () => {
       const address = `10.0.12.${i % 250}:${8000 + Math.floor(i / 250)}`;
       await a.register({ service: 'web', address });
       await a.unregister({ service: 'web', address });
-      if (i % 50 === 0) await client.put(`${prefix}/noise`).value(String(i));
+      if (i % 50 === 0) await node.client.put(`${prefix}/noise`).value(String(i));
     }
     expect(suspected).toEqual([]);
     await eventually(async () => expect((await other.endpoints('web')).length).toBe(1), { timeout: 5000 });
@@ -161,7 +142,7 @@ describe('suspected resets on one etcd member', () => {
   it('a real data loss (etcd wiped) is confirmed and emits reset, once, and everything is put back', async () => {
     const prefix = uniquePrefix('wiped');
     const { a, conn, resets } = await watched(prefix);
-    for (let i = 0; i < 30; i++) await client.put(`${prefix}/noise`).value(String(i));
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
     await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
     const resynced = timeUntil(a, 'resynced');
     await etcd.restart({ wipe: true });
@@ -169,7 +150,7 @@ describe('suspected resets on one etcd member', () => {
     for (let i = 0; i < 20; i++) conn.reportReset('watch resumed past etcd\'s revision (test)');
     await eventually(() => expect(resets.length).toBeGreaterThan(0), { timeout: 10_000 });
     await resynced;
-    await eventually(async () => expect((await client.getAll().prefix(`${prefix}/services/`).keys()).length).toBe(1), { timeout: 10_000 });
+    await eventually(async () => expect((await node.client.getAll().prefix(`${prefix}/services/`).keys()).length).toBe(1), { timeout: 10_000 });
     await sleep(2500);
     expect(resets.length).toBe(1);
   });
@@ -187,23 +168,22 @@ describe('suspected resets on one etcd member', () => {
     try {
       await eventually(() => proxied.get('x').options({ deadline: Date.now() + 500 }).exec(), { timeout: 10_000, interval: 100 });
       const endpoints = `http://127.0.0.1:${port}`;
-      const a = faultRegistry(endpoints, prefix);
-      const watcher = faultRegistry(endpoints, prefix);
-      open.push(a, watcher);
+      const a = node.reg(prefix, {}, endpoints);
+      const watcher = node.reg(prefix, {}, endpoints);
       const resets: string[] = [];
       connectionOf(a).on('reset', (r) => resets.push(r));
       connectionOf(watcher).on('reset', (r) => resets.push(r));
       const owned = [await a.register({ service: 'web', address: '10.0.12.1:80' })];
-      await expectConverged(client, prefix, owned, [watcher]);
+      await expectConverged(node.client, prefix, owned, [watcher]);
       const idleMs = Number(process.env.PROXY_IDLE_MS ?? 10_000);
-      const before = Number((await client.get('x').exec()).header.revision);
+      const before = Number((await node.client.get('x').exec()).header.revision);
       await sleep(idleMs);
-      const after = Number((await client.get('x').exec()).header.revision);
+      const after = Number((await node.client.get('x').exec()).header.revision);
       // measured() prints ms: this one is a count.
       console.log(`[measure] etcd revisions written in ${idleMs / 1000} s idle through the gRPC proxy: ${after - before}`);
       expect(resets).toEqual([]);
       expect(after - before).toBeLessThanOrEqual(2);
-      await expectConverged(client, prefix, owned, [watcher]);
+      await expectConverged(node.client, prefix, owned, [watcher]);
     } finally {
       proxied.close();
       proxy.kill('SIGKILL');

@@ -5,35 +5,14 @@
  * handful of writes, never a loop.
  */
 import type { EventEmitter } from 'node:events';
-import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Registry } from '../../lib';
-import { EtcdNode } from '../support/etcd';
+import { describe, expect, it } from 'vitest';
 import { uniquePrefix } from '../support/env';
-import { expectConverged, faultRegistry, sleep } from './support';
+import { expectConverged, sleep, useFaultNode } from './support';
 
 describe('no write storms', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
-  const open: Registry[] = [];
-  const reg = (prefix: string): Registry => {
-    const r = faultRegistry(etcd.clientUrl, prefix);
-    open.push(r);
-    return r;
-  };
-  const revision = async (): Promise<number> => Number((await client.get('nothing').exec()).header.revision);
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    await Promise.all(open.splice(0).map((r) => r.close()));
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode();
+  const { reg } = node;
+  const revision = async (): Promise<number> => Number((await node.client.get('nothing').exec()).header.revision);
 
   it('an idle registered process, watched by another, writes no revision', async () => {
     const prefix = uniquePrefix('idle-writes');
@@ -41,7 +20,7 @@ describe('no write storms', () => {
     const watcher = reg(prefix);
     const owned = await Promise.all(['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80'].map((address) => a.register({ service: 'web', address })));
     await watcher.endpoints('web');
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     const before = await revision();
     await sleep(10_000);
     expect((await revision()) - before).toBe(0);
@@ -53,7 +32,7 @@ describe('no write storms', () => {
     const a = reg(prefix);
     const watcher = reg(prefix);
     const owned = await Promise.all(['10.0.0.1:80', '10.0.0.2:80', '10.0.0.3:80'].map((address) => a.register({ service: 'web', address })));
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     const conn = (a as unknown as { conn: EventEmitter }).conn;
     const before = await revision();
     const flap = setInterval(() => conn.emit('reset', 'test: a flapping header'), 5);
@@ -64,6 +43,6 @@ describe('no write storms', () => {
     // Recoveries at 0, 1, 3 and 7 s: four transactions; one more of slack for timing.
     expect(written).toBeGreaterThanOrEqual(1);
     expect(written).toBeLessThanOrEqual(5);
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
   });
 });

@@ -1,7 +1,8 @@
 /** Shared pieces of the fault-injection suite: registries with short TTLs and end-state checks from an independent client. */
 import { Etcd3 } from 'etcd3';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { Registry, type Endpoint, type RegistryOptions } from '../../lib';
+import { EtcdNode } from '../support/etcd';
 import { eventually } from '../support/env';
 
 export const TTL = 2;
@@ -77,4 +78,56 @@ export async function etcdMetric(clientUrl: string, name: string): Promise<numbe
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export interface FaultNode {
+  /** The node: its ports are known once it started (before the first test). */
+  readonly etcd: EtcdNode;
+  /** A raw etcd3 client on the node, for the independent view of etcd (from the first test on). */
+  readonly client: Etcd3;
+  /** faultRegistry() on the node (or on `endpoints`, e.g. a proxy in front of it), closed after the test. */
+  reg(prefix: string, options?: RegistryOptions, endpoints?: string): Registry;
+}
+
+/**
+ * One etcd node for the tests of a describe block: started before them, stopped after.
+ * After each test it is resumed if paused and restarted if stopped, every registry of
+ * reg() is closed, then `cleanup` runs (a proxy closed, a clock put back).
+ */
+export function useFaultNode(options: { cleanup?: () => void | Promise<void> } = {}): FaultNode {
+  const etcd = new EtcdNode();
+  let client: Etcd3 | undefined;
+  const open: Registry[] = [];
+  beforeAll(async () => {
+    await etcd.start();
+    client = new Etcd3({ hosts: etcd.clientUrl });
+  });
+  afterEach(async () => {
+    if (etcd.isPaused) etcd.resume();
+    if (!etcd.isRunning) await etcd.restart();
+    await Promise.all(open.splice(0).map((r) => r.close()));
+    await options.cleanup?.();
+  });
+  afterAll(async () => {
+    client?.close();
+    await etcd.stop();
+  });
+  return {
+    etcd,
+    get client(): Etcd3 {
+      if (client === undefined) throw new Error('the fault node has not started yet (its client is there from the first test on)');
+      return client;
+    },
+    reg(prefix: string, registryOptions: RegistryOptions = {}, endpoints = etcd.clientUrl): Registry {
+      const r = faultRegistry(endpoints, prefix, registryOptions);
+      open.push(r);
+      return r;
+    },
+  };
+}
+
+/** The value etcd holds under the key, parsed, or undefined. */
+export async function storedValue(client: Etcd3, key: string): Promise<{ Addr: string; Metadata: unknown } | undefined> {
+  const raw = await client.get(key).string();
+  return raw === null ? undefined : (JSON.parse(raw) as { Addr: string; Metadata: unknown });
 }

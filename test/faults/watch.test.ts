@@ -2,41 +2,20 @@
  * Discovery and keepalive under connection faults: a watcher whose history was
  * compacted while it was cut off, and connections that go silent without closing.
  */
-import { Etcd3 } from 'etcd3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ChangeEvent, Registry } from '../../lib';
-import { EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, faultRegistry, measured, sleep, timeUntil } from './support';
+import { expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
 
 describe('watches and connections under faults', () => {
-  const etcd = new EtcdNode();
-  let client: Etcd3;
   let proxy: TcpProxy;
-  const open: Registry[] = [];
-  const reg = (endpoints: string, prefix: string, options = {}): Registry => {
-    const r = faultRegistry(endpoints, prefix, options);
-    open.push(r);
-    return r;
-  };
-
-  beforeAll(async () => {
-    await etcd.start();
-    client = new Etcd3({ hosts: etcd.clientUrl });
-  });
-  afterEach(async () => {
-    await Promise.all(open.splice(0).map((r) => r.close()));
-    await proxy?.close();
-  });
-  afterAll(async () => {
-    client.close();
-    await etcd.stop();
-  });
+  const node = useFaultNode({ cleanup: () => proxy?.close() });
+  const { etcd } = node;
+  const reg = (endpoints: string, prefix: string, options = {}): Registry => node.reg(prefix, options, endpoints);
 
   async function startProxy(): Promise<TcpProxy> {
-    const url = new URL(etcd.clientUrl);
-    proxy = new TcpProxy(url.hostname, Number(url.port));
+    proxy = TcpProxy.forUrl(etcd.clientUrl);
     await proxy.start();
     return proxy;
   }
@@ -52,7 +31,7 @@ describe('watches and connections under faults', () => {
     let writing = true;
     const writes = (async () => {
       for (let i = 0; writing; i++) {
-        await client.put(`${prefix}/services/web/10.0.1.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.1.9:80', Metadata: { i } }));
+        await node.client.put(`${prefix}/services/web/10.0.1.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.1.9:80', Metadata: { i } }));
         await sleep(200);
       }
     })();
@@ -70,7 +49,7 @@ describe('watches and connections under faults', () => {
       await writes;
     }
     // And the list still follows the changes, on the rebuilt client.
-    const last = (await client.get(`${prefix}/services/web/10.0.1.9:80`).json()) as { Metadata: unknown };
+    const last = (await node.client.get(`${prefix}/services/web/10.0.1.9:80`).json()) as { Metadata: unknown };
     await eventually(async () => expect((await watcher.endpoints('web'))[0]?.metadata).toEqual(last.Metadata));
   });
 
@@ -81,7 +60,7 @@ describe('watches and connections under faults', () => {
     const stays = await a.register({ service: 'web', address: '10.0.1.1:80' });
     const goes = await a.register({ service: 'web', address: '10.0.1.2:80' });
     const watcher = reg(proxy.url, prefix);
-    await expectConverged(client, prefix, [stays, goes], [watcher]);
+    await expectConverged(node.client, prefix, [stays, goes], [watcher]);
     const changes: ChangeEvent[] = [];
     watcher.on('change', (e) => changes.push(e));
     const resynced = timeUntil(watcher, 'resynced');
@@ -89,15 +68,15 @@ describe('watches and connections under faults', () => {
     proxy.setMode('blackhole');
     await a.unregister(goes);
     const comes = await a.register({ service: 'web', address: '10.0.1.3:80' });
-    const rev = (await client.get('anything').exec()).header.revision;
-    await client.kv.compact({ revision: rev, physical: true });
+    const rev = (await node.client.get('anything').exec()).header.revision;
+    await node.client.kv.compact({ revision: rev, physical: true });
     expect(changes).toEqual([]); // cut off: saw nothing yet
     proxy.setMode('pass');
     proxy.resetBlackholed();
     const reconnected = Date.now();
     await resynced;
     measured('watch resumed at a compacted revision → re-read', Date.now() - reconnected);
-    await expectConverged(client, prefix, [stays, comes], [watcher]);
+    await expectConverged(node.client, prefix, [stays, comes], [watcher]);
     expect(changes).toHaveLength(1);
     expect(changes[0]!.added.map((e) => e.address)).toEqual(['10.0.1.3:80']);
     expect(changes[0]!.removed.map((e) => e.address)).toEqual(['10.0.1.2:80']);
@@ -110,7 +89,7 @@ describe('watches and connections under faults', () => {
     const watcher = reg(proxy.url, prefix);
     const writer = reg(etcd.clientUrl, prefix);
     const owned = [await a.register({ service: 'web', address: '10.0.2.1:80' })];
-    await expectConverged(client, prefix, owned, [watcher]);
+    await expectConverged(node.client, prefix, owned, [watcher]);
     const unreachable = timeUntil(watcher, 'etcd-unreachable');
     const aUnreachable = timeUntil(a, 'etcd-unreachable');
     proxy.setMode('blackhole');
@@ -128,7 +107,7 @@ describe('watches and connections under faults', () => {
     proxy.setMode('pass');
     const restored = Date.now();
     await reachable;
-    await expectConverged(client, prefix, owned, [watcher, a]);
+    await expectConverged(node.client, prefix, owned, [watcher, a]);
     measured('black hole lifted → lease and watch re-established, converged', Date.now() - restored);
   });
 
