@@ -214,11 +214,22 @@ export class PrefixView implements WatchTarget {
 
   onEvents(events: IEvent[]): void {
     if (this.closed) return;
+    const n = events.length;
+    const keys = events.map((event) => keyString(event.kv, (event.kv as RangeKeyValue).keyText?.()));
+    // Only the last event of a key counts: a response that catches a watch up can hold a key
+    // put and deleted again, which the list never held (and its pickers must not get).
+    let last: Map<string, number> | undefined;
+    if (n > 1) {
+      last = new Map();
+      for (let i = 0; i < n; i++) if (keys[i] !== undefined) last.set(keys[i]!, i);
+    }
     const batches = new Map<ServiceList, Batch>();
-    for (const event of events) {
+    for (let i = 0; i < n; i++) {
+      const event = events[i]!;
+      const key = keys[i];
+      if (last !== undefined && key !== undefined && last.get(key) !== i) continue;
       // A deleted key that has no place here was skipped (and reported) when it was put.
-      const deleted = event.type === 'Delete' ? keyString(event.kv, (event.kv as RangeKeyValue).keyText?.()) : undefined;
-      const decoded = event.type === 'Delete' ? deleted !== undefined && this.locate(deleted, false) : this.decode(event.kv);
+      const decoded = event.type === 'Delete' ? key !== undefined && this.locate(key, false) : this.decode(event.kv, key);
       if (!decoded) continue;
       let batch = batches.get(decoded.list);
       if (!batch) batches.set(decoded.list, (batch = { list: decoded.list, added: [], removed: [] }));
@@ -288,8 +299,8 @@ export class PrefixView implements WatchTarget {
     return { list: this.hooks.list(service), key, service };
   }
 
-  private decode(kv: RangeKeyValue): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
-    const key = keyString(kv, kv.keyText?.());
+  /** A put's record; `key`: its key as text (undefined: not valid UTF-8). */
+  private decode(kv: RangeKeyValue, key: string | undefined): { list: ServiceList; key: string; entry: ListEntry | undefined } | undefined {
     if (key === undefined) {
       this.invalid(this.service ?? '', kv.key.toString(), 'key is not valid UTF-8');
       return undefined;

@@ -437,6 +437,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
           'grpc.use_local_subchannel_pool': 1,
           'grpc.initial_reconnect_backoff_ms': Math.min(100, dialTimeoutMs),
           'grpc.max_reconnect_backoff_ms': dialTimeoutMs,
+          // etcd sends answers as large as its own limit allows (a page of 5,000 records, a watch
+          // response catching up on up to 1,000 revisions); grpc-js refuses any over 4 MiB by
+          // default, which no retry gets past: the read failed for good, the watch was reopened
+          // from the same revision to get the same answer, endlessly.
+          'grpc.max_receive_message_length': -1,
           ...clientOptions?.grpcOptions,
         },
       },
