@@ -18,7 +18,8 @@ export class RecoveryLimiter {
   constructor(
     private readonly maxMs = RECOVERY_MAX_INTERVAL_MS,
     private readonly quietMs = RECOVERY_QUIET_MS,
-    private readonly now: () => number = Date.now,
+    // Monotonic: on the wall clock, a step back would hold the next recovery back by the step.
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   /** How long a recovery starting now must wait; records it as the latest. */

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../lib/errors';
 import { Intents, type Registration } from '../../lib/publish/intents';
 import { RecoveryLimiter } from '../../lib/publish/recovery-limiter';
+import { stepWallClock } from '../support/clock';
 import { seededRandom } from '../support/random';
 
 const reg = (v: number): Registration => ({
@@ -160,6 +161,18 @@ describe('RecoveryLimiter', () => {
       recoveries++;
     }
     expect(recoveries).toBeLessThanOrEqual(7);
+  });
+
+  it('paces on the monotonic clock: a wall clock stepped back an hour holds no recovery back', () => {
+    const limiter = new RecoveryLimiter();
+    expect(limiter.take()).toBe(0);
+    const restore = stepWallClock(-3_600_000);
+    try {
+      // The second recovery waits its 1 s, not 1 s plus the step.
+      expect(limiter.take()).toBeLessThanOrEqual(1000);
+    } finally {
+      restore();
+    }
   });
 });
 
