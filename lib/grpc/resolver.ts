@@ -1,8 +1,9 @@
 /**
  * A grpc-js name resolver for `SCHEME:///SERVICE` backed by a Registry's local list.
  *
- * - The first resolution of a channel calls `registry.endpoints(service)`: a read and a watch
- *   the first time the registry sees the service, the local list after that. Nothing else
+ * - The first channel of a service subscribes to it (`registry.subscribe(service)`, held until
+ *   its last channel is gone): a read and a watch the first time the registry sees the service,
+ *   the local list after that, kept watched however long no other code reads it. Nothing else
  *   reads etcd: no round trip per resolution, no watch of its own.
  * - Every `change` event of the service is handed to each of its channels synchronously, in
  *   the same tick as the event.
@@ -21,7 +22,8 @@ const debug = logger('grpc');
 
 /** The part of a Registry the resolver uses (its public API). */
 export interface RegistryLike {
-  endpoints(service: string): Promise<readonly Endpoint[]>;
+  /** Held while channels resolve the service: its watch stays up however long nothing else reads it. */
+  subscribe(service: string): Promise<{ readonly endpoints: readonly Endpoint[]; close(): Promise<void> }>;
   on(event: 'change', listener: (event: ChangeEvent) => void): unknown;
   off(event: 'change', listener: (event: ChangeEvent) => void): unknown;
   readonly config: { readonly keyPrefix: string };
@@ -64,6 +66,12 @@ interface ResolverLike {
 
 class Registration {
   readonly byService = new Map<string, Set<Resolver>>();
+  /**
+   * A subscription per service that channels resolve: without one, the service would be
+   * held only by the resolvers' first endpoints(), and dropped (its watch cancelled, no more
+   * change events) after the registry's discovery idle time, while calls went on.
+   */
+  private readonly holds = new Map<string, ReturnType<RegistryLike['subscribe']>>();
   open = true;
 
   constructor(
@@ -86,7 +94,44 @@ class Registration {
     const set = this.byService.get(service);
     if (!set) return;
     set.delete(resolver);
-    if (set.size === 0) this.byService.delete(service);
+    if (set.size === 0) {
+      this.byService.delete(service);
+      this.release(service);
+    }
+  }
+
+  /** The service's list, from its subscription (opened by the first call; again after one that failed). */
+  endpoints(service: string): Promise<readonly Endpoint[]> {
+    let hold = this.holds.get(service);
+    if (!hold) {
+      const opened = this.registry.subscribe(service);
+      hold = opened;
+      this.holds.set(service, opened);
+      opened.then(
+        (sub) => {
+          // Detached (or unregistered) while it opened.
+          if (this.holds.get(service) !== opened) void sub.close().catch(() => undefined);
+        },
+        () => {
+          if (this.holds.get(service) === opened) this.holds.delete(service);
+        },
+      );
+    }
+    return hold.then((sub) => sub.endpoints);
+  }
+
+  private release(service: string): void {
+    const hold = this.holds.get(service);
+    if (!hold) return;
+    this.holds.delete(service);
+    hold.then(
+      (sub) => sub.close(),
+      () => undefined,
+    ).catch(() => undefined);
+  }
+
+  releaseAll(): void {
+    for (const service of [...this.holds.keys()]) this.release(service);
   }
 }
 
@@ -144,7 +189,7 @@ class Resolver implements ResolverLike {
     this.loading = true;
     const version = this.version;
     const service = this.service;
-    this.registration.registry.endpoints(service).then(
+    this.registration.endpoints(service).then(
       (list) => {
         this.loading = false;
         if (this.destroyed) return;
@@ -243,7 +288,7 @@ class Resolver implements ResolverLike {
  * Throws ERR_INVALID_ARGUMENT for a bad scheme, or one that another registration holds.
  */
 export function registerGrpcResolver(registry: RegistryLike, options: GrpcResolverOptions = {}): GrpcResolverRegistration {
-  if (typeof registry !== 'object' || registry === null || typeof registry.endpoints !== 'function' || typeof registry.on !== 'function') {
+  if (typeof registry !== 'object' || registry === null || typeof registry.subscribe !== 'function' || typeof registry.on !== 'function') {
     throw new RegistryError('ERR_INVALID_ARGUMENT', `registerGrpcResolver(registry) expects a Registry, got ${quote(registry)}`);
   }
   const scheme = options.scheme ?? DEFAULT_SCHEME;
@@ -285,6 +330,7 @@ export function registerGrpcResolver(registry: RegistryLike, options: GrpcResolv
     registration.open = false;
     registry.off('change', registration.onChange);
     registration.byService.clear();
+    registration.releaseAll();
     if (schemes.get(scheme) === registration) schemes.delete(scheme);
     debug('unregistered scheme %s', scheme);
   };

@@ -120,6 +120,26 @@ describe.each(VERSIONS)('grpc-js %s through the registry resolver', (version, gr
     await eventually(async () => expect([...(await spread(call, 20)).keys()].sort()).toEqual([b.address, c.address].sort()));
   });
 
+  it('a busy channel follows changes past the discovery idle time (its service stays subscribed while channels use it)', async () => {
+    const prefix = uniquePrefix('grpc-idle');
+    const [a, b] = [await server(), await server()];
+    const servers = registry(prefix);
+    await servers.register({ service: 'echo', address: a.address });
+    // Idle after 1 s: nothing but the channel uses the service.
+    const r = registry(prefix, { discoveryIdleSeconds: 1 });
+    const { scheme: s } = resolver(r, scheme('idle'));
+    const call = client(`${s}:///echo`);
+    expect((await call()).server).toBe(a.address);
+    const until = performance.now() + 2500; // past 1.5 × the idle time
+    while (performance.now() < until) {
+      await call();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await servers.register({ service: 'echo', address: b.address });
+    await servers.unregister({ service: 'echo', address: a.address });
+    await eventually(async () => expect([...(await spread(call, 10)).keys()]).toEqual([b.address]), { timeout: 5000 });
+  });
+
   it('hands each change to grpc-js in the same tick as the change event, with metadata as endpoint attributes', async () => {
     const prefix = uniquePrefix('grpc-tick');
     const writer = registry(prefix);
