@@ -70,6 +70,8 @@ export class LeaseKeeper {
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
   private regranting = false;
+  /** Aborted by a call (register, unregister, pause…) that arrives while a recovery round waits its turn. */
+  private pacing: AbortController | undefined;
   /** Data losses confirmed so far: a write sent before the latest is answered from history etcd lost. */
   private resets = 0;
   /** Causes of recovery that came since the last recovery round began: the next round is paced by them. */
@@ -208,6 +210,8 @@ export class LeaseKeeper {
 
   /** Starts the writer if there is work; brings the status and the events up to date. */
   private kick(): void {
+    // A call never waits behind the pacing of recovery writes: the round goes out now, with it.
+    if (this.pacing !== undefined && this.intents.callsOwed) this.pacing.abort();
     if (!this.writing && !this.closed && this.intents.dirty) {
       this.writing = true;
       void this.drain().finally(() => {
@@ -424,9 +428,18 @@ export class LeaseKeeper {
       if (!limiter) this.limiters.set(cause, (limiter = new RecoveryLimiter()));
       wait = Math.max(wait, limiter.take());
     }
-    if (wait > 0) {
+    if (wait > 0 && !this.intents.callsOwed) {
       debug('recovery writes paced (%s repeating): waiting %d ms', Array.from(this.recoveryDue).join(', '), wait);
-      await delay(wait, this.abort.signal);
+      const pacing = (this.pacing = new AbortController());
+      try {
+        await delay(wait, AbortSignal.any([this.abort.signal, pacing.signal]));
+      } catch (e) {
+        if (!pacing.signal.aborted || this.closed) throw e;
+        // The limiter keeps its schedule: the next recovery round waits as it would have.
+        debug('recovery writes go out with a call that arrived while they waited');
+      } finally {
+        this.pacing = undefined;
+      }
     }
     this.recoveryDue.clear();
   }

@@ -45,4 +45,23 @@ describe('no write storms', () => {
     expect(written).toBeLessThanOrEqual(5);
     await expectConverged(node.client, prefix, owned, [watcher]);
   });
+
+  it('a call made while recovery writes wait their turn is not held back: it goes out at once, and the recovery with it', async () => {
+    const prefix = uniquePrefix('storm-paced-call');
+    const a = reg(prefix, { connectTimeoutSeconds: 3 });
+    const web = await a.register({ service: 'web', address: '10.0.14.1:80' });
+    // Foreign deletes of our key, each put back: the pacing grows (at once, then 1 s, 2 s, 4 s).
+    for (let i = 0; i < 4; i++) {
+      const restored = new Promise<void>((resolve) => a.once('restored', () => resolve()));
+      await node.client.delete().key(web.key).exec();
+      await restored;
+    }
+    await node.client.delete().key(web.key).exec();
+    await sleep(300); // the writer now waits 8 s before putting it back
+    expect(await node.client.get(web.key).string()).toBeNull();
+    const started = performance.now();
+    const api = await a.register({ service: 'api', address: '10.0.14.2:80' });
+    expect(performance.now() - started).toBeLessThan(1500);
+    await expectConverged(node.client, prefix, [web, api], [a]);
+  }, 60_000);
 });
