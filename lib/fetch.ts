@@ -186,13 +186,14 @@ export async function fetchWithFailover(
     const url = endpointUrl(endpoint.address, path);
     tried.push(endpoint.address);
     debug('%s: attempt %d/%d -> %s', what, tried.length, maxAttempts, url.href);
+    // Before the timer: begin() throws once the registry is closed, and the timer would stay.
+    const call = source.begin?.(endpoint, beginOptions);
     const timeout = new AbortController();
     const timer = setTimeout(
       () => timeout.abort(new RegistryTimeoutError(`${endpoint.address} did not answer within ${options.attemptTimeout} ms`)),
       options.attemptTimeout,
     );
     const started = performance.now();
-    const call = source.begin?.(endpoint, beginOptions);
     const record = (outcome: FetchOutcome): void => {
       // A failure for load and ejection: no answer, a timeout, a 5xx; other errors and aborts give no verdict.
       if (outcome === 'ok') call?.end({ ok: true });

@@ -333,11 +333,18 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       this.unregister(endpoint).catch((e: Error) => debug('unregistering %s after its server closed failed: %s', endpoint.key, e.message));
     };
     // Listening for 'close' before registering: a server that closes meanwhile is not left listed.
-    server.once('close', () => {
+    const onClose = (): void => {
       closedMeanwhile = true;
       if (registered) drop(registered);
-    });
-    registered = await this.register({ ...options, address: options.address ?? serverAddress(bound) });
+    };
+    server.once('close', onClose);
+    try {
+      registered = await this.register({ ...options, address: options.address ?? serverAddress(bound) });
+    } catch (e) {
+      // Nothing to unregister: an application that retries must not collect listeners.
+      server.off?.('close', onClose);
+      throw e;
+    }
     if (closedMeanwhile) drop(registered);
     return registered;
   }

@@ -187,4 +187,13 @@ describe('health-gated registration', () => {
     await eventually(async () => expect(await listed(b, 'api')).toEqual([]));
     await expect(a.registerServer({ listening: true, address: () => '/tmp/x.sock', once: () => undefined }, { service: 'api' })).rejects.toThrow(/needs a TCP server/);
   });
+
+  it('a registerServer() that fails leaves no listener on the server (an application may retry it)', async () => {
+    const a = registry(uniquePrefix('server-retry'));
+    const server = http.createServer();
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    for (let i = 0; i < 12; i++) await expect(a.registerServer(server, { service: 'not a service name' })).rejects.toThrow(/service/);
+    expect(server.listenerCount('close')).toBe(0);
+  });
 });

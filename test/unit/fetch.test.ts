@@ -348,3 +348,21 @@ describe('fetchWithFailover: requests', () => {
     });
   });
 });
+
+describe('fetchWithFailover: timers', () => {
+  const timeouts = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+
+  it('an attempt whose begin() throws (the registry closed just then) leaves no attempt timer behind', async () => {
+    const { address } = await ok('a');
+    const source: EndpointSource = {
+      pickAsync: async () => Object.freeze({ service: 'svc', address, metadata: {}, key: `p/services/svc/${address}` }),
+      markDown: () => undefined,
+      begin: () => {
+        throw new RegistryError('ERR_REGISTRY_CLOSED', 'registry.begin() was called after close()');
+      },
+    };
+    const before = timeouts();
+    await expect(fetchWithFailover(source, 'svc', '/', { attemptTimeout: 60_000 })).rejects.toThrow(/after close/);
+    expect(timeouts() - before).toBe(0);
+  });
+});
