@@ -6,7 +6,7 @@
  * list and its pickers are freed.
  */
 import { EventEmitter } from 'node:events';
-import { emitSurfacing } from '../emit';
+import { emitSurfacing, surface } from '../emit';
 import { RegistryError, quote } from '../errors';
 import type { PickerOptions } from '../pickers';
 import type { ChangeEvent, Endpoint } from '../types';
@@ -58,7 +58,19 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
 
   /** @internal `registry.subscribe(service, { filter })`: the list, picks and events only show endpoints that pass it. */
   setFilter(filter: (endpoint: Endpoint) => boolean): void {
-    this.filter = filter;
+    let threw = false;
+    // A filter that throws (say, reading metadata a Go-written record does not have) leaves
+    // the endpoint out; it must not break the registry's delivery of the change to others.
+    // Its first exception is rethrown on the next tick, like a listener's.
+    this.filter = (endpoint) => {
+      try {
+        return Boolean(filter(endpoint));
+      } catch (e) {
+        if (!threw) surface(e);
+        threw = true;
+        return false;
+      }
+    };
     this.source = undefined;
   }
 

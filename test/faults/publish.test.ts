@@ -155,4 +155,24 @@ describe('listeners that throw', () => {
       child.process.kill('SIGKILL');
     }
   });
+
+  it("one that throws keeps the event from no other listener, subscription or picker; a filter that throws leaves its endpoint out", async () => {
+    const prefix = uniquePrefix('throwing-filter');
+    const child = spawnFixture('throwing-filters.ts', { REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl, REGISTRY_KEY_PREFIX: prefix });
+    try {
+      const [, json] = await child.line(/^result (.*)$/m);
+      const result = JSON.parse(json!) as { services: string[]; plainChanges: number; plain: string[]; zoned: string[]; bPicks: string[]; caught: string[] };
+      expect(result.services).toEqual(['a', 'b']); // the listener after the one that throws
+      expect(result.plainChanges).toBe(1);
+      expect(result.plain).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
+      expect(result.zoned).toEqual(['10.0.0.1:80']);
+      expect(result.bPicks).toEqual(['10.0.0.10:80']);
+      expect(result.caught).toContain('first change listener broke');
+      expect(result.caught.filter((m) => /startsWith/.test(m))).toHaveLength(1); // the filter's, once
+      expect((await child.exited()).code).toBe(0);
+      expect(child.output()).not.toMatch(/Unhandled|child failed/);
+    } finally {
+      child.process.kill('SIGKILL');
+    }
+  });
 });
