@@ -462,7 +462,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (this.down.size !== 0 || this.outliers.any || this.closing !== undefined) return undefined;
     if (this.config.zone !== undefined && options?.zone !== 'any') return undefined;
     const list = this.discovery.lists.get(service);
-    if (list === undefined || !list.synced) return undefined;
+    if (list === undefined || !list.synced || list.stale) return undefined;
     list.used = true;
     const picker = options === undefined ? list.existingPicker('round-robin') : fastPicker(list, options);
     return picker?.pick(options);

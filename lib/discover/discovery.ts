@@ -114,7 +114,7 @@ export class Discovery {
    */
   syncedListFast(service: string): ServiceList | undefined {
     const list = this.lists.get(service);
-    if (list === undefined || !list.synced || this.holds.get(service)?.implicit !== true) return undefined;
+    if (list === undefined || !list.synced || list.stale || this.holds.get(service)?.implicit !== true) return undefined;
     list.used = true;
     return list;
   }
@@ -278,6 +278,10 @@ export class Discovery {
       this.views.delete(service);
     }
     if (!this.root) this.lists.delete(service);
+    else if (!this.root.isSynced) {
+      const list = this.lists.get(service);
+      if (list) list.stale = true;
+    }
     debug('service %s released', service);
   }
 

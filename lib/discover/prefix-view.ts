@@ -358,6 +358,7 @@ export class PrefixView implements WatchTarget {
   /** Events on a list of a synced view are changes, whether or not the list existed before. */
   private commit(batch: Batch, kind: ChangeKind): void {
     batch.list.synced = true;
+    batch.list.stale = false;
     batch.list.commit(batch.added, batch.removed);
     this.hooks.onChange(batch.list, batch.added, batch.removed, kind);
   }

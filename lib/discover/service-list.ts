@@ -90,6 +90,11 @@ export class ServiceList {
   version = 0;
   /** Filled from etcd at least once: later differences are changes, the first fill is not. */
   synced = false;
+  /**
+   * No watch feeds it for now (its own view released while the whole-registry view has not
+   * synced yet): kept for that view to fill, never served meanwhile.
+   */
+  stale = false;
   /** Read (endpoints(), pick(), …) since the idle sweep last looked: set on every read, cleared by the sweep. */
   used = false;
 

@@ -3,11 +3,13 @@
  * no longer held costs: nothing (its watch is cancelled, its list freed), for
  * subscriptions, for implicit uses after the idle time, and for services().
  */
+import { Etcd3 } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Registry, type ChangeEvent, type Endpoint, type RegistryOptions } from '../../lib';
 import type { Discovery } from '../../lib/discover/discovery';
 import type { WatchStream } from '../../lib/etcd/watch-stream';
 import { etcdEndpoints, eventually, uniquePrefix } from '../support/env';
+import { TcpProxy } from '../support/proxy';
 
 const addresses = (list: readonly Endpoint[]): string[] => list.map((e) => e.address).sort();
 const internals = (r: Registry): { stream: WatchStream; discovery: Discovery; conn: { emit(event: string, ...args: unknown[]): boolean } } =>
@@ -154,4 +156,38 @@ describe('subscriptions', () => {
     await r.close();
     await expect(r.subscribe('web')).rejects.toMatchObject({ code: 'ERR_REGISTRY_CLOSED' });
   });
+
+  it('a service let go while services() has not synced yet is not served stale: pick() says not synced, endpoints() reads it again', async () => {
+    const prefix = uniquePrefix('subscribe-stale');
+    const writer = new Etcd3({ hosts: etcdEndpoints().split(',') });
+    const proxy = TcpProxy.forUrl(etcdEndpoints().split(',')[0]!);
+    await proxy.start();
+    try {
+      const key = (addr: string): string => `${prefix}/services/web/${addr}`;
+      await writer.put(key('10.0.0.1:80')).value(JSON.stringify({ Op: 0, Addr: '10.0.0.1:80', Metadata: null }));
+      const r = new Registry({ etcdEndpoints: proxy.url, keyPrefix: prefix, leaseSeconds: 2, shutdownSignals: [], env: {}, connectTimeoutSeconds: 1 });
+      open.push(r);
+      r.on('error', () => undefined);
+      const sub = await r.subscribe('web');
+      expect(sub.pick().address).toBe('10.0.0.1:80');
+      proxy.setMode('blackhole');
+      const all = r.services().then(
+        () => 'synced',
+        (e: { code?: string }) => e.code,
+      );
+      await sub.close(); // the last hold of 'web' goes while services() waits
+      expect(await all).toBe('ERR_ETCD_UNREACHABLE');
+      proxy.setMode('pass');
+      proxy.resetBlackholed();
+      // Meanwhile 10.0.0.1 goes and 10.0.0.2 comes: no watch of 'web' sees it.
+      await writer.delete().key(key('10.0.0.1:80'));
+      await writer.put(key('10.0.0.2:80')).value(JSON.stringify({ Op: 0, Addr: '10.0.0.2:80', Metadata: null }));
+      expect(() => r.pick('web')).toThrow(expect.objectContaining({ code: 'ERR_NOT_SYNCED' }));
+      await eventually(async () => expect(addresses(await r.endpoints('web'))).toEqual(['10.0.0.2:80']), { timeout: 10_000 });
+      expect(r.pick('web').address).toBe('10.0.0.2:80');
+    } finally {
+      writer.close();
+      await proxy.close();
+    }
+  }, 30_000);
 });
