@@ -11,6 +11,9 @@
 import { RegistryError, quote } from '../errors';
 import type { Endpoint } from '../types';
 
+/** The longest ejection a timer can time: 2^31 - 1 ms, in whole seconds. */
+const MAX_EJECTION_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 export interface OutlierOptions {
   /** Failures in a row that eject an endpoint; default 5. */
   failures?: number;
@@ -53,8 +56,9 @@ export function resolveOutlierOptions(
   };
   return Object.freeze({
     failures: check('failures', (n) => Number.isInteger(n) && n >= 1, 'an integer ≥ 1'),
-    baseSeconds: check('baseSeconds', (n) => n > 0, 'a number of seconds > 0'),
-    maxSeconds: check('maxSeconds', (n) => n > 0, 'a number of seconds > 0'),
+    // An ejection is a timer: Node runs one longer than 2^31 - 1 ms after 1 ms instead.
+    baseSeconds: check('baseSeconds', (n) => n > 0 && n <= MAX_EJECTION_SECONDS, `a number of seconds > 0 and ≤ ${MAX_EJECTION_SECONDS}`),
+    maxSeconds: check('maxSeconds', (n) => n > 0 && n <= MAX_EJECTION_SECONDS, `a number of seconds > 0 and ≤ ${MAX_EJECTION_SECONDS}`),
     maxEjectedPercent: check('maxEjectedPercent', (n) => n >= 0 && n <= 100, 'a number from 0 to 100'),
   });
 }

@@ -78,6 +78,9 @@ describe('OutlierDetector', () => {
     for (const [value, fragment] of [
       [{ failures: 1.5 }, 'outlier.failures 1.5 is invalid'],
       [{ baseSeconds: -1 }, 'outlier.baseSeconds -1 is invalid'],
+      // Past what a timer can time (Node would end the ejection after 1 ms).
+      [{ maxSeconds: 3_000_000 }, 'outlier.maxSeconds 3000000 is invalid: expected a number of seconds > 0 and ≤ 2147483'],
+      [{ baseSeconds: 2_147_484 }, 'outlier.baseSeconds 2147484 is invalid'],
       [{ maxEjectedPercent: 101 }, 'outlier.maxEjectedPercent 101 is invalid'],
       ['yes', 'outlier "yes" is invalid'],
     ] as const) {
