@@ -212,7 +212,7 @@ export class LeaseKeeper {
   private kick(): void {
     // A call never waits behind the pacing of recovery writes: the round goes out now, with it.
     if (this.pacing !== undefined && this.intents.callsOwed) this.pacing.abort();
-    if (!this.writing && !this.closed && this.intents.dirty) {
+    if (!this.writing && !this.closed && (this.intents.dirty || this.leaseOwed)) {
       this.writing = true;
       void this.drain().finally(() => {
         this.writing = false;
@@ -224,7 +224,7 @@ export class LeaseKeeper {
   }
 
   private async drain(): Promise<void> {
-    while (!this.closed && this.intents.dirty) {
+    while (!this.closed && (this.intents.dirty || this.leaseOwed)) {
       try {
         // The first attempt outside the policy (the usual case: it works).
         await retryAfterFirst(this.step(), () => this.policy, () => this.step(), this.abort.signal);
@@ -242,7 +242,7 @@ export class LeaseKeeper {
     try {
       // Writes that answer calls never wait behind the pacing of recovery writes.
       if (this.recoveryDue.size > 0 && !this.intents.callsOwed) await this.paceRecovery();
-      if (this.intents.putsOwed && !this.session.isAlive) await this.grant();
+      if ((this.intents.putsOwed || this.leaseOwed) && !this.session.isAlive) await this.grant();
       // Taken with the writes: a data loss confirmed after this is one they may predate.
       const resets = this.resets;
       const { puts, deletes } = this.intents.owed(MAX_TXN_OPS);
@@ -253,6 +253,8 @@ export class LeaseKeeper {
         debug('write failed, retrying: %s', (failure as Error).message);
         throw failure;
       }
+      // A new lease with nothing to put on it (every endpoint paused or failing its check).
+      if (!this.intents.putsOwed && this.session.isAlive) this.recovered(this.session.leaseId!);
     } finally {
       this.updateStatus();
       this.flush();
@@ -322,6 +324,15 @@ export class LeaseKeeper {
     if (resets === this.resets) for (const service of services) this.guard.watchFrom(service, revision);
     if (!this.intents.putsOwed) this.recovered(leaseId);
     return undefined;
+  }
+
+  /**
+   * A lease lost while endpoints are owned is granted again even with nothing to put on it
+   * (every endpoint paused or failing its check): the lease of a registry that owns endpoints
+   * stays alive, and its status does not stay 'recovering'.
+   */
+  private get leaseOwed(): boolean {
+    return this.session.state === 'lost' && this.intents.ownedCount > 0;
   }
 
   /** Every owned key is written on the current lease. */
@@ -448,7 +459,8 @@ export class LeaseKeeper {
     debug('lease %s lost: %s', leaseId, reason);
     if (this.closed) return;
     this.outbox.push(() => this.hooks.leaseLost(leaseId, reason));
-    if (this.intents.staleAll() > 0) {
+    // With every endpoint paused (nothing stale to put back), the lease is granted again all the same.
+    if (this.intents.staleAll() > 0 || this.intents.ownedCount > 0) {
       this.regranting = true;
       this.startRecovery('lease lost', reason);
     }

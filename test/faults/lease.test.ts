@@ -38,6 +38,24 @@ describe('registration under faults', () => {
     expect(a.status).toBe('registered');
   });
 
+  it('a lease lost while every endpoint is paused is granted again: the status does not stay recovering, resume() lists it', async () => {
+    const prefix = uniquePrefix('paused-loss');
+    const a = reg(prefix, { leaseSeconds: 3 });
+    const watcher = reg(prefix);
+    const web = await a.register({ service: 'web', address: '10.0.0.1:80' });
+    await a.pause(web);
+    expect(a.status).toBe('registered');
+    const oldLease = a.leaseId;
+    const regranted = timeUntil(a, 'reregistered');
+    await node.client.leaseClient.leaseRevoke({ ID: oldLease! });
+    await regranted;
+    expect(a.leaseId).not.toBe(oldLease);
+    expect(a.status).toBe('registered');
+    await a.ready({ timeout: 2000 });
+    await a.resume(web);
+    await expectConverged(node.client, prefix, [web], [watcher]);
+  });
+
   it('re-registers after etcd is killed and restarted on its data', async () => {
     const prefix = uniquePrefix('restart');
     const a = reg(prefix);
