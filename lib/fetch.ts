@@ -180,8 +180,25 @@ export async function fetchWithFailover(
     stop.addEventListener('abort', onStop, { once: true });
   });
 
+  /**
+   * A retry goes to an endpoint not tried yet while there is one, whatever the strategy
+   * (consistent-hash maps the key to the same endpoint every time) and markDownSeconds (0
+   * marks nothing down); once every endpoint was tried, to any.
+   */
+  const pick = async (): Promise<Endpoint> => {
+    if (tried.length === 0) return source.pickAsync(service, pickOptions);
+    const avoid = new Set(tried);
+    const given = pickOptions.filter;
+    try {
+      return await source.pickAsync(service, { ...pickOptions, filter: (e: Endpoint) => !avoid.has(e.address) && (given === undefined || given(e)) });
+    } catch (e) {
+      if (!(e instanceof RegistryError && e.code === 'ERR_NO_ENDPOINTS')) throw e;
+      return source.pickAsync(service, pickOptions);
+    }
+  };
+
   const attempt = async (): Promise<Response> => {
-    const endpoint = await source.pickAsync(service, pickOptions);
+    const endpoint = await pick();
     stop.throwIfAborted();
     const url = endpointUrl(endpoint.address, path);
     tried.push(endpoint.address);

@@ -366,3 +366,24 @@ describe('fetchWithFailover: timers', () => {
     expect(timeouts() - before).toBe(0);
   });
 });
+
+describe('fetchWithFailover: retries', () => {
+  it('a retry goes to an endpoint not tried yet while there is one, even from a source that always picks the same (consistent-hash, nothing marked down)', async () => {
+    const [a, b] = [await refused(), await refused()];
+    const endpoint = (address: string): Endpoint => Object.freeze({ service: 'svc', address, metadata: {}, key: `p/services/svc/${address}` });
+    const source: EndpointSource = {
+      // A key that maps to `a` every time, as consistent-hash does; the filter is the only way off it.
+      pickAsync: async (_service, options) => {
+        const passing = [a, b].filter((x) => options?.filter === undefined || options.filter(endpoint(x)));
+        if (passing.length === 0) throw new RegistryError('ERR_NO_ENDPOINTS', 'none passes the filter');
+        return endpoint(passing[0]!);
+      },
+      markDown: () => undefined,
+    };
+    const error = (await fetchWithFailover(source, 'svc', '/', { attempts: 3, markDownSeconds: 0 }).catch((e: unknown) => e)) as RegistryError;
+    expect(error.code).toBe('ERR_REQUEST_FAILED');
+    // Both, then any again once both were tried.
+    expect(error.message).toContain(`tried ${a}, ${b}, ${a}`);
+  });
+});
+
