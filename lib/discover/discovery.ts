@@ -370,6 +370,12 @@ export class Discovery {
         // A list freed while a read was under way is nobody's any more.
         if (this.lists.get(list.service) !== list) return;
         this.options.hooks.onChange(list, added, removed, kind, this.holds.get(list.service)?.subscriptions);
+        // Under the whole-registry view, a service whose last endpoint went and that nothing
+        // holds is freed: a registry that watches everything must not keep every name it saw.
+        if (service === undefined && list.size === 0 && this.lists.get(list.service) === list) {
+          const hold = this.holds.get(list.service);
+          if (!hold || !Discovery.held(hold)) this.lists.delete(list.service);
+        }
       },
       onInvalid: (event) => this.options.hooks.onInvalid(event),
       onResynced: (reason) => this.options.hooks.onResynced(reason),

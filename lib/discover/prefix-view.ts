@@ -321,6 +321,8 @@ export class PrefixView implements WatchTarget {
    * endpoint of a service shares one service string); metadata is shared through `context`.
    */
   private decodePage(kvs: RangeKeyValue[], fresh: Map<ServiceList, Fill>, last: LastService, context: ReadContext): void {
+    // Closed while the read went on: its pages must not make lists for nobody.
+    if (this.closed) return;
     for (const kv of kvs) {
       // A page's key as text straight from the answer's bytes (a Buffer of it only if it is not valid UTF-8).
       const key = keyString(kv, kv.keyText?.());

@@ -190,4 +190,38 @@ describe('subscriptions', () => {
       await proxy.close();
     }
   }, 30_000);
+
+  it('a subscription closed while its service is re-read leaves no list behind', async () => {
+    const prefix = uniquePrefix('subscribe-resync-close');
+    const publisher = registry(prefix);
+    await publisher.register({ service: 'web', address: '10.0.0.1:80' });
+    const r = registry(prefix);
+    const sub = await r.subscribe('web');
+    internals(r).conn.emit('reset', 'test'); // every view reads its prefix again...
+    await sub.close(); // ...and the last hold lets go while that read is out
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(internals(r).discovery.lists.has('web')).toBe(false);
+  });
+
+  it('under services(), a service whose last endpoint went and that nothing holds is freed', async () => {
+    const prefix = uniquePrefix('subscribe-root-free');
+    const writer = new Etcd3({ hosts: etcdEndpoints().split(',') });
+    try {
+      const r = registry(prefix);
+      await r.services();
+      for (let i = 0; i < 50; i++) {
+        const key = `${prefix}/services/job-${i}/10.0.0.1:80`;
+        await writer.put(key).value(JSON.stringify({ Op: 0, Addr: '10.0.0.1:80', Metadata: null }));
+        await writer.delete().key(key);
+      }
+      const held = await r.subscribe('job-0'); // a held service keeps its (empty) list
+      await writer.put(`${prefix}/services/kept/10.0.0.2:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.0.2:80', Metadata: null }));
+      await eventually(async () => expect([...(await r.services()).keys()]).toEqual(['kept']));
+      expect([...internals(r).discovery.lists.keys()].sort()).toEqual(['job-0', 'kept']);
+      await held.close();
+    } finally {
+      writer.close();
+    }
+  });
 });
+
