@@ -170,6 +170,19 @@ export class Intents {
     return this.entries.get(key)?.want?.endpoint;
   }
 
+  /**
+   * The endpoints of the registrations the key holds or may still fall back to: its latest
+   * call, the calls still waiting, the last one that succeeded and the last one confirmed.
+   */
+  registrations(key: string): Endpoint[] {
+    const entry = this.entries.get(key);
+    if (!entry) return [];
+    const out: Endpoint[] = [];
+    for (const r of [entry.want, entry.settled, entry.registered]) if (r) out.push(r.endpoint);
+    for (const w of entry.waiters) if (w.want) out.push(w.want.endpoint);
+    return out;
+  }
+
   /** The owned key is paused. */
   isPaused(key: string): boolean {
     return this.entries.get(key)?.paused === true;

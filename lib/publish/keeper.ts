@@ -57,8 +57,11 @@ export interface KeeperHooks {
 
 export class LeaseKeeper {
   private readonly intents = new Intents();
-  /** Health checks of the owned keys that have one. */
+  /** The check in charge of each key: its latest registration's (see alignChecks()). */
   private readonly checks = new Map<string, HealthCheck>();
+  /** Every running check of a key: the one in charge, and those of registrations it may fall back to. */
+  private readonly running = new Map<string, Set<HealthCheck>>();
+  private readonly checkOf = new WeakMap<Endpoint, HealthCheck>();
   private readonly session: LeaseSession;
   private readonly guard: OwnershipGuard;
   private readonly limiters = new Map<RecoveryCause, RecoveryLimiter>();
@@ -131,19 +134,19 @@ export class LeaseKeeper {
     const previous = this.checks.get(key);
     const listedBefore = this.intents.endpoint(key) !== undefined && (previous === undefined || previous.state === 'passing');
     const intent = this.intents.intend(key, { endpoint, value: Buffer.from(value) }, health === undefined);
-    previous?.stop();
-    this.checks.delete(key);
     if (health) {
       // A key already listed stays listed until its new check fails.
       const check = new HealthCheck(key, health, {
         healthy: () => this.onHealth(key, check, true, ''),
         unhealthy: (reason) => this.onHealth(key, check, false, reason),
       }, listedBefore ? 'passing' : 'unknown');
-      this.checks.set(key, check);
+      this.checkOf.set(endpoint, check);
+      let running = this.running.get(key);
+      if (!running) this.running.set(key, (running = new Set()));
+      running.add(check);
       check.start();
-    } else {
-      this.intents.setHealthy(key, true);
     }
+    this.alignChecks(key);
     this.kick();
     return intent;
   }
@@ -151,6 +154,31 @@ export class LeaseKeeper {
   /** 'passing' | 'failing', or 'unknown' (no check, or no verdict yet). */
   health(key: string): HealthState {
     return this.checks.get(key)?.state ?? 'unknown';
+  }
+
+  /**
+   * Each registration has its own check (or none): the key's current check is its latest
+   * call's. The check of a registration the key may still fall back to (the one before an
+   * update not confirmed yet) keeps running, out of charge: if the update fails, it is in
+   * charge again, with its own verdict. A failed update's check must not judge, and take
+   * out of etcd, the registration that stays. Checks of registrations out of play stop.
+   */
+  private alignChecks(key: string): void {
+    const current = this.intents.endpoint(key);
+    const check = current === undefined ? undefined : this.checkOf.get(current);
+    if (check) this.checks.set(key, check);
+    else this.checks.delete(key);
+    const running = this.running.get(key);
+    if (running) {
+      const inPlay = new Set(this.intents.registrations(key).map((e) => this.checkOf.get(e)));
+      for (const c of running) {
+        if (inPlay.has(c)) continue;
+        c.stop();
+        running.delete(c);
+      }
+      if (running.size === 0) this.running.delete(key);
+    }
+    if (current !== undefined) this.intents.setHealthy(key, check === undefined || check.state === 'passing');
   }
 
   private onHealth(key: string, check: HealthCheck, healthy: boolean, reason: string): void {
@@ -187,21 +215,15 @@ export class LeaseKeeper {
   abandon(key: string, token: number, error: Error): void {
     if (this.closed) return;
     if (this.intents.withdraw(key, token, 'put', error)) debug('registration of %s abandoned: %s', key, error.message);
-    this.forgetCheckUnlessOwned(key);
+    this.alignChecks(key);
     this.kick();
-  }
-
-  private forgetCheckUnlessOwned(key: string): void {
-    if (this.intents.endpoint(key) !== undefined) return;
-    this.checks.get(key)?.stop();
-    this.checks.delete(key);
   }
 
   /** Stops owning the endpoint and deletes its key (only while the key is on a lease of ours). */
   remove(key: string): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('unregister'));
     const { done } = this.intents.intend(key, undefined);
-    this.forgetCheckUnlessOwned(key);
+    this.alignChecks(key);
     this.kick();
     return done;
   }
@@ -308,6 +330,7 @@ export class LeaseKeeper {
     const services = new Set<string>();
     for (const w of writes) {
       const settled = this.intents.confirm(w, revision);
+      if (this.running.has(w.key)) this.alignChecks(w.key);
       if (!settled) continue;
       const endpoint = w.want!.endpoint;
       services.add(endpoint.service);
@@ -358,6 +381,7 @@ export class LeaseKeeper {
       if (result.status === 'fulfilled') {
         const { revision, note } = result.value;
         this.intents.confirm(w, revision);
+        if (this.running.has(w.key)) this.alignChecks(w.key);
         debug('unregistered %s%s', w.key, note);
         const service = this.keys.serviceOf(w.key);
         if (service !== undefined && revision > 0) from.set(service, Math.min(from.get(service) ?? revision, revision));
@@ -414,7 +438,7 @@ export class LeaseKeeper {
     const error = this.conn.error(e, doing);
     for (const w of writes) {
       this.intents.refuse(w, error);
-      this.forgetCheckUnlessOwned(w.key);
+      this.alignChecks(w.key);
     }
     this.outbox.push(() => this.hooks.error(error));
   }
@@ -564,7 +588,8 @@ export class LeaseKeeper {
     const revoked = this.session.close(timeoutMs, what);
     await new Promise<void>((resolve) => setImmediate(resolve));
     this.abort.abort(new RegistryClosedError('close'));
-    for (const check of this.checks.values()) check.stop();
+    for (const running of this.running.values()) for (const check of running) check.stop();
+    this.running.clear();
     this.checks.clear();
     this.conn.off('reset', this.onReset);
     this.conn.off('unreachable', this.onUnreachable);

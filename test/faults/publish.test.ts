@@ -42,6 +42,40 @@ describe('overlapping and failing calls on one key', () => {
     expect(await valueOf(v1.key)).toBeUndefined();
   });
 
+  it('an update with a health check of its own that fails: the registration it falls back to stays listed under its own check', async () => {
+    const prefix = uniquePrefix('update-health');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.5 });
+    const endpoint = { service: 'web', address: '10.0.0.1:80' };
+    const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => true, intervalSeconds: 0.1, failures: 2 } });
+    etcd.pause();
+    // The update's put stalls in the paused etcd, and the call gives up after 1 s; its own check fails meanwhile.
+    const error = (await a.register({ ...endpoint, metadata: { v: 2 }, health: { check: () => false, intervalSeconds: 0.1, failures: 2 } }).catch((e: unknown) => e)) as { code?: string };
+    // Its check failed, or etcd did not answer: either way the call gave up.
+    expect(['ERR_TIMEOUT', 'ERR_ETCD_UNREACHABLE']).toContain(error.code);
+    etcd.resume();
+    await sleep(1500); // many rounds of both checks
+    expect(a.health(v1)).toBe('passing');
+    expect((await valueOf(v1.key))?.Metadata).toEqual({ v: 1 });
+    expect(a.status).toBe('registered');
+  });
+
+  it('an update without a health check that fails falls back to the registration with its check, still in charge', async () => {
+    const prefix = uniquePrefix('update-health-none');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.5 });
+    const endpoint = { service: 'web', address: '10.0.0.1:80' };
+    let passing = true;
+    const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => passing, intervalSeconds: 0.1, failures: 2 } });
+    etcd.pause();
+    await expect(a.register({ ...endpoint, metadata: { v: 2 } })).rejects.toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    etcd.resume();
+    await eventually(async () => expect((await valueOf(v1.key))?.Metadata).toEqual({ v: 1 }));
+    // v1's check still judges v1: failing takes it out, passing again puts it back.
+    passing = false;
+    await eventually(async () => expect(await valueOf(v1.key)).toBeUndefined());
+    passing = true;
+    await eventually(async () => expect((await valueOf(v1.key))?.Metadata).toEqual({ v: 1 }));
+  });
+
   it('register(v1) in flight, unregister(), register(v2): etcd ends with v2', async () => {
     const prefix = uniquePrefix('stale-write');
     const a = reg(prefix);
