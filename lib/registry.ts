@@ -72,6 +72,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly statusWaiters = new Set<(status: RegistryStatus) => void>();
   private unenroll: (() => void) | undefined;
   private closing: Promise<void> | undefined;
+  /** Aborted by close(): stops every fetch() in flight. */
+  private readonly fetchesStop = new AbortController();
 
   constructor(options: RegistryOptions = {}) {
     super();
@@ -655,7 +657,13 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * another one (idempotent methods only, unless `retryNonIdempotent`).
    */
   fetch(service: string, path: string, init?: FailoverRequestInit): Promise<Response> {
-    return fetchWithFailover(this, service, path, init);
+    // close() stops the calls in flight (the request, the pause between attempts), with an
+    // error that says so, instead of letting each run to its attempt timeout.
+    if (this.closing !== undefined) return Promise.reject(new RegistryClosedError('fetch'));
+    const given = init?.signal;
+    if (given !== undefined && given !== null && !(given instanceof AbortSignal)) return fetchWithFailover(this, service, path, init); // reports it
+    const signal = given ? AbortSignal.any([given, this.fetchesStop.signal]) : this.fetchesStop.signal;
+    return fetchWithFailover(this, service, path, { ...init, signal });
   }
 
   /**
@@ -827,6 +835,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   private async doClose(): Promise<void> {
     debug('closing');
+    this.fetchesStop.abort(new RegistryError('ERR_REGISTRY_CLOSED', 'registry.close() was called while the request was in flight'));
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);

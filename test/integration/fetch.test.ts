@@ -115,4 +115,26 @@ describe('fetch with failover and waitFor against a real etcd', () => {
     });
     expect(Date.now() - started).toBeGreaterThanOrEqual(290);
   });
+
+  it('close() stops a fetch in flight at once with ERR_REGISTRY_CLOSED; a fetch after close() is refused the same way', async () => {
+    const prefix = uniquePrefix('fetch-close');
+    const hanging = createServer(() => undefined); // never answers
+    servers.push(hanging);
+    await new Promise<void>((resolve) => hanging.listen(0, '127.0.0.1', resolve));
+    const address = `127.0.0.1:${(hanging.address() as AddressInfo).port}`;
+    const writer = registry(prefix);
+    await writer.register({ service: 'web', address });
+    const r = registry(prefix);
+    await r.endpoints('web');
+    const call = r.fetch('web', '/', { attemptTimeout: 10_000 }).catch((e: unknown) => e);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const started = performance.now();
+    await r.close();
+    const error = (await call) as { code?: string; message: string };
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(error.code).toBe('ERR_REGISTRY_CLOSED');
+    expect(error.message).toMatch(/close\(\) was called while the request was in flight/);
+    await expect(r.fetch('web', '/')).rejects.toMatchObject({ code: 'ERR_REGISTRY_CLOSED', message: 'registry.fetch() was called after close()' });
+  });
 });
+
