@@ -57,16 +57,18 @@ export class ListenerAdapter {
    * its subchannels) and then as UNAVAILABLE with `note`: round_robin of every release ends an
    * empty list IDLE, where calls queue until their deadline, and grpc-js keeps a policy's last
    * list when the resolver fails while the policy still has one. Before 1.14 the empty list is
-   * skipped for a channel's own service config, which may be pick_first: 1.10 throws on it.
+   * skipped for a channel's own service config whose policy is pick_first (named, or grpc-js's
+   * default when it names none): 1.10 throws on it. `channelPolicyTakesEmpty`: the channel's
+   * own config names another policy (round_robin, …), which takes an empty list.
    */
-  resolved(endpoints: RegistryGrpcEndpoint[], serviceConfig: GrpcServiceConfig | null, note: string): void {
+  resolved(endpoints: RegistryGrpcEndpoint[], serviceConfig: GrpcServiceConfig | null, note: string, channelPolicyTakesEmpty = false): void {
     if (this.current) {
       const config = serviceConfig === null ? null : ok(serviceConfig);
       this.current(ok(endpoints), {}, config, note);
       if (endpoints.length === 0) this.current({ ok: false, error: this.status(note) }, {}, config, note);
       return;
     }
-    if (endpoints.length > 0 || serviceConfig !== null) this.legacy!.onSuccessfulResolution(endpoints, serviceConfig, null, null, {});
+    if (endpoints.length > 0 || serviceConfig !== null || channelPolicyTakesEmpty) this.legacy!.onSuccessfulResolution(endpoints, serviceConfig, null, null, {});
     if (endpoints.length === 0) this.legacy!.onError(this.status(note));
   }
 
@@ -82,4 +84,28 @@ export class ListenerAdapter {
 
 function ok<T>(value: T): StatusOr<T> {
   return { ok: true, value };
+}
+
+/**
+ * Whether a channel's own `grpc.service_config` (JSON) names a balancing policy other than
+ * pick_first: its first `loadBalancingConfig` entry, else `loadBalancingPolicy`. No policy,
+ * pick_first, or a config that does not parse: false.
+ */
+export function policyTakesEmptyList(config: unknown): boolean {
+  if (typeof config !== 'string') return false;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(config);
+  } catch {
+    return false;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return false;
+  const { loadBalancingConfig, loadBalancingPolicy } = parsed as { loadBalancingConfig?: unknown; loadBalancingPolicy?: unknown };
+  let policy: string | undefined;
+  if (Array.isArray(loadBalancingConfig) && typeof loadBalancingConfig[0] === 'object' && loadBalancingConfig[0] !== null) {
+    policy = Object.keys(loadBalancingConfig[0] as object)[0];
+  } else if (typeof loadBalancingPolicy === 'string') {
+    policy = loadBalancingPolicy.toLowerCase();
+  }
+  return policy !== undefined && policy !== 'pick_first';
 }

@@ -14,7 +14,7 @@ import { RegistryError, quote } from '../errors';
 import { logger } from '../log';
 import type { ChangeEvent, Endpoint } from '../types';
 import { grpcEndpoints } from './addresses';
-import { ListenerAdapter, type GrpcServiceConfig } from './listener';
+import { ListenerAdapter, policyTakesEmptyList, type GrpcServiceConfig } from './listener';
 import { defaultGrpcJs, type GrpcJsLike } from './module';
 import { parseTarget, targetString, type GrpcTarget } from './target';
 
@@ -141,6 +141,8 @@ class Resolver implements ResolverLike {
   private readonly service: string | undefined;
   private badTarget: string | undefined;
   private readonly serviceConfig: GrpcServiceConfig | null;
+  /** The channel's own service config names a policy that takes an empty list (see ListenerAdapter.resolved()). */
+  private readonly channelPolicyTakesEmpty: boolean;
   private readonly shown: string;
   private list: readonly Endpoint[] | undefined;
   /** Bumped by each change event, so that a slower endpoints() answer never overwrites one. */
@@ -166,6 +168,7 @@ class Resolver implements ResolverLike {
     this.listener = new ListenerAdapter(listener, grpc);
     this.shown = quote(targetString(target));
     this.serviceConfig = channelOptions['grpc.service_config'] ? null : ROUND_ROBIN;
+    this.channelPolicyTakesEmpty = policyTakesEmptyList(channelOptions['grpc.service_config']);
     const parsed = registration.open ? parseTarget(target) : { ok: false as const, reason: `the resolver of scheme ${quote(registration.scheme)} was unregistered` };
     if (parsed.ok) {
       this.service = parsed.service;
@@ -229,7 +232,7 @@ class Resolver implements ResolverLike {
           ? `no endpoints of service ${quote(this.service)} in the registry (prefix ${quote(this.registration.registry.config.keyPrefix)}), target ${this.shown}`
           : `no endpoint of service ${quote(this.service)} has an address gRPC can dial (${skipped.map((a) => quote(a)).join(', ')}), target ${this.shown}`;
     debug('%s: %d endpoint(s)', this.shown, endpoints.length);
-    this.safely(() => this.listener.resolved(endpoints, this.serviceConfig, note));
+    this.safely(() => this.listener.resolved(endpoints, this.serviceConfig, note, this.channelPolicyTakesEmpty));
   }
 
   /** A listener that throws must not become the registry's (re-thrown) listener exception. */

@@ -219,6 +219,22 @@ describe.each(VERSIONS)('grpc-js %s through the registry resolver', (version, gr
     });
   });
 
+  it("a channel with its own round_robin service config stops calling a server whose registration went (the emptied list reaches grpc-js)", async () => {
+    const prefix = uniquePrefix('grpc-own-empty');
+    const a = await server(); // keeps running: only its registration goes
+    const writer = registry(prefix);
+    await writer.register({ service: 'echo', address: a.address });
+    const r = registry(prefix);
+    const { scheme: s } = resolver(r, scheme('own-empty'));
+    const call = client(`${s}:///echo`, { 'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }) });
+    expect((await call()).server).toBe(a.address);
+    await writer.unregister({ service: 'echo', address: a.address });
+    await eventually(async () => {
+      const e = (await call({ deadlineMs: 1000 }).catch((x: unknown) => x)) as grpc14.ServiceError;
+      expect(e.code).toBe(grpc.status.UNAVAILABLE);
+    });
+  });
+
   it('a bad target fails the channel with a status that names it', async () => {
     const r = registry(uniquePrefix('grpc-bad'));
     const { scheme: s } = resolver(r, scheme('bad'));

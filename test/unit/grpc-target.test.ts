@@ -1,6 +1,7 @@
 /** Target parsing and address conversion of the grpc-js resolver (pure; no grpc-js, no etcd). */
 import { describe, expect, it } from 'vitest';
 import { parseTarget, subchannelAddress } from '../../lib/grpc';
+import { policyTakesEmptyList } from '../../lib/grpc/listener';
 
 describe('parseTarget', () => {
   it('SCHEME:///SERVICE and SCHEME:SERVICE name the service', () => {
@@ -34,5 +35,16 @@ describe('subchannelAddress', () => {
     for (const a of ['10.0.0.1', '10.0.0.1:0', '10.0.0.1:65536', '10.0.0.1:http', '::1', '[::1]', '[::1]50051', 'http://10.0.0.1', 'http://10.0.0.1:80/path', 'unix:', 'unix://host/x', 'a/b:80', ':80']) {
       expect(subchannelAddress(a), a).toBeUndefined();
     }
+  });
+});
+
+describe('policyTakesEmptyList', () => {
+  it('is true only for a channel service config that names a policy other than pick_first', () => {
+    expect(policyTakesEmptyList(JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }))).toBe(true);
+    expect(policyTakesEmptyList(JSON.stringify({ loadBalancingPolicy: 'ROUND_ROBIN' }))).toBe(true);
+    expect(policyTakesEmptyList(JSON.stringify({ loadBalancingConfig: [{ pick_first: {} }] }))).toBe(false);
+    expect(policyTakesEmptyList(JSON.stringify({ methodConfig: [] }))).toBe(false); // grpc-js's default: pick_first
+    expect(policyTakesEmptyList('{not json')).toBe(false);
+    expect(policyTakesEmptyList(undefined)).toBe(false);
   });
 });
