@@ -86,16 +86,18 @@ export function parseCommand(command: Command, argv: readonly string[]): Parsed 
 /** parseArgs' messages are long and mention positionals; keep the part an operator needs. */
 function parseArgsMessage(e: unknown): string {
   const error = e as Error & { code?: string };
-  const option = /'(-[^' ]+)/.exec(error.message)?.[1];
+  // The option as parseArgs names it: '--timeout <value>', '-h, --help' or '--nope': its long name.
+  const named = /'([^']+)'/.exec(error.message)?.[1];
+  const option = named === undefined ? undefined : (/--[^\s,<]+/.exec(named)?.[0] ?? /-[^\s,<]+/.exec(named)?.[0]);
   switch (error.code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
       return `unknown option ${quote(option ?? error.message)}`;
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-      return option && /argument missing/.test(error.message)
-        ? `option ${option} needs a value`
-        : option
-          ? `option ${option} takes no value`
-          : error.message;
+      if (option === undefined) return error.message;
+      if (/argument missing/.test(error.message)) return `option ${option} needs a value`;
+      // A value that starts with "-" (a negative number) is taken for an option.
+      if (/ambiguous/.test(error.message)) return `option ${option} needs a value; to pass one that starts with "-", write ${option}=VALUE`;
+      return `option ${option} takes no value`;
     default:
       return error.message;
   }

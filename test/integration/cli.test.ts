@@ -80,6 +80,9 @@ describe('etcd-service-registry command line', () => {
       [['register', 'web', '10.0.0.1:80', '--ttl', '0'], /--ttl "0" is invalid/],
       [['register', 'web', '10.0.0.1:80', '--metadata', '[1]'], /--metadata \[1\] is invalid/],
       [['watch', '--timeout', 'soon'], /--timeout "soon" is invalid/],
+      [['register', 'web', '10.0.0.1:80', '--timeout', '-5'], /option --timeout needs a value; to pass one that starts with "-", write --timeout=VALUE/],
+      [['ls', '--help=x'], /option --help takes no value/],
+      [['register', 'web', '10.0.0.1:80', '--timeout'], /option --timeout needs a value$/],
     ];
     const runs = await Promise.all(cases.map(([args]) => runCli(args, { REGISTRY_ETCD_ENDPOINTS: DEAD })));
     for (const [i, r] of runs.entries()) {
