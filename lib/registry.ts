@@ -74,6 +74,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private closing: Promise<void> | undefined;
   /** Aborted by close(): stops every fetch() in flight. */
   private readonly fetchesStop = new AbortController();
+  /** When sweepDown() may look again. */
+  private downSweepAt = 0;
 
   constructor(options: RegistryOptions = {}) {
     super();
@@ -414,7 +416,12 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     if (this.down.size > 0) for (const e of added) this.down.delete(e.key);
     if (removed.length > 0) {
       const kept = added.length > 0 ? new Set(added.map((e) => e.key)) : undefined;
-      for (const e of removed) if (!kept?.has(e.key)) this.outliers.forget(e.key);
+      for (const e of removed) {
+        if (kept?.has(e.key)) continue;
+        this.outliers.forget(e.key);
+        // Gone: it comes back unmarked if it registers again.
+        if (this.down.size > 0) this.down.delete(e.key);
+      }
     }
     if (changed) {
       if (debug.enabled) debug('%s: +%d -%d (%d endpoint(s))', list.service, added.length, removed.length, list.size);
@@ -477,6 +484,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const options = given ?? {};
     validateServiceName(service);
     if (implicit) this.discovery.touch(service);
+    if (this.down.size > 0) this.sweepDown();
     if (!this.discovery.isSynced(service)) {
       this.syncedList(service, 'pick').catch((e: Error) => debug('background sync of %s failed: %s', service, e.message));
       throw new RegistryError('ERR_NOT_SYNCED', `service ${quote(service)} is not synced yet: await registry.pickAsync() or registry.endpoints() first`);
@@ -578,6 +586,17 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     checkPickOptions('pickAsync', options);
     await this.syncedList(service, 'pickAsync');
     return this.pick(service, options);
+  }
+
+  /**
+   * Drops marks that expired (at most once a second): a mark of an endpoint no pick meets
+   * again (not in any list) would otherwise stay, and keep every pick off the fast path.
+   */
+  private sweepDown(): void {
+    const now = performance.now();
+    if (now < this.downSweepAt) return;
+    this.downSweepAt = now + 1000;
+    for (const [key, until] of this.down) if (until <= now) this.down.delete(key);
   }
 
   /** Marked down or ejected. */

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Registry, RegistryError, type Endpoint } from '../../lib';
-import { etcdEndpoints, uniquePrefix } from '../support/env';
+import { etcdEndpoints, eventually, uniquePrefix } from '../support/env';
 
 describe('choosing endpoints against a real etcd: ejection, least-latency, zones, filters', () => {
   const open: Registry[] = [];
@@ -109,6 +109,25 @@ describe('choosing endpoints against a real etcd: ejection, least-latency, zones
     expect(() => client.begin(null as never)).toThrow('begin() expects an endpoint { service, address }, got null');
     expect(() => client.begin(busy, { outlier: { failures: 0 } })).toThrow('outlier.failures 0 is invalid: expected an integer ≥ 1');
     expect(() => client.begin(busy).end({ ok: 1 } as never)).toThrow('call.end() expects { ok: boolean } or nothing');
+  });
+
+  it('a mark-down ends with its endpoint: one that leaves the list, or expires unseen, leaves no mark behind', async () => {
+    const prefix = uniquePrefix('choose-down');
+    const owner = registry(prefix);
+    const a = await owner.register({ service: 'web', address: '10.0.9.1:80' });
+    await owner.register({ service: 'web', address: '10.0.9.2:80' });
+    const r = registry(prefix);
+    await r.endpoints('web');
+    const marks = (): number => (r as unknown as { down: Map<string, number> }).down.size;
+    r.markDown(a, { seconds: 60 });
+    await owner.unregister(a);
+    await eventually(async () => expect((await r.endpoints('web')).map((e) => e.address)).toEqual(['10.0.9.2:80']));
+    expect(marks()).toBe(0);
+    // A mark of an endpoint that no list holds, expired: swept by the next pick.
+    r.markDown({ service: 'web', address: '10.0.9.3:80' }, { seconds: 0.05 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    r.pick('web');
+    expect(marks()).toBe(0);
   });
 
   it('never ejects more than half of a service', async () => {
