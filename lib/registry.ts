@@ -72,8 +72,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   private readonly statusWaiters = new Set<(status: RegistryStatus) => void>();
   private unenroll: (() => void) | undefined;
   private closing: Promise<void> | undefined;
-  /** Aborted by close(): stops every fetch() in flight. */
-  private readonly fetchesStop = new AbortController();
+  /** One per fetch() in flight: close() aborts them. */
+  private readonly fetches = new Set<AbortController>();
   /** When sweepDown() may look again. */
   private downSweepAt = 0;
 
@@ -679,10 +679,16 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     // close() stops the calls in flight (the request, the pause between attempts), with an
     // error that says so, instead of letting each run to its attempt timeout.
     if (this.closing !== undefined) return Promise.reject(new RegistryClosedError('fetch'));
+    // A bad init or signal: fetchWithFailover() reports it, quoting it.
+    if (init !== undefined && (typeof init !== 'object' || init === null)) return fetchWithFailover(this, service, path, init);
     const given = init?.signal;
-    if (given !== undefined && given !== null && !(given instanceof AbortSignal)) return fetchWithFailover(this, service, path, init); // reports it
-    const signal = given ? AbortSignal.any([given, this.fetchesStop.signal]) : this.fetchesStop.signal;
-    return fetchWithFailover(this, service, path, { ...init, signal });
+    if (given !== undefined && given !== null && !(given instanceof AbortSignal)) return fetchWithFailover(this, service, path, init);
+    // One controller per call, let go when it settles: a signal that lives as long as the
+    // registry, given to AbortSignal.any() on every call, would keep every call's signal.
+    const stop = new AbortController();
+    this.fetches.add(stop);
+    const signal = given ? AbortSignal.any([given, stop.signal]) : stop.signal;
+    return fetchWithFailover(this, service, path, { ...init, signal }).finally(() => this.fetches.delete(stop));
   }
 
   /**
@@ -854,7 +860,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   private async doClose(): Promise<void> {
     debug('closing');
-    this.fetchesStop.abort(new RegistryError('ERR_REGISTRY_CLOSED', 'registry.close() was called while the request was in flight'));
+    const stopped = new RegistryError('ERR_REGISTRY_CLOSED', 'registry.close() was called while the request was in flight');
+    for (const stop of this.fetches) stop.abort(stopped);
+    this.fetches.clear();
     this.unenroll?.();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     if (error) debug('close: %s', error.message);
