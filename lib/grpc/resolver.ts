@@ -102,20 +102,19 @@ class Registration {
 
   /** The service's list, from its subscription (opened by the first call; again after one that failed). */
   endpoints(service: string): Promise<readonly Endpoint[]> {
+    // Held only for channels attached: one that resolves after unregister() (or after its
+    // destroy()) must not open a subscription that nothing would close.
+    if (!this.open) return Promise.reject(new RegistryError('ERR_INVALID_ARGUMENT', `the resolver of scheme ${quote(this.scheme)} was unregistered`));
+    if (!this.byService.has(service)) return Promise.reject(new RegistryError('ERR_INVALID_ARGUMENT', `no channel resolves service ${quote(service)} any more`));
     let hold = this.holds.get(service);
     if (!hold) {
       const opened = this.registry.subscribe(service);
       hold = opened;
       this.holds.set(service, opened);
-      opened.then(
-        (sub) => {
-          // Detached (or unregistered) while it opened.
-          if (this.holds.get(service) !== opened) void sub.close().catch(() => undefined);
-        },
-        () => {
-          if (this.holds.get(service) === opened) this.holds.delete(service);
-        },
-      );
+      // (One released while it opened is closed by release(), once it has opened.)
+      opened.catch(() => {
+        if (this.holds.get(service) === opened) this.holds.delete(service);
+      });
     }
     return hold.then((sub) => sub.endpoints);
   }
@@ -147,7 +146,10 @@ class Resolver implements ResolverLike {
   private list: readonly Endpoint[] | undefined;
   /** Bumped by each change event, so that a slower endpoints() answer never overwrites one. */
   private version = 0;
-  private loading = false;
+  /** Bumped by destroy(): a load started before it answers nobody, and does not hold back a new one. */
+  private generation = 0;
+  /** The generation of the load in flight, or -1. */
+  private loadingGeneration = -1;
   private attached = false;
   private destroyed = false;
   /** updateResolution() asked and nothing was reported since. */
@@ -188,20 +190,20 @@ class Resolver implements ResolverLike {
 
   /** The list from the registry: local after the service's first sync. */
   private load(): void {
-    if (this.loading || this.service === undefined) return;
-    this.loading = true;
+    if (this.service === undefined || this.loadingGeneration === this.generation) return;
+    const generation = (this.loadingGeneration = this.generation);
     const version = this.version;
     const service = this.service;
     this.registration.endpoints(service).then(
       (list) => {
-        this.loading = false;
-        if (this.destroyed) return;
+        if (this.loadingGeneration === generation) this.loadingGeneration = -1;
+        if (this.destroyed || generation !== this.generation) return;
         if (this.version === version) this.list = list;
         this.report();
       },
       (e: unknown) => {
-        this.loading = false;
-        if (this.destroyed) return;
+        if (this.loadingGeneration === generation) this.loadingGeneration = -1;
+        if (this.destroyed || generation !== this.generation) return;
         const message = `cannot resolve ${this.shown}: ${(e as Error).message}`;
         debug('%s', message);
         this.wanted = false;
@@ -277,6 +279,7 @@ class Resolver implements ResolverLike {
 
   destroy(): void {
     this.destroyed = true;
+    this.generation++;
     this.wanted = false;
     if (this.attached && this.service !== undefined) this.registration.detach(this.service, this);
     this.attached = false;
