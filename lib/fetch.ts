@@ -138,6 +138,8 @@ export async function fetchWithFailover(
   service: string,
   path: string,
   init: FailoverRequestInit = {},
+  /** The source's own stop (a registry closing): ends the call as the caller's signal does, with its reason. */
+  closing?: AbortSignal,
 ): Promise<Response> {
   if (typeof source !== 'object' || source === null || typeof source.pickAsync !== 'function' || typeof source.markDown !== 'function') {
     throw new RegistryError('ERR_INVALID_ARGUMENT', `source ${quote(source)} is invalid: expected a Registry (an object with pickAsync() and markDown())`);
@@ -173,7 +175,8 @@ export async function fetchWithFailover(
     total.abort(new RegistryTimeoutError(message, { cause: lastFailure?.cause }));
   }, options.totalTimeout);
   /** Aborts on the caller's signal (with its reason) or the total timeout (with a RegistryTimeoutError). */
-  const stop = callerSignal ? AbortSignal.any([callerSignal, total.signal]) : total.signal;
+  const stops = [callerSignal, closing, total.signal].filter((x): x is AbortSignal => x !== undefined);
+  const stop = stops.length === 1 ? total.signal : AbortSignal.any(stops);
   let onStop: (() => void) | undefined;
   const stopped = new Promise<never>((_, reject) => {
     onStop = () => reject(stop.reason);

@@ -679,16 +679,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     // close() stops the calls in flight (the request, the pause between attempts), with an
     // error that says so, instead of letting each run to its attempt timeout.
     if (this.closing !== undefined) return Promise.reject(new RegistryClosedError('fetch'));
-    // A bad init or signal: fetchWithFailover() reports it, quoting it.
-    if (init !== undefined && (typeof init !== 'object' || init === null)) return fetchWithFailover(this, service, path, init);
-    const given = init?.signal;
-    if (given !== undefined && given !== null && !(given instanceof AbortSignal)) return fetchWithFailover(this, service, path, init);
     // One controller per call, let go when it settles: a signal that lives as long as the
     // registry, given to AbortSignal.any() on every call, would keep every call's signal.
     const stop = new AbortController();
     this.fetches.add(stop);
-    const signal = given ? AbortSignal.any([given, stop.signal]) : stop.signal;
-    return fetchWithFailover(this, service, path, { ...init, signal }).finally(() => this.fetches.delete(stop));
+    return fetchWithFailover(this, service, path, init, stop.signal).finally(() => this.fetches.delete(stop));
   }
 
   /**
