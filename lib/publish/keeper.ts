@@ -73,7 +73,7 @@ export class LeaseKeeper {
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
   private regranting = false;
-  /** Aborted by a call (register, unregister, pause…) that arrives while a recovery round waits its turn. */
+  /** Aborted by a call (register, unregister, pause…) that arrives while a recovery round waits its turn, and by close(). */
   private pacing: AbortController | undefined;
   /** Data losses confirmed so far: a write sent before the latest is answered from history etcd lost. */
   private resets = 0;
@@ -467,9 +467,9 @@ export class LeaseKeeper {
       debug('recovery writes paced (%s repeating): waiting %d ms', Array.from(this.recoveryDue).join(', '), wait);
       const pacing = (this.pacing = new AbortController());
       try {
-        await delay(wait, AbortSignal.any([this.abort.signal, pacing.signal]));
+        await delay(wait, pacing.signal);
       } catch (e) {
-        if (!pacing.signal.aborted || this.closed) throw e;
+        if (this.closed) throw e;
         // The limiter keeps its schedule: the next recovery round waits as it would have.
         debug('recovery writes go out with a call that arrived while they waited');
       } finally {
@@ -588,6 +588,7 @@ export class LeaseKeeper {
     const revoked = this.session.close(timeoutMs, what);
     await new Promise<void>((resolve) => setImmediate(resolve));
     this.abort.abort(new RegistryClosedError('close'));
+    this.pacing?.abort(this.abort.signal.reason);
     for (const running of this.running.values()) for (const check of running) check.stop();
     this.running.clear();
     this.checks.clear();
