@@ -8,8 +8,8 @@ import { EventEmitter } from 'node:events';
  * any Node callback does.
  */
 export function emitSurfacing(emitter: EventEmitter, event: string | symbol, args: readonly unknown[]): boolean {
-  const listeners = emitter.rawListeners(event);
-  if (listeners.length <= 1) {
+  // (Counted, not copied: most events have one listener, and some are on hot paths.)
+  if (emitter.listenerCount(event) <= 1) {
     // One listener, or none (then an 'error' event throws its error, as EventEmitter does).
     try {
       return EventEmitter.prototype.emit.call(emitter, event, ...args);
@@ -20,7 +20,7 @@ export function emitSurfacing(emitter: EventEmitter, event: string | symbol, arg
   }
   // Each in turn: one that throws must not keep the event from the others (the gRPC
   // resolver's own listener among them).
-  for (const listener of listeners) {
+  for (const listener of emitter.rawListeners(event)) {
     try {
       Reflect.apply(listener, emitter, args);
     } catch (e) {
