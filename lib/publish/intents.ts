@@ -105,6 +105,9 @@ export interface Settled {
 }
 
 export class Intents {
+  /** `groupOf`: the group (service) a key belongs to, counted by tracks(). */
+  constructor(private readonly groupOf: (key: string) => string | undefined = () => undefined) {}
+
   private readonly entries = new Map<string, Entry>();
   /** Keys whose latest call is a registration. */
   private readonly owned = new Set<string>();
@@ -126,6 +129,8 @@ export class Intents {
    * up again); the oldest go past FORGOTTEN_MAX.
    */
   private readonly forgotten = new Map<string, number>();
+  /** Keys tracked per group (a service): what the keeper's self-watch of a group waits on. */
+  private readonly groups = new Map<string, number>();
   /** One clock for tokens and write issue times: never repeats. */
   private clock = 0;
   /** Writes issued before this clock (before etcd lost its data) tell no revision of the history etcd has now. */
@@ -183,6 +188,14 @@ export class Intents {
     return out;
   }
 
+  /**
+   * Some key of `group` is tracked: owned, or not yet settled in etcd (a delete
+   * owed or in flight, a call waiting).
+   */
+  tracks(group: string): boolean {
+    return this.groups.has(group);
+  }
+
   /** The owned key is paused. */
   isPaused(key: string): boolean {
     return this.entries.get(key)?.paused === true;
@@ -215,6 +228,8 @@ export class Intents {
         waiters: [],
       };
       this.entries.set(key, entry);
+      const group = this.groupOf(key);
+      if (group !== undefined) this.groups.set(group, (this.groups.get(group) ?? 0) + 1);
       // Taken up again: its own writes date its events from now on (a revision remembered
       // from before could also be from a history etcd has since lost without our noticing).
       this.forgotten.delete(key);
@@ -572,6 +587,10 @@ export class Intents {
 
   private forget(entry: Entry): void {
     this.entries.delete(entry.key);
+    const group = this.groupOf(entry.key);
+    const left = group === undefined ? 0 : (this.groups.get(group) ?? 1) - 1;
+    if (left > 0) this.groups.set(group!, left);
+    else if (group !== undefined) this.groups.delete(group);
     const latest = Math.max(entry.putRevision, entry.deleteRevision, entry.lateRevision);
     if (latest === 0) return;
     this.forgotten.set(entry.key, latest);

@@ -56,7 +56,7 @@ export interface KeeperHooks {
 }
 
 export class LeaseKeeper {
-  private readonly intents = new Intents();
+  private readonly intents: Intents;
   /** The check in charge of each key: its latest registration's (see alignChecks()). */
   private readonly checks = new Map<string, HealthCheck>();
   /** Every running check of a key: the one in charge, and those of registrations it may fall back to. */
@@ -65,6 +65,11 @@ export class LeaseKeeper {
   private readonly session: LeaseSession;
   private readonly guard: OwnershipGuard;
   private readonly limiters = new Map<RecoveryCause, RecoveryLimiter>();
+  /**
+   * Per service, the leases of ours a put went out on with no answer (etcd may apply it
+   * late, while the lease lives): the service's self-watch stays to undo such a put.
+   */
+  private readonly doubted = new Map<string, Set<string>>();
   /** Retries a failed writer step with capped backoff until the keeper closes. */
   private readonly policy = retry(handleWhen(() => !this.closed), { maxAttempts: Number.POSITIVE_INFINITY, backoff: cappedBackoff() }).dangerouslyUnref();
   private readonly abort = new AbortController();
@@ -91,6 +96,7 @@ export class LeaseKeeper {
     private readonly ttlSeconds: number,
     private readonly hooks: KeeperHooks,
   ) {
+    this.intents = new Intents((key) => keys.serviceOf(key));
     this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
     this.guard = new OwnershipGuard(conn, stream, keys, {
       deleted: (key, revision) => this.onForeignDelete(key, revision),
@@ -323,7 +329,8 @@ export class LeaseKeeper {
         const first = await this.put(writes.slice(0, half), resets);
         const second = this.closed ? undefined : await this.put(writes.slice(half), resets);
         return first ?? second;
-      } else this.refused(e, writes, describeWrites(writes, leaseId));
+      } else if (isUnreachableError(e)) this.doubt(writes, leaseId);
+      else this.refused(e, writes, describeWrites(writes, leaseId));
       return e;
     }
     if (this.closed) return undefined;
@@ -358,11 +365,40 @@ export class LeaseKeeper {
     return this.session.state === 'lost' && this.intents.ownedCount > 0;
   }
 
+  /** The puts of `writes` went out on `leaseId` and got no answer: etcd may apply them later. */
+  private doubt(writes: readonly Write[], leaseId: string): void {
+    for (const w of writes) {
+      const service = this.keys.serviceOf(w.key);
+      if (service === undefined) continue;
+      let leases = this.doubted.get(service);
+      if (!leases) this.doubted.set(service, (leases = new Set()));
+      leases.add(leaseId);
+    }
+  }
+
+  /**
+   * The self-watch of `service` goes once this registry keeps nothing there and no put
+   * of ours there may still land late (one that got no answer, on a lease still known).
+   */
+  private releaseIdle(service: string): void {
+    if (this.intents.tracks(service)) return;
+    const leases = this.doubted.get(service);
+    if (leases) {
+      const known = this.session.known;
+      for (const lease of leases) if (!known.has(lease)) leases.delete(lease);
+      if (leases.size > 0) return;
+      this.doubted.delete(service);
+    }
+    this.guard.release(service);
+  }
+
   /** Every owned key is written on the current lease. */
   private recovered(leaseId: string): void {
     if (!this.regranting) return;
     this.regranting = false;
     this.session.revokeRetired();
+    // Puts that got no answer on the retired leases can no longer land.
+    for (const service of Array.from(this.doubted.keys())) this.releaseIdle(service);
     debug('every endpoint is back on lease %s', leaseId);
     const endpoints = this.intents.endpoints;
     this.outbox.push(() => this.hooks.reregistered(leaseId, endpoints));
@@ -397,6 +433,10 @@ export class LeaseKeeper {
     // what etcd has now (no later write of the service may come to restart the watch).
     const now = this.conn.seenRevision;
     for (const [service, revision] of from) this.guard.watchFrom(service, resets === this.resets ? revision : now);
+    for (const w of writes) {
+      const service = this.keys.serviceOf(w.key);
+      if (service !== undefined) this.releaseIdle(service);
+    }
     return failure;
   }
 

@@ -75,6 +75,19 @@ export class OwnershipGuard {
     for (const service of this.watches.keys()) this.stop(service);
   }
 
+  /**
+   * This registry keeps nothing in `service` any more, and no put of ours there can
+   * still land late: its watch goes (another write of its keys starts it again).
+   */
+  release(service: string): void {
+    const target = this.watches.get(service);
+    if (target === undefined) return;
+    debug('watch of own keys of %s dropped: nothing of ours is left there', service);
+    this.stream.remove(target);
+    this.watches.delete(service);
+    this.pending.delete(service);
+  }
+
   /** etcd ended the watch: the keeper writes the service's keys again, and it restarts after that write. */
   private restart(service: string): void {
     if (this.closed) return;

@@ -10,7 +10,7 @@ import type { Registry } from '../../lib';
 import { spawnFixture } from '../support/child';
 import { EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
-import { sleep, storedValue, useFaultNode } from './support';
+import { etcdMetric, sleep, storedValue, useFaultNode } from './support';
 
 describe('overlapping and failing calls on one key', () => {
   const node = useFaultNode();
@@ -132,6 +132,32 @@ describe('overlapping and failing calls on one key', () => {
     await a.unregister(v2);
     await node.client.put(v2.key).value(late).lease(a.leaseId!).exec();
     await eventually(async () => expect(await valueOf(v2.key)).toBeUndefined(), { timeout: 5000 });
+  });
+
+  it('the self-watch of a service goes once nothing of ours is left there; the one of a service still held stays and guards', async () => {
+    const prefix = uniquePrefix('guard-drop');
+    const a = reg(prefix);
+    const watchers = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watcher_total');
+    const kept = await a.register({ service: 'keep', address: '10.0.0.1:80' });
+    await eventually(async () => expect(await watchers()).toBe(1), { timeout: 5000 });
+    for (let i = 0; i < 6; i++) {
+      const e = await a.register({ service: `job-${i}`, address: '10.0.0.2:80' });
+      await a.unregister(e);
+    }
+    // One watch per service ever used was left before (7 here).
+    await eventually(async () => expect(await watchers()).toBe(1), { timeout: 5000 });
+    await sleep(300);
+    expect(await watchers()).toBe(1);
+    // The watch of the service still held works: a foreign delete is put back.
+    await node.client.delete().key(kept.key).exec();
+    await eventually(async () => expect(await valueOf(kept.key)).toBeDefined(), { timeout: 5000 });
+    await a.unregister(kept);
+    await eventually(async () => expect(await watchers()).toBe(0), { timeout: 5000 });
+    // Taken up again: watched again, from the new write on.
+    const again = await a.register({ service: 'job-0', address: '10.0.0.3:80' });
+    await eventually(async () => expect(await watchers()).toBe(1), { timeout: 5000 });
+    await node.client.delete().key(again.key).exec();
+    await eventually(async () => expect(await valueOf(again.key)).toBeDefined(), { timeout: 5000 });
   });
 
   it('close() revokes a lease it took for lost that etcd restored on restart', async () => {

@@ -53,6 +53,31 @@ describe('Intents', () => {
     expect(fresh.owed(128).deletes).toHaveLength(1); // deleted in case the put landed
   });
 
+  it('tracks(group) holds while a key of the group is owned or not settled in etcd, and only then', async () => {
+    const intents = new Intents((key) => key.split('/')[2]);
+    expect(intents.tracks('web')).toBe(false);
+    const a = intents.intend(KEY, reg(1));
+    const b = intents.intend('p/services/web/10.0.0.2:80', reg(1));
+    const puts = intents.owed(128).puts;
+    intents.sending(puts);
+    puts.forEach((w, i) => intents.confirm(w, 5 + i));
+    await Promise.all([a.done, b.done]);
+    intents.intend(KEY, undefined);
+    const [d] = intents.owed(128).deletes;
+    intents.sending([d!]);
+    intents.deleteAnswered(d!);
+    intents.confirm(d!, 7);
+    expect(intents.tracks('web')).toBe(true); // the other key is still owned
+    intents.intend('p/services/web/10.0.0.2:80', undefined);
+    const [d2] = intents.owed(128).deletes;
+    intents.sending([d2!]);
+    expect(intents.tracks('web')).toBe(true); // its delete is in flight
+    intents.deleteAnswered(d2!);
+    intents.confirm(d2!, 8);
+    expect(intents.tracks('web')).toBe(false);
+    expect(intents.tracks('api')).toBe(false);
+  });
+
   it('withdrawing an older call changes nothing of a newer one', async () => {
     const intents = new Intents();
     const older = intents.intend(KEY, reg(1));
