@@ -146,6 +146,7 @@ export interface HealthHooks {
 /** The check of one endpoint, run every interval until stopped. */
 export class HealthCheck {
   private currentState: HealthState;
+  private lastReason = '';
   private passesInRow = 0;
   private failuresInRow = 0;
   private running: Promise<void> | undefined;
@@ -167,6 +168,11 @@ export class HealthCheck {
 
   get state(): HealthState {
     return this.currentState;
+  }
+
+  /** Why the check is failing: the reason of the failure that made it so. */
+  get reason(): string {
+    return this.lastReason;
   }
 
   /** The first check runs at once. */
@@ -236,6 +242,7 @@ export class HealthCheck {
   private setState(next: HealthState, why: string): void {
     debug('%s: health %s -> %s (%s)', this.name, this.currentState, next, why);
     this.currentState = next;
+    this.lastReason = next === 'failing' ? why : '';
     if (next === 'passing') this.hooks.healthy();
     else this.hooks.unhealthy(why);
   }

@@ -172,8 +172,20 @@ export class LeaseKeeper {
   private alignChecks(key: string): void {
     const current = this.intents.endpoint(key);
     const check = current === undefined ? undefined : this.checkOf.get(current);
+    const before = this.checks.get(key);
     if (check) this.checks.set(key, check);
     else this.checks.delete(key);
+    // A check taking charge with another verdict (a failed update falls back to a registration
+    // whose own check fails, or passes again) lists or unlists the key: told as its verdict
+    // would be. A check with no verdict yet tells nothing (a new registration waits for it).
+    if (current !== undefined && check !== before) {
+      const now = check?.state ?? 'passing';
+      const wasListed = before === undefined || before.state === 'passing';
+      if (now !== 'unknown' && (now === 'passing') !== wasListed) {
+        const reason = check?.reason ?? '';
+        this.outbox.push(now === 'passing' ? () => this.hooks.healthy(current) : () => this.hooks.unhealthy(current, reason));
+      }
+    }
     const running = this.running.get(key);
     if (running) {
       const inPlay = new Set(this.intents.registrations(key).map((e) => this.checkOf.get(e)));

@@ -76,6 +76,31 @@ describe('overlapping and failing calls on one key', () => {
     await eventually(async () => expect((await valueOf(v1.key))?.Metadata).toEqual({ v: 1 }));
   });
 
+  it('an update that fails falls back to a registration whose own check fails meanwhile: unlisted, and told by an unhealthy event', async () => {
+    const prefix = uniquePrefix('update-health-fallback');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.5 });
+    const endpoint = { service: 'web', address: '10.0.0.1:80' };
+    let passing = true;
+    const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => passing || Promise.reject(new Error('v1 is down')), intervalSeconds: 0.1, failures: 2 } });
+    const events: string[] = [];
+    a.on('unhealthy', ({ endpoint: e, reason }) => events.push(`unhealthy v${(e.metadata as { v: number }).v}: ${reason}`));
+    a.on('healthy', ({ endpoint: e }) => events.push(`healthy v${(e.metadata as { v: number }).v}`));
+    etcd.pause();
+    const update = a.register({ ...endpoint, metadata: { v: 2 }, health: { check: () => true, intervalSeconds: 0.1 } }).catch((e: unknown) => e);
+    passing = false; // v1's check, out of charge while the update waits, fails
+    await sleep(400);
+    expect(events).toEqual([]);
+    expect(await update).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    // Back to v1, whose check fails: the key is out of etcd, and the application is told.
+    expect(events).toEqual(['unhealthy v1: the check threw: v1 is down']);
+    expect(a.health(v1)).toBe('failing');
+    etcd.resume();
+    await eventually(async () => expect(await valueOf(v1.key)).toBeUndefined(), { timeout: 5000 });
+    passing = true;
+    await eventually(async () => expect((await valueOf(v1.key))?.Metadata).toEqual({ v: 1 }), { timeout: 5000 });
+    expect(events).toEqual(['unhealthy v1: the check threw: v1 is down', 'healthy v1']);
+  });
+
   it('register(v1) in flight, unregister(), register(v2): etcd ends with v2', async () => {
     const prefix = uniquePrefix('stale-write');
     const a = reg(prefix);
