@@ -138,7 +138,8 @@ export class LeaseKeeper {
     if (this.closed) return { token: 0, done: Promise.reject(new RegistryClosedError('register')) };
     const { key } = endpoint;
     const previous = this.checks.get(key);
-    const listedBefore = this.intents.endpoint(key) !== undefined && (previous === undefined || previous.state === 'passing');
+    // (A paused key is not listed: its new check must pass before resume() puts it back.)
+    const listedBefore = this.intents.endpoint(key) !== undefined && !this.intents.isPaused(key) && (previous === undefined || previous.state === 'passing');
     const intent = this.intents.intend(key, { endpoint, value: Buffer.from(value) }, health === undefined);
     if (health) {
       // A key already listed stays listed until its new check fails.

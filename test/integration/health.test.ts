@@ -168,6 +168,21 @@ describe('health-gated registration', () => {
     await expect(a.pause({ service: 'web', address: '10.0.0.9:80' })).rejects.toMatchObject({ code: 'ERR_NOT_REGISTERED' });
   });
 
+  it('an endpoint paused, then registered again with a check of its own, is put back on resume only once that check passes', async () => {
+    const a = registry(uniquePrefix('pause-check'));
+    const one = await a.register({ service: 'web', address: '10.0.0.1:80' });
+    await a.pause(one);
+    let passing = false;
+    const updated = await a.register({ service: 'web', address: '10.0.0.1:80', metadata: { v: 2 }, health: { check: () => passing, intervalSeconds: 0.5 } });
+    await a.resume(updated);
+    await sleep(300); // its first check failed; the next is due later
+    expect((await etcd.get(one.key).exec()).kvs).toHaveLength(0);
+    expect(a.health(updated)).not.toBe('passing');
+    passing = true;
+    await eventually(async () => expect(JSON.parse((await etcd.get(one.key).string()) ?? 'null')).toMatchObject({ Metadata: { v: 2 } }));
+    expect(a.health(updated)).toBe('passing');
+  });
+
   it('registerServer() lists a server once it listens and removes it when it closes', async () => {
     const prefix = uniquePrefix('server');
     const a = registry(prefix);
