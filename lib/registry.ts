@@ -836,6 +836,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
 
   /** What a shutdown signal does: deregister at once (bounded), drain, close. */
   private async shutdown(signal: NodeJS.Signals): Promise<void> {
+    if (this.closing) {
+      // The application's own close() is deregistering: the process ends once it is done.
+      debug('%s: close() is under way: waiting for it', signal);
+      return this.closing;
+    }
     debug('%s: deregistering', signal);
     const started = performance.now();
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
@@ -858,8 +863,10 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const stopped = new RegistryError('ERR_REGISTRY_CLOSED', 'registry.close() was called while the request was in flight');
     for (const stop of this.fetches) stop.abort(stopped);
     this.fetches.clear();
-    this.unenroll?.();
+    // Enrolled until the revoke is done: a signal meanwhile waits for it rather than ending the
+    // process with the keys still in etcd for a TTL.
     const error = await this.keeper.close(this.config.shutdownTimeoutMs);
+    this.unenroll?.();
     if (error) debug('close: %s', error.message);
     this.outliers.close();
     this.discovery.close();

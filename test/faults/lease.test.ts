@@ -156,4 +156,34 @@ describe('registration under faults', () => {
     etcd.resume();
     await eventually(async () => expect(await node.client.getAll().prefix(`${prefix}/`).keys()).toEqual([]), { timeout: 10_000 });
   });
+
+  it("SIGTERM while the application's own close() waits for etcd: the process ends only once the lease is revoked", async () => {
+    const prefix = uniquePrefix('sigterm-closing');
+    const child = spawnFixture('shutdown-child.ts', {
+      CHILD_MODE: 'close-on-usr2',
+      REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl,
+      REGISTRY_KEY_PREFIX: prefix,
+      REGISTRY_SERVICE_NAME: 'worker',
+      REGISTRY_SERVICE_ADDRESS: '127.0.0.1:9995',
+      REGISTRY_LEASE_SECONDS: '30',
+      REGISTRY_SHUTDOWN_TIMEOUT_SECONDS: '10',
+    });
+    try {
+      await child.line(/ready pid/);
+      etcd.pause();
+      child.process.kill('SIGUSR2');
+      await child.line(/app: closing/);
+      await sleep(200);
+      child.process.kill('SIGTERM'); // the revoke is still waiting for the paused etcd
+      await sleep(500);
+      expect(child.process.exitCode === null && child.process.signalCode === null, `the child ended at the signal:\n${child.output()}`).toBe(true);
+      etcd.resume();
+      expect(await child.exited()).toEqual({ code: null, signal: 'SIGTERM' });
+      // Gone when the process is: not a lease TTL (30 s) later.
+      expect(await node.client.getAll().prefix(`${prefix}/`).keys()).toEqual([]);
+      expect(child.output()).toContain('closed');
+    } finally {
+      child.process.kill('SIGKILL');
+    }
+  });
 });
