@@ -13,7 +13,7 @@ import { KeySpace, encodeValue } from './keys';
 import { validateAddress, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
 import { fetchWithFailover, type FailoverRequestInit } from './fetch';
 import { healthSpec, type HealthState } from './publish/health';
-import { LeaseKeeper, type KeeperStatus } from './publish/keeper';
+import { LeaseKeeper } from './publish/keeper';
 import { listeningAddress, serverAddress, type ListeningServer, type ServerRegistration } from './publish/server';
 import { isStrategy, STRATEGY_LIST, type Picker, type PickerOptions } from './pickers';
 import { logger } from './log';
@@ -119,7 +119,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       restored: (endpoint) => this.emit('restored', endpoint),
       healthy: (endpoint) => this.emit('healthy', { endpoint }),
       unhealthy: (endpoint, reason) => this.emit('unhealthy', { endpoint, reason }),
-      status: (state) => this.setStatus(state),
+      // (Once closing, the keeper's own status is no longer the registry's.)
+      status: (state) => this.currentStatus !== 'closing' && this.setStatus(state),
       error: (e) => this.reportError(e),
     });
     this.conn.on('unreachable', (error) => {
@@ -159,7 +160,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     return this.closing !== undefined;
   }
 
-  private setStatus(state: KeeperStatus | 'closed'): void {
+  private setStatus(state: RegistryStatus): void {
     if (state === this.currentStatus) return;
     debug('status %s -> %s', this.currentStatus, state);
     this.currentStatus = state;
@@ -815,6 +816,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
         });
         onStatus = undefined;
       }
+      // (A shutdown signal deregisters before close(): nothing will be ready.)
+      if (this.currentStatus === 'closing') throw new RegistryClosedError('ready');
       this.assertOpen('ready');
     })();
     if (options.timeout === undefined && options.signal === undefined) return work;
@@ -843,7 +846,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     }
     debug('%s: deregistering', signal);
     const started = performance.now();
-    const error = await this.keeper.close(this.config.shutdownTimeoutMs);
+    const revoked = this.keeper.close(this.config.shutdownTimeoutMs);
+    this.setStatus('closing'); // after the revoke is on its way
+    const error = await revoked;
     debug('%s: deregistered in %d ms%s', signal, Math.round(performance.now() - started), error ? ` (failed: ${error.message})` : '');
     if (this.config.drainMs > 0) await delay(this.config.drainMs, undefined, true);
     await this.close();
@@ -865,7 +870,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.fetches.clear();
     // Enrolled until the revoke is done: a signal meanwhile waits for it rather than ending the
     // process with the keys still in etcd for a TTL.
-    const error = await this.keeper.close(this.config.shutdownTimeoutMs);
+    const revoked = this.keeper.close(this.config.shutdownTimeoutMs);
+    this.setStatus('closing');
+    const error = await revoked;
     this.unenroll?.();
     if (error) debug('close: %s', error.message);
     this.outliers.close();

@@ -26,7 +26,11 @@ export interface EndpointInput {
   health?: HealthInput;
 }
 
-export type RegistryStatus = 'idle' | 'registering' | 'registered' | 'recovering' | 'closed';
+/**
+ * 'closing': deregistering (the lease is being revoked), then draining on a shutdown signal;
+ * nothing of this registry is listed any more, or will be, once it is reached.
+ */
+export type RegistryStatus = 'idle' | 'registering' | 'registered' | 'recovering' | 'closing' | 'closed';
 
 export interface ChangeEvent {
   readonly service: string;

@@ -64,12 +64,38 @@ describe('Registry against a real etcd', () => {
     expect(leases.size).toBe(1);
     expect(leases.has(a.leaseId!)).toBe(true);
     await watcher.endpoints('web');
-    await a.close();
+    const statuses: string[] = [];
+    a.on('status', (s) => statuses.push(s));
+    const closing = a.close();
+    expect(a.status).toBe('closing'); // at once: nothing of it is to be counted on any more
+    await closing;
     await a.close(); // idempotent
     expect(a.status).toBe('closed');
+    expect(statuses).toEqual(['closing', 'closed']);
     expect(await etcd.getAll().prefix(`${prefix}/`).keys()).toEqual([]);
     await eventually(async () => expect(await watcher.endpoints('web')).toEqual([]));
     await expect(a.register({ service: 'web', address: '10.0.0.1:80' })).rejects.toMatchObject({ code: 'ERR_REGISTRY_CLOSED' });
+  });
+
+  it("a shutdown signal: 'closing' from the revoke through the drain, 'closed' after; ready() then refuses", async () => {
+    const prefix = uniquePrefix('closing');
+    const keep = (): void => undefined; // the application listens too: the exit is left to it
+    process.on('SIGUSR2', keep);
+    try {
+      const a = registry(prefix, { shutdownSignals: ['SIGUSR2'], drainSeconds: 0.6 });
+      const endpoint = await a.register({ service: 'web', address: '10.0.0.1:80' });
+      const statuses: string[] = [];
+      a.on('status', (s) => statuses.push(s));
+      process.kill(process.pid, 'SIGUSR2');
+      await eventually(() => expect(a.status).toBe('closing'), { timeout: 2000, interval: 10 });
+      await eventually(async () => expect((await etcd.get(endpoint.key).exec()).kvs).toHaveLength(0), { timeout: 2000, interval: 10 });
+      expect(a.status).toBe('closing'); // draining
+      await expect(a.ready()).rejects.toMatchObject({ code: 'ERR_REGISTRY_CLOSED' });
+      await eventually(() => expect(a.status).toBe('closed'), { timeout: 5000 });
+      expect(statuses).toEqual(['closing', 'closed']);
+    } finally {
+      process.off('SIGUSR2', keep);
+    }
   });
 
   it('services() reads and watches every service under the prefix at once', async () => {
