@@ -131,6 +131,8 @@ export class Intents {
   private readonly forgotten = new Map<string, number>();
   /** Keys tracked per group (a service): what the keeper's self-watch of a group waits on. */
   private readonly groups = new Map<string, number>();
+  /** Groups whose last key was forgotten since takeEmptied(). */
+  private readonly emptied = new Set<string>();
   /** One clock for tokens and write issue times: never repeats. */
   private clock = 0;
   /** Writes issued before this clock (before etcd lost its data) tell no revision of the history etcd has now. */
@@ -194,6 +196,14 @@ export class Intents {
    */
   tracks(group: string): boolean {
     return this.groups.has(group);
+  }
+
+  /** The groups whose last tracked key was forgotten since the last call (and are still empty). */
+  takeEmptied(): string[] {
+    if (this.emptied.size === 0) return [];
+    const out = Array.from(this.emptied).filter((g) => !this.groups.has(g));
+    this.emptied.clear();
+    return out;
   }
 
   /** The owned key is paused. */
@@ -590,7 +600,10 @@ export class Intents {
     const group = this.groupOf(entry.key);
     const left = group === undefined ? 0 : (this.groups.get(group) ?? 1) - 1;
     if (left > 0) this.groups.set(group!, left);
-    else if (group !== undefined) this.groups.delete(group);
+    else if (group !== undefined) {
+      this.groups.delete(group);
+      this.emptied.add(group);
+    }
     const latest = Math.max(entry.putRevision, entry.deleteRevision, entry.lateRevision);
     if (latest === 0) return;
     this.forgotten.set(entry.key, latest);

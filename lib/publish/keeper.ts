@@ -62,6 +62,8 @@ export class LeaseKeeper {
   /** Every running check of a key: the one in charge, and those of registrations it may fall back to. */
   private readonly running = new Map<string, Set<HealthCheck>>();
   private readonly checkOf = new WeakMap<Endpoint, HealthCheck>();
+  /** The verdict last told per key (healthy / unhealthy events): a fallback tells only a new one. */
+  private readonly announced = new Map<string, boolean>();
   private readonly session: LeaseSession;
   private readonly guard: OwnershipGuard;
   private readonly limiters = new Map<RecoveryCause, RecoveryLimiter>();
@@ -173,20 +175,8 @@ export class LeaseKeeper {
   private alignChecks(key: string): void {
     const current = this.intents.endpoint(key);
     const check = current === undefined ? undefined : this.checkOf.get(current);
-    const before = this.checks.get(key);
     if (check) this.checks.set(key, check);
     else this.checks.delete(key);
-    // A check taking charge with another verdict (a failed update falls back to a registration
-    // whose own check fails, or passes again) lists or unlists the key: told as its verdict
-    // would be. A check with no verdict yet tells nothing (a new registration waits for it).
-    if (current !== undefined && check !== before) {
-      const now = check?.state ?? 'passing';
-      const wasListed = before === undefined || before.state === 'passing';
-      if (now !== 'unknown' && (now === 'passing') !== wasListed) {
-        const reason = check?.reason ?? '';
-        this.outbox.push(now === 'passing' ? () => this.hooks.healthy(current) : () => this.hooks.unhealthy(current, reason));
-      }
-    }
     const running = this.running.get(key);
     if (running) {
       const inPlay = new Set(this.intents.registrations(key).map((e) => this.checkOf.get(e)));
@@ -205,8 +195,30 @@ export class LeaseKeeper {
     const endpoint = this.intents.endpoint(key);
     if (!endpoint) return;
     this.intents.setHealthy(key, healthy);
-    this.outbox.push(healthy ? () => this.hooks.healthy(endpoint) : () => this.hooks.unhealthy(endpoint, reason));
+    this.announce(key, endpoint, healthy, reason);
     this.kick();
+  }
+
+  private announce(key: string, endpoint: Endpoint, healthy: boolean, reason: string): void {
+    this.announced.set(key, healthy);
+    this.outbox.push(healthy ? () => this.hooks.healthy(endpoint) : () => this.hooks.unhealthy(endpoint, reason));
+  }
+
+  /**
+   * A failed call fell back to a registration whose own check is in charge again: if its
+   * verdict is not the one last told (it failed, or passed again, while out of charge), the
+   * key is taken out of etcd or put back, and the event says so.
+   */
+  private announceFallback(key: string): void {
+    const endpoint = this.intents.endpoint(key);
+    if (!endpoint) {
+      this.announced.delete(key);
+      return;
+    }
+    const check = this.checks.get(key);
+    if (!check || check.state === 'unknown') return;
+    const healthy = check.state === 'passing';
+    if (this.announced.get(key) !== healthy) this.announce(key, endpoint, healthy, check.reason);
   }
 
   /**
@@ -235,6 +247,7 @@ export class LeaseKeeper {
     if (this.closed) return;
     if (this.intents.withdraw(key, token, 'put', error)) debug('registration of %s abandoned: %s', key, error.message);
     this.alignChecks(key);
+    this.announceFallback(key);
     this.kick();
   }
 
@@ -242,6 +255,7 @@ export class LeaseKeeper {
   remove(key: string): Promise<void> {
     if (this.closed) return Promise.reject(new RegistryClosedError('unregister'));
     const { done } = this.intents.intend(key, undefined);
+    this.announced.delete(key);
     this.alignChecks(key);
     this.kick();
     return done;
@@ -251,6 +265,8 @@ export class LeaseKeeper {
 
   /** Starts the writer if there is work; brings the status and the events up to date. */
   private kick(): void {
+    // A key forgotten without a delete round (never written: its check had not passed) may leave its service empty.
+    this.releaseEmptied();
     // A call never waits behind the pacing of recovery writes: the round goes out now, with it.
     if (this.pacing !== undefined && this.intents.callsOwed) this.pacing.abort();
     if (!this.writing && !this.closed && (this.intents.dirty || this.leaseOwed)) {
@@ -389,6 +405,11 @@ export class LeaseKeeper {
     }
   }
 
+  /** Releases the self-watch of each service whose last key was forgotten (see releaseIdle()). */
+  private releaseEmptied(): void {
+    for (const service of this.intents.takeEmptied()) this.releaseIdle(service);
+  }
+
   /**
    * The self-watch of `service` goes once this registry keeps nothing there and no put
    * of ours there may still land late (one that got no answer, on a lease still known).
@@ -446,10 +467,7 @@ export class LeaseKeeper {
     // what etcd has now (no later write of the service may come to restart the watch).
     const now = this.conn.seenRevision;
     for (const [service, revision] of from) this.guard.watchFrom(service, resets === this.resets ? revision : now);
-    for (const w of writes) {
-      const service = this.keys.serviceOf(w.key);
-      if (service !== undefined) this.releaseIdle(service);
-    }
+    this.releaseEmptied();
     return failure;
   }
 
@@ -492,6 +510,7 @@ export class LeaseKeeper {
     for (const w of writes) {
       this.intents.refuse(w, error);
       this.alignChecks(w.key);
+      this.announceFallback(w.key);
     }
     this.outbox.push(() => this.hooks.error(error));
   }
@@ -645,6 +664,7 @@ export class LeaseKeeper {
     for (const running of this.running.values()) for (const check of running) check.stop();
     this.running.clear();
     this.checks.clear();
+    this.announced.clear();
     this.conn.off('reset', this.onReset);
     this.conn.off('unreachable', this.onUnreachable);
     this.conn.off('reachable', this.onReachable);

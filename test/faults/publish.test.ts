@@ -185,6 +185,43 @@ describe('overlapping and failing calls on one key', () => {
     await eventually(async () => expect(await valueOf(again.key)).toBeDefined(), { timeout: 5000 });
   });
 
+  it('the self-watch also goes when the last key of its service is one never written (its check never passed): unregistered, or timed out', async () => {
+    const watchers = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watcher_total');
+    const a = reg(uniquePrefix('guard-unsent'), { connectTimeoutSeconds: 1 });
+    for (const last of ['unregistered', 'timed out'] as const) {
+      const listed = await a.register({ service: 'web', address: '10.0.0.1:80' });
+      await eventually(async () => expect(await watchers()).toBe(1), { timeout: 5000 });
+      // A second key of the service, held back by its check: never written to etcd.
+      const held = a.register({ service: 'web', address: '10.0.0.2:80', health: { check: () => false, intervalSeconds: 0.2 } }).catch((e: unknown) => e);
+      await sleep(100);
+      await a.unregister(listed); // its delete round leaves the watch: the held key is still ours
+      if (last === 'unregistered') await a.unregister({ service: 'web', address: '10.0.0.2:80' }); // forgotten at once, no delete round
+      expect(await held).toMatchObject({ code: last === 'unregistered' ? 'ERR_NOT_REGISTERED' : 'ERR_TIMEOUT' });
+      await eventually(async () => expect(await watchers()).toBe(0), { timeout: 5000 });
+    }
+  });
+
+  it('an update without a check, over a registration whose check fails, that fails: no healthy event (nothing was listed), no second unhealthy', async () => {
+    const prefix = uniquePrefix('fallback-nocheck');
+    const a = reg(prefix, { leaseSeconds: 10, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.5 });
+    const endpoint = { service: 'web', address: '10.0.0.1:80' };
+    let passing = true;
+    const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => passing || Promise.reject(new Error('down')), intervalSeconds: 0.1, failures: 1 } });
+    const events: string[] = [];
+    a.on('unhealthy', ({ endpoint: e }) => events.push(`unhealthy v${(e.metadata as { v: number }).v}`));
+    a.on('healthy', ({ endpoint: e }) => events.push(`healthy v${(e.metadata as { v: number }).v}`));
+    passing = false;
+    await eventually(async () => expect(await valueOf(v1.key)).toBeUndefined(), { timeout: 5000 });
+    expect(events).toEqual(['unhealthy v1']);
+    etcd.pause();
+    const update = a.register({ ...endpoint, metadata: { v: 2 } }).catch((e: unknown) => e);
+    expect(events).toEqual(['unhealthy v1']); // v2 has no check, and is not in etcd
+    expect(await update).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    // Back to v1, still failing and never listed meanwhile: nothing new to tell.
+    expect(events).toEqual(['unhealthy v1']);
+    etcd.resume();
+  });
+
   it('close() revokes a lease it took for lost that etcd restored on restart', async () => {
     const prefix = uniquePrefix('close-lost');
     const a = reg(prefix, { shutdownTimeoutSeconds: 10 });
