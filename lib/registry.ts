@@ -859,7 +859,11 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
    * shutdown timeout), stops every watch and closes the client. Idempotent.
    */
   close(): Promise<void> {
-    this.closing ??= this.doClose();
+    if (this.closing === undefined) {
+      this.closing = this.doClose();
+      // Once the revoke is on its way, and once close() is under way: a listener that calls it gets this promise.
+      this.setStatus('closing');
+    }
     return this.closing;
   }
 
@@ -870,9 +874,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     this.fetches.clear();
     // Enrolled until the revoke is done: a signal meanwhile waits for it rather than ending the
     // process with the keys still in etcd for a TTL.
-    const revoked = this.keeper.close(this.config.shutdownTimeoutMs);
-    this.setStatus('closing');
-    const error = await revoked;
+    const error = await this.keeper.close(this.config.shutdownTimeoutMs);
     this.unenroll?.();
     if (error) debug('close: %s', error.message);
     this.outliers.close();

@@ -65,9 +65,14 @@ describe('Registry against a real etcd', () => {
     expect(leases.has(a.leaseId!)).toBe(true);
     await watcher.endpoints('web');
     const statuses: string[] = [];
-    a.on('status', (s) => statuses.push(s));
+    let fromListener: Promise<void> | undefined;
+    a.on('status', (s) => {
+      statuses.push(s);
+      if (s === 'closing') fromListener = a.close();
+    });
     const closing = a.close();
     expect(a.status).toBe('closing'); // at once: nothing of it is to be counted on any more
+    expect(fromListener).toBe(closing); // one close, one promise, also for a listener's call
     await closing;
     await a.close(); // idempotent
     expect(a.status).toBe('closed');
