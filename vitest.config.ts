@@ -9,7 +9,7 @@ import type { ViteUserConfig } from 'vitest/config' with { 'resolution-mode': 'i
 //                 with them for CPU. They mostly wait (for a TTL, a restart, a timeout): one at a
 //                 time, the 2 cores were 5-20 % busy and the suite took 222 s; two at a time,
 //                 120-159 s. `npm test` (scripts/test.sh) runs them as a vitest run of their own
-//                 with --maxWorkers=$FAULT_WORKERS (2 unless set; see there why not 4).
+//                 with --maxWorkers=$FAULT_WORKERS (3 unless set; see there why not 4).
 // Pool/worker options are global in vitest 3 (not per project): forks (real child processes, so
 // signals and process.on('exit') work), at most 2 workers (the CI machine has 2 cores shared with etcd).
 const config: ViteUserConfig = {
