@@ -53,6 +53,38 @@ describe('watches and connections under faults', () => {
     await eventually(async () => expect((await watcher.endpoints('web'))[0]?.metadata).toEqual(last.Metadata));
   });
 
+  it('after a stalled keepalive, etcd-reachable comes (and the status is registered again) as soon as a read answers, though keepalives and watch events keep coming', async () => {
+    const prefix = uniquePrefix('reach-again');
+    await startProxy();
+    const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
+    await r.endpoints('web'); // the KV connection, then the Watch one
+    await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection: the newest
+    // The next linearizable watchdog read far away, as it is about a minute through a grpc-proxy.
+    (r as unknown as { conn: { nextVouchAt: number } }).conn.nextVouchAt = performance.now() + 60_000;
+    let writing = true;
+    const writes = (async () => {
+      for (let i = 0; writing; i++) {
+        await node.client.put(`${prefix}/services/web/10.9.0.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.9.0.9:80', Metadata: { i } }));
+        await sleep(150);
+      }
+    })();
+    try {
+      await sleep(500);
+      const unreachable = timeUntil(r, 'etcd-unreachable');
+      proxy.blackholeNewest(); // only the keepalive's connection goes silent
+      await unreachable;
+      const at = performance.now();
+      // Before: not until the next linearizable read (up to a minute through a proxy), 'recovering' meanwhile.
+      const reachable = await Promise.race([timeUntil(r, 'etcd-reachable').then(() => performance.now()), sleep(6000).then(() => Number.POSITIVE_INFINITY)]);
+      measured('keepalive stalled, client rebuilt, watch events flowing → etcd-reachable', Math.round(reachable - at));
+      expect(reachable - at).toBeLessThan(4000);
+      await eventually(() => expect(r.status).toBe('registered'), { timeout: 2000 });
+    } finally {
+      writing = false;
+      await writes;
+    }
+  });
+
   it('re-reads after the revision it would resume from was compacted, and reports exactly what changed meanwhile', async () => {
     const prefix = uniquePrefix('compact');
     await startProxy();
