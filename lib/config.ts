@@ -194,6 +194,10 @@ export { MAX_METADATA_BYTES };
 const DEFAULT_ENDPOINTS: readonly string[] = Object.freeze(['http://127.0.0.1:2379']);
 const DEFAULT_SIGNALS: readonly NodeJS.Signals[] = Object.freeze(['SIGTERM', 'SIGINT'] as const);
 const UNCATCHABLE_SIGNALS = new Set(['SIGKILL', 'SIGSTOP']);
+/** A real one leaves the process where running JavaScript is not safe (Node's docs): a listener turns a crash into a hang. */
+const FAULT_SIGNALS = new Set(['SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL']);
+/** Ignored by default: ending the process on one (a terminal resized, a child ended) is not what it means. */
+const IGNORED_SIGNALS = new Set(['SIGCHLD', 'SIGCONT', 'SIGURG', 'SIGWINCH']);
 const TRUE_WORDS = new Set(['1', 'true', 'yes']);
 const FALSE_WORDS = new Set(['0', 'false', 'no']);
 /** Longest etcd user name accepted. */
@@ -312,6 +316,7 @@ function healthUrl(input: Input): string {
   const { value } = input;
   if (typeof value !== 'string' || value.trim() === '') fail(input, 'expected an http(s) URL or a path such as /healthz');
   const url = value.trim();
+  if (url.startsWith('//')) fail(input, 'a path starts with one "/" ("//" would name a host, not a path on the endpoint\'s address)');
   if (url.startsWith('/')) {
     if (!canParseUrl(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
     return url;
@@ -367,6 +372,8 @@ function signals(input: Input): NodeJS.Signals[] {
   if (names.length === 0) fail(input, 'it names no signal; set it to the empty string to disable signal handling');
   for (const name of names) {
     if (UNCATCHABLE_SIGNALS.has(name)) fail(input, `${name} cannot be caught; use e.g. SIGTERM`);
+    if (FAULT_SIGNALS.has(name)) fail(input, `${name} reports a crash, after which no JavaScript may run; use e.g. SIGTERM`);
+    if (IGNORED_SIGNALS.has(name)) fail(input, `${name} is ignored by default and does not ask the process to stop; use e.g. SIGTERM`);
     if (!Object.hasOwn(os.constants.signals, name)) {
       fail(input, `${quote(name)} is not a signal name; use exact, case-sensitive names with the SIG prefix, such as SIGTERM`);
     }

@@ -203,7 +203,8 @@ export class RegistryMetrics {
   }
 
   stats(): RegistryStats {
-    const endpoints: Record<string, number> = {};
+    // Without a prototype: a service may be named "__proto__".
+    const endpoints: Record<string, number> = Object.create(null) as Record<string, number>;
     for (const list of this.sources.lists()) endpoints[list.service] = list.size;
     const { leaseLosses, resyncs, fetchAttempts } = this.counts;
     return {

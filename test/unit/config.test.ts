@@ -5,6 +5,7 @@ import { inspect } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ENV_VARIABLES, describeConfig, resolveConfig, type RegistryOptions } from '../../lib/config';
 import { RegistryConfigError, RegistryError, quote } from '../../lib/errors';
+import { healthSpec } from '../../lib/publish/health';
 import { Secret } from '../../lib/secret';
 import { makeTestCerts, type TestCerts } from '../support/certs';
 
@@ -140,6 +141,9 @@ describe('resolveConfig good values from the environment', () => {
     expect(() => resolve({ REGISTRY_HEALTH_URL: 'ftp://x/' })).toThrow('REGISTRY_HEALTH_URL="ftp://x/" is invalid: expected an http(s) URL or a path such as /healthz');
     expect(() => resolve({ REGISTRY_HEALTH_FAILURES: '0' })).toThrow('REGISTRY_HEALTH_FAILURES="0" is invalid: expected an integer from 1 to 1000');
     expect(() => resolve({ REGISTRY_HEALTH_INTERVAL_SECONDS: '5s' })).toThrow('REGISTRY_HEALTH_INTERVAL_SECONDS="5s" is invalid');
+    // A doubled slash (a base path joined with "/healthz") would name a host "healthz".
+    expect(() => resolve({ REGISTRY_HEALTH_URL: '//healthz' })).toThrow('REGISTRY_HEALTH_URL="//healthz" is invalid: a path starts with one "/"');
+    expect(() => healthSpec({ url: '//healthz' }, '127.0.0.1:8080')).toThrow('health.url "//healthz" is invalid: a path starts with one "/"');
   });
 
   it('accepts the bounds of each number', () => {
@@ -499,6 +503,12 @@ describe('REGISTRY_SHUTDOWN_SIGNALS', () => {
 
   it.each(['SIGKILL', 'SIGSTOP', 'SIGTERM,SIGKILL', 'sigterm', 'TERM', 'SIGFOO', '15', ' ', ',', 'SIGTERM SIGINT'])('rejects %j', (value) => {
     rejectsEnv('REGISTRY_SHUTDOWN_SIGNALS', value);
+  });
+
+  it('rejects the signals of a crash (a listener would turn it into a hang) and those ignored by default (a resized terminal would end the process)', () => {
+    for (const signal of ['SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL']) expect(rejectsEnv('REGISTRY_SHUTDOWN_SIGNALS', `SIGTERM,${signal}`).message).toContain(`${signal} reports a crash`);
+    for (const signal of ['SIGCHLD', 'SIGCONT', 'SIGURG', 'SIGWINCH']) expect(rejectsEnv('REGISTRY_SHUTDOWN_SIGNALS', signal).message).toContain(`${signal} is ignored by default`);
+    rejectsOption('shutdownSignals', ['SIGSEGV']);
   });
 
   it('says names are exact and case-sensitive', () => {
