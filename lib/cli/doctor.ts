@@ -20,7 +20,7 @@ import {
   type IMember,
   type IStatusResponse,
 } from 'etcd3';
-import type { RegistryConfig } from '../config';
+import { resolveConfig, type RegistryConfig } from '../config';
 import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryConfigError, isRegistryError, quote } from '../errors';
 import { KeySpace } from '../keys';
@@ -93,20 +93,24 @@ async function run(args: Parsed): Promise<number> {
     return failures === 0 ? 0 : 1;
   };
 
+  const refused = (e: RegistryConfigError): Check => ({
+    outcome: 'fail',
+    title: 'configuration',
+    detail: e.message,
+    fix: `correct or unset ${e.variable} (.env.example in the package describes every variable)`,
+  });
   let config: RegistryConfig;
   try {
     config = loadConfig({ connectTimeoutSeconds: timeout });
   } catch (e) {
     if (!(e instanceof RegistryConfigError)) throw e;
-    report({
-      outcome: 'fail',
-      title: 'configuration',
-      detail: e.message,
-      fix: `correct or unset ${e.variable} (.env.example in the package describes every variable)`,
-    });
+    report(refused(e));
     return finish();
   }
-  report(configuration(config));
+  // The environment as a service reads it: the variables this command sets itself
+  // (the connect timeout, the shutdown signals) must parse too. etcd is checked all the same.
+  const asService = serviceConfigError();
+  report(asService === undefined ? configuration(config) : refused(asService));
 
   const probes = await Promise.all(config.etcdEndpoints.map((endpoint) => probeEndpoint(config, endpoint)));
   for (const probe of probes) report(probe.check);
@@ -127,6 +131,17 @@ async function run(args: Parsed): Promise<number> {
   report(prefix.permissions);
   report(prefix.lease);
   return finish();
+}
+
+/** What `new Registry()` would refuse in the environment, if anything. */
+function serviceConfigError(): RegistryConfigError | undefined {
+  try {
+    resolveConfig({});
+    return undefined;
+  } catch (e) {
+    if (e instanceof RegistryConfigError) return e;
+    throw e;
+  }
 }
 
 function configuration(config: RegistryConfig): Check {

@@ -12,7 +12,7 @@ import { KeySpace, SERVICE_NAME_PATTERN, decodeEndpoint } from '../keys';
 import { readPrefix } from '../etcd/read-prefix';
 import { type Command, type Parsed, serviceArgument, timeoutSeconds } from './args';
 import { isDoctorProbeKey } from './doctor';
-import { compact, leaseHex, out, plural, table } from './output';
+import { compact, leaseHex, out, plural, printable, table } from './output';
 import { DEFAULT_TIMEOUT_SECONDS, contact, explain, loadConfig } from './settings';
 
 interface Skipped {
@@ -170,7 +170,7 @@ function printEndpoints(
         const lease = leaseHex(row.lease);
         const ttl = ttlOf(row);
         const ttlText = lease === undefined ? '-' : ttl === undefined ? '?' : ttl === 'expired' ? ttl : `${ttl}s`;
-        return [row.address, lease ?? '-', ttlText, compact(row.metadata)];
+        return [printable(row.address), lease ?? '-', ttlText, compact(row.metadata)];
       }),
     ]);
     for (const line of lines) out(line);
@@ -181,5 +181,5 @@ function printEndpoints(
 function printSkipped(skipped: readonly Skipped[]): void {
   if (skipped.length === 0) return;
   out(`skipped ${plural(skipped.length, 'record')} that ${skipped.length === 1 ? 'is' : 'are'} not a valid endpoint:`);
-  for (const s of skipped) out(`  ${s.key}: ${s.reason}`);
+  for (const s of skipped) out(`  ${printable(s.key)}: ${printable(s.reason)}`);
 }

@@ -44,6 +44,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   } catch (e) {
     code = report(e);
   }
+  // A failed write to stdout (disk full) fails the command, whatever it did besides.
+  if (stdoutFailed) code = EXIT_FAILURE;
   process.exitCode = code;
   const linger = setTimeout(() => {
     debug('a handle kept the process alive after the command finished: exiting');
@@ -53,15 +55,24 @@ export async function main(argv: readonly string[]): Promise<number> {
   return code;
 }
 
+let stdoutFailed = false;
+
 /**
  * The reader went away (`watch | head -1`): stop as on SIGTERM, so that watch and
  * register end cleanly (register deregisters); a finished listing just ends.
+ * Any other failed write (a full disk): the same, after one line on stderr, with
+ * exit status 1.
  */
 function onStdoutError(e: NodeJS.ErrnoException): void {
-  if (e.code !== 'EPIPE') throw e;
   process.stdout.off('error', onStdoutError);
   process.stdout.on('error', () => undefined);
-  debug('stdout closed by the reader: stopping as on SIGTERM');
+  if (e.code === 'EPIPE') {
+    debug('stdout closed by the reader: stopping as on SIGTERM');
+  } else {
+    stdoutFailed = true;
+    process.exitCode = EXIT_FAILURE;
+    err(`${PROGRAM}: cannot write to stdout: ${oneLine(e.message)}\n`);
+  }
   stopAsOnSigterm();
 }
 

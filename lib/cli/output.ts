@@ -64,5 +64,23 @@ export function plural(n: number, word: string, many = `${word}s`): string {
 
 /** Compact JSON of metadata, as stored. */
 export function compact(value: unknown): string {
-  return JSON.stringify(value) ?? String(value);
+  return printable(JSON.stringify(value) ?? String(value));
 }
+
+/**
+ * Characters a terminal acts on rather than shows: C0 and C1 controls (line breaks and escape
+ * sequences among them), DEL, and the bidirectional and zero-width format characters.
+ */
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+
+/**
+ * Text from etcd (a key, a reason quoting a value, metadata) as one line that shows what it
+ * holds: every character a terminal would act on is written as a \u escape, so a key cannot
+ * forge lines or send escape sequences. Text without any is returned as it is.
+ */
+export function printable(text: string): string {
+  UNPRINTABLE.lastIndex = 0;
+  if (!UNPRINTABLE.test(text)) return text;
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+

@@ -9,7 +9,7 @@ import { openWebView, type WebView } from '../ui';
 import { isLoopback, ListenError } from '../ui/server';
 import { type Command, CommandFailed, type Parsed, hostOption, portOption, timeoutSeconds } from './args';
 import { err, oneLine, out, timestamp } from './output';
-import { DEFAULT_TIMEOUT_SECONDS, contact, explain, loadConfig } from './settings';
+import { DEFAULT_TIMEOUT_SECONDS, connection, explain, loadConfig } from './settings';
 import { untilSignal } from './signals';
 
 export const DEFAULT_PORT = 7070;
@@ -48,11 +48,12 @@ async function run(args: Parsed): Promise<number> {
   const keys = new KeySpace(config.keyPrefix);
   const signal = untilSignal(['SIGINT', 'SIGTERM']);
   let view: WebView | undefined;
-  const conn = await contact(config).catch((e: unknown) => {
-    signal.dispose();
-    throw e;
-  });
+  const conn = connection(config);
   try {
+    // Ctrl-C while etcd is still being tried for (up to --timeout) ends the command at once.
+    const first = conn.ensureContact();
+    first.catch(() => undefined);
+    if (!(await Promise.race([first.then(() => true), signal.received.then(() => false)]))) return 0;
     conn.on('unreachable', (error) => err(`${timestamp()} ! etcd unreachable: ${oneLine(error.message)}; retrying`));
     conn.on('reachable', () => err(`${timestamp()} ! etcd reachable again`));
     const opening = openWebView({

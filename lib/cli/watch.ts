@@ -10,7 +10,7 @@ import { Registry } from '../registry';
 import type { ChangeEvent, Endpoint } from '../types';
 import { type Command, type Parsed, serviceArgument, timeoutSeconds } from './args';
 import { isDoctorProbeKey } from './doctor';
-import { compact, err, oneLine, out, timestamp } from './output';
+import { compact, err, oneLine, out, printable, timestamp } from './output';
 import { DEFAULT_TIMEOUT_SECONDS, explain } from './settings';
 import { untilSignal } from './signals';
 
@@ -55,7 +55,7 @@ async function run(args: Parsed): Promise<number> {
   const print = (change: Change, endpoint: Endpoint): void => {
     const time = timestamp();
     if (json) out(JSON.stringify({ time, change, service: endpoint.service, address: endpoint.address, metadata: endpoint.metadata, key: endpoint.key }));
-    else out(`${time} ${SIGN[change]} ${endpoint.service} ${endpoint.address} ${compact(endpoint.metadata)}`);
+    else out(`${time} ${SIGN[change]} ${endpoint.service} ${printable(endpoint.address)} ${compact(endpoint.metadata)}`);
   };
   const onChange = (event: ChangeEvent): void => {
     // An updated endpoint (other metadata) is in `removed` and `added` too: print it once, as updated.
@@ -65,7 +65,7 @@ async function run(args: Parsed): Promise<number> {
   };
   registry.on('change', onChange);
   registry.on('invalid-endpoint', (e) => {
-    if (!isDoctorProbeKey(keys, e.key)) err(`${timestamp()} ! skipped ${e.key}: ${e.reason}`);
+    if (!isDoctorProbeKey(keys, e.key)) err(`${timestamp()} ! skipped ${printable(e.key)}: ${printable(e.reason)}`);
   });
   registry.on('etcd-unreachable', ({ error }) => err(`${timestamp()} ! etcd unreachable: ${oneLine(error.message)}; retrying`));
   registry.on('etcd-reachable', () => err(`${timestamp()} ! etcd reachable again`));

@@ -2,6 +2,9 @@
  * The command line, each command run as a real child process (tsx, from source)
  * against a real etcd: output, exit codes, signals.
  */
+import { spawn as spawnProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Registry, resolveConfig } from '../../lib';
@@ -11,6 +14,7 @@ import { etcdEndpoints, eventually, uniquePrefix } from '../support/env';
 
 const ISO = String.raw`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z`;
 const DEAD = 'http://127.0.0.1:1';
+const ROOT = path.resolve(__dirname, '../..');
 /** A lease id as etcdctl prints it: 16 hex digits. */
 const hex = (decimal: string): string => BigInt(decimal).toString(16).padStart(16, '0');
 const naming = (address: string, metadata: Record<string, unknown> = {}): string => JSON.stringify({ Op: 0, Addr: address, Metadata: metadata });
@@ -383,5 +387,55 @@ describe('etcd-service-registry command line', () => {
       expect(other.stdout).toMatch(/^✗ permissions on "[^"]+-other\/services\/": read denied for user "alice"$/m);
       expect(other.stdout).toMatch(/fix: grant readwrite on the prefix: etcdctl --user root role grant-permission registry --prefix=true readwrite /);
     });
+  });
+  it('doctor reports a REGISTRY_* variable that new Registry() refuses, also one it sets itself for its own run (connect timeout, shutdown signals)', async () => {
+    const prefix = uniquePrefix('doctor-env');
+    for (const [variable, value] of [
+      ['REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS', 'abc'],
+      ['REGISTRY_SHUTDOWN_SIGNALS', 'SIGTERN'],
+    ] as const) {
+      const r = await runCli(['doctor'], env(prefix, { [variable]: value }));
+      expect(r.stdout, `${variable}=${value}`).toMatch(new RegExp(`^✗ configuration: ${variable}="${value}" is invalid`, 'm'));
+      expect(r.stdout).toMatch(/^✓ etcd /m); // etcd is checked all the same
+      expect(r.code, r.stdout).toBe(1);
+    }
+  });
+
+  it('ui: Ctrl-C while the first contact with etcd is still being tried ends it at once, exit 0', async () => {
+    const ui = spawn(['ui', '--port', '0', '--timeout', '20'], { REGISTRY_ETCD_ENDPOINTS: DEAD });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const sent = Date.now();
+    ui.process.kill('SIGINT');
+    const result = await Promise.race([ui.exited(), new Promise<'still running'>((resolve) => setTimeout(() => resolve('still running'), 5000))]);
+    expect(result, `ui still running ${Date.now() - sent} ms after SIGINT`).not.toBe('still running');
+    expect(result).toMatchObject({ code: 0 });
+  });
+
+  it('ls and watch: a hostile key in etcd can neither forge lines nor send terminal escapes', async () => {
+    const prefix = uniquePrefix('ls-hostile');
+    const hostile = `${prefix}/services/web/x\nbilling  7\n\u001b[2J\u001b]0;pwned\u0007\u202e`;
+    await etcd.put(`${prefix}/services/web/10.0.0.1:80`).value(naming('10.0.0.1:80'));
+    const watcher = spawn(['watch', 'web'], env(prefix));
+    await watcher.waitFor('stdout', /[=+] web 10\.0\.0\.1:80/);
+    await etcd.put(hostile).value('not json');
+    const r = await runCli(['ls', 'web'], env(prefix));
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines).toHaveLength(4); // header, 10.0.0.1:80, "skipped 1 record…", the record
+    expect(lines[3]).toBe(`  ${prefix}/services/web/x\\u000abilling  7\\u000a\\u001b[2J\\u001b]0;pwned\\u0007\\u202e: value is not JSON`);
+    await eventually(() => expect(watcher.stderr()).toContain('! skipped'));
+    for (const text of [r.stdout, watcher.stdout(), watcher.stderr()]) expect(text).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202e]/);
+  });
+
+  it('a failed write to stdout other than EPIPE (disk full) is one error line and exit 1, not a crash with a stack trace', async () => {
+    const full = fs.openSync('/dev/full', 'w');
+    const child = spawnProcess(process.execPath, [path.join(ROOT, 'bin/etcd-service-registry.js'), '--help'], { cwd: ROOT, stdio: ['ignore', full, 'pipe'], env: { PATH: process.env.PATH ?? '' } });
+    fs.closeSync(full);
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^etcd-service-registry: cannot write to stdout: .*ENOSPC/);
+    expect(stderr.trimEnd().split('\n')).toHaveLength(1);
   });
 });
