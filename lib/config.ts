@@ -316,7 +316,7 @@ function healthUrl(input: Input): string {
   const { value } = input;
   if (typeof value !== 'string' || value.trim() === '') fail(input, 'expected an http(s) URL or a path such as /healthz');
   const url = value.trim();
-  if (url.startsWith('//')) fail(input, 'a path starts with one "/" ("//" would name a host, not a path on the endpoint\'s address)');
+  if (/^\/[/\\]/.test(url)) fail(input, 'a path starts with one "/" ("//" or "/\\" would name a host, not a path on the endpoint\'s address)');
   if (url.startsWith('/')) {
     if (!canParseUrl(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
     return url;

@@ -26,7 +26,7 @@ import { RegistryConfigError, isRegistryError, quote } from '../errors';
 import { KeySpace } from '../keys';
 import { tlsFailure } from '../tls';
 import { type Command, type Parsed, timeoutSeconds } from './args';
-import { oneLine, out, plural } from './output';
+import { oneLine, out, plural, printable } from './output';
 import { DEFAULT_TIMEOUT_SECONDS, connection, explain, loadConfig } from './settings';
 
 const PROBE_PATTERN = /^\.doctor-[0-9a-f]{12}$/;
@@ -286,7 +286,7 @@ async function cluster(config: RegistryConfig, probes: readonly Probe[], answeri
   const parts = [
     `id ${hex(first.header.cluster_id)}`,
     members === undefined ? undefined : plural(members.length, 'member'),
-    `leader ${leader?.name ? `${leader.name} (${hex(first.leader)})` : hex(first.leader)}, term ${first.raftTerm}`,
+    `leader ${leader?.name ? `${printable(leader.name)} (${hex(first.leader)})` : hex(first.leader)}, term ${first.raftTerm}`,
     'no alarms',
   ].filter((p) => p !== undefined);
   let detail = parts.join(', ');

@@ -38,6 +38,9 @@ const LINGER_MS = 3000;
  */
 export async function main(argv: readonly string[]): Promise<number> {
   process.stdout.on('error', onStdoutError);
+  // Nowhere left to say it when stderr fails too (a full disk with 2>&1): the command goes on
+  // (register still deregisters) and its exit status tells.
+  process.stderr.on('error', () => undefined);
   let code: number;
   try {
     code = await dispatch(argv);
@@ -49,7 +52,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   process.exitCode = code;
   const linger = setTimeout(() => {
     debug('a handle kept the process alive after the command finished: exiting');
-    process.exit(code);
+    process.exit(stdoutFailed ? EXIT_FAILURE : code);
   }, LINGER_MS);
   linger.unref();
   return code;
@@ -71,7 +74,7 @@ function onStdoutError(e: NodeJS.ErrnoException): void {
   } else {
     stdoutFailed = true;
     process.exitCode = EXIT_FAILURE;
-    err(`${PROGRAM}: cannot write to stdout: ${oneLine(e.message)}\n`);
+    err(`${PROGRAM}: cannot write to stdout: ${oneLine(e.message)}`);
   }
   stopAsOnSigterm();
 }

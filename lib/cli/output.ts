@@ -69,9 +69,11 @@ export function compact(value: unknown): string {
 
 /**
  * Characters a terminal acts on rather than shows: C0 and C1 controls (line breaks and escape
- * sequences among them), DEL, and the bidirectional and zero-width format characters.
+ * sequences among them), DEL, the line and paragraph separators, and the bidirectional
+ * embeddings, overrides and isolates that reorder what follows. Joiners (emoji sequences,
+ * Persian) and the left-to-right and right-to-left marks are text.
  */
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/g;
 
 /**
  * Text from etcd (a key, a reason quoting a value, metadata) as one line that shows what it

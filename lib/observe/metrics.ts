@@ -203,9 +203,9 @@ export class RegistryMetrics {
   }
 
   stats(): RegistryStats {
-    // Without a prototype: a service may be named "__proto__".
-    const endpoints: Record<string, number> = Object.create(null) as Record<string, number>;
-    for (const list of this.sources.lists()) endpoints[list.service] = list.size;
+    // Defined, not assigned: a service may be named "__proto__" (an assignment would set the prototype).
+    const endpoints: Record<string, number> = {};
+    for (const list of this.sources.lists()) Object.defineProperty(endpoints, list.service, { value: list.size, enumerable: true, writable: true, configurable: true });
     const { leaseLosses, resyncs, fetchAttempts } = this.counts;
     return {
       endpoints,

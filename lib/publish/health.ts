@@ -103,7 +103,7 @@ export function healthSpec(input: HealthInput, address: string, defaults: Health
 
 function resolveUrl(url: unknown, address: string): URL {
   if (typeof url !== 'string' || url.length === 0) throw invalid('url', url, 'expected an http(s) URL or a path such as "/healthz"');
-  if (url.startsWith('//')) throw invalid('url', url, 'a path starts with one "/" ("//" would name a host, not a path on the endpoint\'s address)');
+  if (/^\/[/\\]/.test(url)) throw invalid('url', url, 'a path starts with one "/" ("//" or "/\\" would name a host, not a path on the endpoint\'s address)');
   let resolved: URL;
   try {
     const base = /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;

@@ -435,7 +435,30 @@ describe('etcd-service-registry command line', () => {
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     expect(code).toBe(1);
-    expect(stderr).toMatch(/^etcd-service-registry: cannot write to stdout: .*ENOSPC/);
-    expect(stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/^etcd-service-registry: cannot write to stdout: [^\n]*ENOSPC[^\n]*\n$/);
+  });
+
+  it('register with stdout and stderr on a full disk (>> log 2>&1): deregisters, exit 1 (it crashed on the error line and left the key)', async () => {
+    const prefix = uniquePrefix('full-disk');
+    const full = fs.openSync('/dev/full', 'w');
+    const child = spawnProcess(process.execPath, [path.join(ROOT, 'bin/etcd-service-registry.js'), 'register', 'web', '10.0.0.9:80', '--ttl', '60'], {
+      cwd: ROOT,
+      stdio: ['ignore', full, full],
+      env: { PATH: process.env.PATH ?? '', REGISTRY_ETCD_ENDPOINTS: etcdEndpoints(), REGISTRY_KEY_PREFIX: prefix },
+    });
+    fs.closeSync(full);
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    // Stopped as by SIGTERM: gone at once, not left for the 60 s TTL.
+    expect(await etcd.get(`${prefix}/services/web/10.0.0.9:80`).string()).toBeNull();
+  });
+
+  it('ls shows ordinary unicode metadata as it is (emoji joiner sequences, a Persian non-joiner, a right-to-left mark)', async () => {
+    const prefix = uniquePrefix('ls-unicode');
+    const metadata = { team: '👩\u200d💻 platform', label: 'می\u200cخواهم', note: 'שלום\u200f!' };
+    await etcd.put(`${prefix}/services/web/10.0.0.1:80`).value(naming('10.0.0.1:80', metadata));
+    const r = await runCli(['ls', 'web'], env(prefix));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(JSON.stringify(metadata));
   });
 });

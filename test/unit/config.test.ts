@@ -144,6 +144,9 @@ describe('resolveConfig good values from the environment', () => {
     // A doubled slash (a base path joined with "/healthz") would name a host "healthz".
     expect(() => resolve({ REGISTRY_HEALTH_URL: '//healthz' })).toThrow('REGISTRY_HEALTH_URL="//healthz" is invalid: a path starts with one "/"');
     expect(() => healthSpec({ url: '//healthz' }, '127.0.0.1:8080')).toThrow('health.url "//healthz" is invalid: a path starts with one "/"');
+    // A backslash is a slash to the URL parser in http URLs.
+    expect(() => resolve({ REGISTRY_HEALTH_URL: '/\\healthz' })).toThrow('is invalid: a path starts with one "/"');
+    expect(() => healthSpec({ url: '/\\healthz' }, '127.0.0.1:8080')).toThrow('is invalid: a path starts with one "/"');
   });
 
   it('accepts the bounds of each number', () => {
