@@ -6,7 +6,7 @@
 import os from 'node:os';
 import { RegistryConfigError, isRegistryError, quote } from './errors';
 import { HOST_PORT, MAX_METADATA_BYTES, canParseUrl, isWellFormed, validateMetadata, validateServiceAddress, validateServiceName } from './validate';
-import { HEALTH_DEFAULTS, type HealthDefaults } from './publish/health';
+import { HEALTH_DEFAULTS, hostInPath, type HealthDefaults } from './publish/health';
 import { REDACTED, Secret, isSecret } from './secret';
 import { OUTLIER_DEFAULTS, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
@@ -316,7 +316,8 @@ function healthUrl(input: Input): string {
   const { value } = input;
   if (typeof value !== 'string' || value.trim() === '') fail(input, 'expected an http(s) URL or a path such as /healthz');
   const url = value.trim();
-  if (/^\/[/\\]/.test(url)) fail(input, 'a path starts with one "/" ("//" or "/\\" would name a host, not a path on the endpoint\'s address)');
+  const namesHost = hostInPath(url);
+  if (namesHost !== undefined) fail(input, namesHost);
   if (url.startsWith('/')) {
     if (!canParseUrl(url, 'http://localhost')) fail(input, 'expected an http(s) URL or a path such as /healthz');
     return url;

@@ -849,11 +849,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     let due = this.membersCheckedAt + interval;
     // While a read is out, only the member check: the read ends within its deadline.
     if (!this.watchdogBusy) {
-      const lastSign = this.readsEveryInterval || !this.reachable ? this.probedAt : Math.max(this.probedAt, this.answeredAt);
-      due = Math.min(due, lastSign + interval, this.nextVouchAt);
+      due = Math.min(due, this.lastSign + interval, this.nextVouchAt);
     }
     this.watchdogTimer = setTimeout(() => this.watchdogRound(), Math.max(0, due - now));
     this.watchdogTimer.unref();
+  }
+
+  /**
+   * Since when the watchdog's read is not needed: the last read, or any later answer (a
+   * keepalive, a watch event) when that is enough. It is not enough with several members
+   * (every read is linearizable, see watchdog()), nor while etcd is taken for unreachable: a
+   * unary answer is what says it is reachable again (keepalives and watch events on a rebuilt
+   * client would otherwise hold the read back until the next linearizable one, a minute away
+   * through a proxy, with the registry 'recovering' all that time).
+   */
+  private get lastSign(): number {
+    return this.readsEveryInterval || !this.reachable ? this.probedAt : Math.max(this.probedAt, this.answeredAt);
   }
 
   private watchdogRound(): void {
@@ -895,12 +906,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const now = performance.now();
     const interval = this.watchdogIntervalMs;
     const vouch = now + WATCHDOG_SLACK_MS >= this.nextVouchAt || (this.readsEveryInterval && now - this.probedAt >= interval - WATCHDOG_SLACK_MS);
-    // While etcd is taken for unreachable, the read goes out every interval whatever else answered:
-    // a unary answer is what says it is reachable again (keepalives and watch events on a rebuilt
-    // client would otherwise hold the read back until the next linearizable one, a minute away
-    // through a proxy, with the registry 'recovering' all that time).
-    const lastSign = this.reachable ? Math.max(this.probedAt, this.answeredAt) : this.probedAt;
-    if (!vouch && now - lastSign < interval - WATCHDOG_SLACK_MS) return;
+    if (!vouch && now - this.lastSign < interval - WATCHDOG_SLACK_MS) return;
     this.watchdogBusy = true;
     this.probedAt = now;
     try {

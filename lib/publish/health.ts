@@ -101,9 +101,18 @@ export function healthSpec(input: HealthInput, address: string, defaults: Health
   return { ...common, what: `GET ${target.href}`, run: (signal) => get(target, signal) };
 }
 
+/**
+ * What is wrong with a health URL that looks like a path but names a host ("//x", "/\\x": to the
+ * URL parser a backslash is a slash), if it does; undefined otherwise.
+ */
+export function hostInPath(url: string): string | undefined {
+  return /^\/[/\\]/.test(url) ? 'a path starts with one "/" ("//" or "/\\" would name a host, not a path on the endpoint\'s address)' : undefined;
+}
+
 function resolveUrl(url: unknown, address: string): URL {
   if (typeof url !== 'string' || url.length === 0) throw invalid('url', url, 'expected an http(s) URL or a path such as "/healthz"');
-  if (/^\/[/\\]/.test(url)) throw invalid('url', url, 'a path starts with one "/" ("//" or "/\\" would name a host, not a path on the endpoint\'s address)');
+  const namesHost = hostInPath(url);
+  if (namesHost !== undefined) throw invalid('url', url, namesHost);
   let resolved: URL;
   try {
     const base = /^[a-z][a-z0-9+.-]*:\/\//i.test(address) ? address : `http://${address}`;

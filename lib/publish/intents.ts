@@ -23,6 +23,8 @@
 import { RegistryError } from '../errors';
 import type { Endpoint } from '../types';
 
+const NONE: readonly string[] = Object.freeze([]);
+
 /** Forgotten keys remembered for their late events: past this, the oldest go (a later event of theirs costs one delete that finds nothing). */
 const FORGOTTEN_MAX = 4096;
 
@@ -198,10 +200,10 @@ export class Intents {
     return this.groups.has(group);
   }
 
-  /** The groups whose last tracked key was forgotten since the last call (and are still empty). */
-  takeEmptied(): string[] {
-    if (this.emptied.size === 0) return [];
-    const out = Array.from(this.emptied).filter((g) => !this.groups.has(g));
+  /** The groups whose last tracked key was forgotten since the last call (tracks() tells whether one is still empty). */
+  takeEmptied(): readonly string[] {
+    if (this.emptied.size === 0) return NONE;
+    const out = Array.from(this.emptied);
     this.emptied.clear();
     return out;
   }
