@@ -18,6 +18,14 @@ describe('overlapping and failing calls on one key', () => {
   // Refusals these tests provoke are also emitted as 'error' events: not the subject here.
   const reg = (prefix: string, options = {}): Registry => node.reg(prefix, options).on('error', () => undefined);
   const valueOf = (key: string): ReturnType<typeof storedValue> => storedValue(node.client, key);
+  /** The registry's healthy / unhealthy events as text ("unhealthy v1[: reason]", by metadata.v), as they come. */
+  const healthEvents = (a: Registry, { reasons }: { reasons: boolean }): string[] => {
+    const events: string[] = [];
+    const v = (e: { metadata: unknown }): number => (e.metadata as { v: number }).v;
+    a.on('unhealthy', ({ endpoint: e, reason }) => events.push(`unhealthy v${v(e)}${reasons ? `: ${reason}` : ''}`));
+    a.on('healthy', ({ endpoint: e }) => events.push(`healthy v${v(e)}`));
+    return events;
+  };
 
   it('a metadata update that times out keeps the registered endpoint, owned and on a live lease', async () => {
     const prefix = uniquePrefix('update-timeout');
@@ -82,9 +90,7 @@ describe('overlapping and failing calls on one key', () => {
     const endpoint = { service: 'web', address: '10.0.0.1:80' };
     let passing = true;
     const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => passing || Promise.reject(new Error('v1 is down')), intervalSeconds: 0.1, failures: 2 } });
-    const events: string[] = [];
-    a.on('unhealthy', ({ endpoint: e, reason }) => events.push(`unhealthy v${(e.metadata as { v: number }).v}: ${reason}`));
-    a.on('healthy', ({ endpoint: e }) => events.push(`healthy v${(e.metadata as { v: number }).v}`));
+    const events = healthEvents(a, { reasons: true });
     etcd.pause();
     const update = a.register({ ...endpoint, metadata: { v: 2 }, health: { check: () => true, intervalSeconds: 0.1 } }).catch((e: unknown) => e);
     passing = false; // v1's check, out of charge while the update waits, fails
@@ -207,9 +213,7 @@ describe('overlapping and failing calls on one key', () => {
     const endpoint = { service: 'web', address: '10.0.0.1:80' };
     let passing = true;
     const v1 = await a.register({ ...endpoint, metadata: { v: 1 }, health: { check: () => passing || Promise.reject(new Error('down')), intervalSeconds: 0.1, failures: 1 } });
-    const events: string[] = [];
-    a.on('unhealthy', ({ endpoint: e }) => events.push(`unhealthy v${(e.metadata as { v: number }).v}`));
-    a.on('healthy', ({ endpoint: e }) => events.push(`healthy v${(e.metadata as { v: number }).v}`));
+    const events = healthEvents(a, { reasons: false });
     passing = false;
     await eventually(async () => expect(await valueOf(v1.key)).toBeUndefined(), { timeout: 5000 });
     expect(events).toEqual(['unhealthy v1']);

@@ -14,6 +14,21 @@ describe('watches and connections under faults', () => {
   const { etcd } = node;
   const reg = (endpoints: string, prefix: string, options = {}): Registry => node.reg(prefix, options, endpoints);
 
+  /** Puts the endpoint `address` under `servicePrefix` again and again (new metadata each time), every `everyMs`, until the returned stop. */
+  function keepWriting(servicePrefix: string, address: string, everyMs: number): () => Promise<void> {
+    let writing = true;
+    const writes = (async () => {
+      for (let i = 0; writing; i++) {
+        await node.client.put(`${servicePrefix}/${address}`).value(JSON.stringify({ Op: 0, Addr: address, Metadata: { i } }));
+        await sleep(everyMs);
+      }
+    })();
+    return async () => {
+      writing = false;
+      await writes;
+    };
+  }
+
   async function startProxy(): Promise<TcpProxy> {
     proxy = TcpProxy.forUrl(etcd.clientUrl);
     await proxy.start();
@@ -28,13 +43,7 @@ describe('watches and connections under faults', () => {
     const watcher = reg(proxy.url, prefix); // its first contact, a read, opens the first connection
     await watcher.endpoints('web'); // and its watch another
     expect(proxy.connectionCount).toBeGreaterThanOrEqual(2);
-    let writing = true;
-    const writes = (async () => {
-      for (let i = 0; writing; i++) {
-        await node.client.put(`${prefix}/services/web/10.0.1.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.1.9:80', Metadata: { i } }));
-        await sleep(200);
-      }
-    })();
+    const stopWriting = keepWriting(`${prefix}/services/web`, '10.0.1.9:80', 200);
     try {
       await sleep(1500);
       proxy.blackholeOldest();
@@ -45,8 +54,7 @@ describe('watches and connections under faults', () => {
       await eventually(async () => expect(await watcher.endpoints('api')).toEqual([]), { timeout: 4000, interval: 50 });
       measured('KV connection stalled, watch events still arriving → a read answered again', Date.now() - stalled);
     } finally {
-      writing = false;
-      await writes;
+      await stopWriting();
     }
     // And the list still follows the changes, on the rebuilt client.
     const last = (await node.client.get(`${prefix}/services/web/10.0.1.9:80`).json()) as { Metadata: unknown };
@@ -61,13 +69,7 @@ describe('watches and connections under faults', () => {
     await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection: the newest
     // The next linearizable watchdog read far away, as it is about a minute through a grpc-proxy.
     (r as unknown as { conn: { nextVouchAt: number } }).conn.nextVouchAt = performance.now() + 60_000;
-    let writing = true;
-    const writes = (async () => {
-      for (let i = 0; writing; i++) {
-        await node.client.put(`${prefix}/services/web/10.9.0.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.9.0.9:80', Metadata: { i } }));
-        await sleep(150);
-      }
-    })();
+    const stopWriting = keepWriting(`${prefix}/services/web`, '10.9.0.9:80', 150);
     try {
       await sleep(500);
       const unreachable = timeUntil(r, 'etcd-unreachable');
@@ -80,8 +82,7 @@ describe('watches and connections under faults', () => {
       expect(reachable - at).toBeLessThan(4000);
       await eventually(() => expect(r.status).toBe('registered'), { timeout: 2000 });
     } finally {
-      writing = false;
-      await writes;
+      await stopWriting();
     }
   });
 
