@@ -462,6 +462,9 @@ export class WatchStream {
           this.renew(id, serverId, sent.target);
           rejoined = true;
         }
+      } else if (sent?.cancelOnCreate) {
+        // Refused as it was created (a missing permission): nothing to cancel on the server.
+        this.forget(id);
       }
       if (this.serialCreates) this.sendQueued();
       if (!sent || sent.cancelOnCreate || rejoined) return;
@@ -710,7 +713,8 @@ export class WatchStream {
       this.progressSeq++;
       progressAnswers = this.progressAnswers;
     }
-    if (canary && ![...this.sent.values()].some((s) => s.target === undefined)) this.create(this.nextId++, undefined);
+    // One canary at a time, sent or (with serialCreates) waiting behind the create in flight.
+    if (canary && ![...this.sent.values()].some((s) => s.target === undefined) && !this.createQueue.some((q) => q.target === undefined)) this.create(this.nextId++, undefined);
     const blind = (escalate && this.probe?.blind === true) || this.pendingCreates.some((id) => this.sent.get(id)?.blind === true);
     this.probe = { sentAt: now, heard: this.heard, canary, progressAnswers, blind };
   }
