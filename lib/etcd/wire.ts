@@ -88,13 +88,40 @@ export function decodeHeader(r: Reader): IResponseHeader {
     const tag = r.varint();
     const field = tag >>> 3;
     if (field >= 1 && field <= 4 && (tag & 7) === 0) {
-      // revision is an int64, the ids and the term are uint64s (rpc.proto).
-      fields[field - 1] = varint64String(r.bytes, r.at, field === 3);
+      const at = r.at;
       r.varint();
+      // revision is an int64, the ids and the term are uint64s (rpc.proto).
+      fields[field - 1] = field <= 2 ? ID_TEXTS[field - 1]!.text(r.bytes, at, r.at) : varint64String(r.bytes, at, field === 3);
     } else r.skip(tag & 7);
   }
   return { cluster_id: fields[0]!, member_id: fields[1]!, revision: fields[2]!, raft_term: fields[3]! };
 }
+
+/**
+ * The decimal text of a header's cluster or member id, kept for the varint last read: every
+ * answer of a member carries the same two, and each (random, past 2^53) would otherwise take
+ * a BigInt to spell, once per answer of every watch and call.
+ */
+class IdText {
+  private readonly last = Buffer.alloc(10);
+  private length = 0;
+  private value = '0';
+
+  /** The uint64 varint in `bytes` from `at` to `end` (a Reader checked it), as decimal text. */
+  text(bytes: Buffer, at: number, end: number): string {
+    const n = end - at;
+    let same = n === this.length;
+    for (let i = 0; same && i < n; i++) same = bytes[at + i] === this.last[i];
+    if (!same) {
+      this.value = varint64String(bytes, at, false);
+      bytes.copy(this.last, 0, at, end);
+      this.length = n;
+    }
+    return this.value;
+  }
+}
+
+const ID_TEXTS = [new IdText(), new IdText()];
 
 export function decodeKeyValue(r: Reader): PageKeyValue {
   const start = r.at;
