@@ -19,7 +19,7 @@ import { isIP } from 'node:net';
 import { quote } from '../errors';
 import { logger } from '../log';
 import { CSS, HTML, SCRIPT } from './page';
-import type { EventFeed } from './sse';
+import { EVENT_STREAM_HEADERS, type EventFeed } from './sse';
 import type { ViewState } from './state';
 
 const debug = logger('ui');
@@ -145,7 +145,13 @@ function handle(
     return;
   }
   if (path === '/events') {
-    if (req.method === 'HEAD' || !feed.attach(res)) return plain(res, 503, 'Too many pages open on this view.\n');
+    if (req.method === 'HEAD') {
+      // The stream's head, without opening one (a page slot is not taken).
+      res.writeHead(200, EVENT_STREAM_HEADERS);
+      res.end();
+      return;
+    }
+    if (!feed.attach(res)) plain(res, 503, 'Too many pages open on this view.\n');
     return;
   }
   if (path === '/state.json') {

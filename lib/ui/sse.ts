@@ -23,6 +23,13 @@ export const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 /** How long the browser waits before reconnecting a dropped stream. */
 const RETRY_MS = 1000;
 
+/** The head of the event stream (also what HEAD /events answers). */
+export const EVENT_STREAM_HEADERS: Readonly<Record<string, string>> = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  'Cache-Control': 'no-store',
+  'X-Accel-Buffering': 'no',
+};
+
 export class EventFeed {
   private readonly clients = new Set<ServerResponse>();
   private flushTimer: NodeJS.Timeout | undefined;
@@ -52,11 +59,7 @@ export class EventFeed {
     if (this.closed || this.clients.size >= MAX_CLIENTS) return false;
     // Pending changes go to the pages already open first: the snapshot includes them.
     this.flush();
-    res.writeHead(200, {
-      'Content-Type': 'text/event-stream; charset=utf-8',
-      'Cache-Control': 'no-store',
-      'X-Accel-Buffering': 'no',
-    });
+    res.writeHead(200, EVENT_STREAM_HEADERS);
     res.socket?.setNoDelay(true);
     this.clients.add(res);
     res.on('close', () => this.clients.delete(res));

@@ -162,6 +162,9 @@ describe.runIf(runs)('web view in headless Chromium', () => {
       expect(page.headers.get('x-content-type-options')).toBe('nosniff');
       expect((await fetch(url, { method: 'POST', body: 'x' })).status).toBe(405);
       expect((await fetch(new URL('/events', url), { method: 'DELETE' })).status).toBe(405);
+      // HEAD tells what GET would answer, without a body and without opening a stream.
+      const head = await fetch(new URL('/events', url), { method: 'HEAD' });
+      expect([head.status, head.headers.get('content-type'), await head.text()]).toEqual([200, 'text/event-stream; charset=utf-8', '']);
       // DNS rebinding: a page elsewhere naming this port under its own host name gets nothing.
       const status = await new Promise<number>((resolve, reject) => {
         const u = new URL(url);
