@@ -99,7 +99,10 @@ export class LeaseKeeper {
     private readonly hooks: KeeperHooks,
   ) {
     this.intents = new Intents((key) => keys.serviceOf(key));
-    this.session = new LeaseSession(conn, ttlSeconds, { lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason) });
+    this.session = new LeaseSession(conn, ttlSeconds, {
+      lost: (leaseId, reason) => this.onLeaseLost(leaseId, reason),
+      gone: (leaseId) => this.onLeaseGone(leaseId),
+    });
     this.guard = new OwnershipGuard(conn, stream, keys, {
       deleted: (key, revision) => this.onForeignDelete(key, revision),
       put: (key, revision, value, lease) => this.onLatePut(key, lease, value, revision),
@@ -267,6 +270,12 @@ export class LeaseKeeper {
   private kick(): void {
     // A key forgotten without a delete round (never written: its check had not passed) may leave its service empty.
     this.releaseEmptied();
+    // A lost lease with nothing left to put on a new one is not replaced: it is revoked, once
+    // no write is owed or on its way (a delete still owed compares against it).
+    if (this.session.state === 'lost' && this.intents.ownedCount === 0 && !this.intents.dirty && !this.writing && !this.closed) {
+      this.regranting = false;
+      this.session.retireLost();
+    }
     // A call never waits behind the pacing of recovery writes: the round goes out now, with it.
     if (this.pacing !== undefined && this.intents.callsOwed) this.pacing.abort();
     if (!this.writing && !this.closed && (this.intents.dirty || this.leaseOwed)) {
@@ -561,6 +570,13 @@ export class LeaseKeeper {
       this.startRecovery('lease lost', reason);
     }
     this.kick();
+  }
+
+  /** A lost lease retired with nothing to put on a new one is revoked: puts of ours on it can no longer land. */
+  private onLeaseGone(leaseId: string): void {
+    if (this.closed) return;
+    debug('lost lease %s revoked: its doubted puts can no longer land', leaseId);
+    for (const service of Array.from(this.doubted.keys())) this.releaseIdle(service);
   }
 
   private onReset = (reason: string): void => {

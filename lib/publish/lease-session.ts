@@ -3,9 +3,11 @@
  * leases it replaced until they are revoked.
  *
  *   none ──grant()──► granting ──► alive ──(no ack for a TTL, TTL 0, not found)──► lost
- *     ▲                  │                                                         │
- *     └──── failed ──────┘                          grant() again: the lost lease ─┘
- *                                                   is retired, revoked later
+ *     ▲ ▲                │                                                         │
+ *     │ └──── failed ────┘                          grant() again: the lost lease ─┘
+ *     │                                             is retired, revoked later
+ *     └──── retireLost() (nothing to put on a new lease): the lost lease is retired and
+ *           revoked now, retried until etcd answers
  *   any ──close()──► closed (current and retired leases revoked, bounded)
  *
  * Keepalive: a request every TTL/3 on one stream; an ack deadline of
@@ -24,7 +26,7 @@
  */
 import { EtcdLeaseInvalidError, type IDuplexStream, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
-import { cappedBackoff, retryAfterFirst } from '../backoff';
+import { cappedBackoff, retryAfterFirst, retryForever } from '../backoff';
 import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryClosedError, type RegistryError } from '../errors';
 import { logger } from '../log';
@@ -41,6 +43,8 @@ type KeepaliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResp
 export interface LeaseSessionHooks {
   /** The alive lease was lost; `leaseId` is retired and revoked once replaced. */
   lost(leaseId: string, reason: string): void;
+  /** A lease retired by retireLost() is revoked: etcd holds it no more, nothing of ours can land on it. */
+  gone(leaseId: string): void;
 }
 
 export class LeaseSession {
@@ -68,6 +72,8 @@ export class LeaseSession {
   /** The floor of the last answer: for an answer with no keepalive left in the queue. */
   private lastKeepaliveFloor = 0;
   private closing: Promise<RegistryError | undefined> | undefined;
+  /** Ends the background revokes of retireLost() on close (which revokes what they had left). */
+  private readonly abort = new AbortController();
   /** The throwaway grant and revoke that warm the close path's revoke; once per session. */
   private warming: Promise<void> | undefined;
 
@@ -143,6 +149,38 @@ export class LeaseSession {
     this.setState('lost', reason);
     this.stopKeepalive();
     this.hooks.lost(this.current, reason);
+  }
+
+  /**
+   * The lost lease, when nothing is to be put on a new one: retired and revoked now rather than
+   * left as the current lease for ever. etcd may still hold it (it restores leases on restart),
+   * and a put of ours that got no answer may still land on it while it lives. Retried while etcd
+   * does not answer; hooks.gone once etcd holds it no more.
+   */
+  retireLost(): void {
+    if (this.currentState !== 'lost' || !this.current) return;
+    const leaseId = this.current;
+    this.retired.add(leaseId);
+    this.current = undefined;
+    this.setState('none', `lost lease ${leaseId} retired: nothing to put on a new one`);
+    void this.revokeLost(leaseId);
+  }
+
+  private async revokeLost(leaseId: string): Promise<void> {
+    try {
+      await retryForever(isUnreachableError).execute(() => this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId })), this.abort.signal);
+      debug('lost lease %s revoked', leaseId);
+    } catch (e) {
+      if (this.currentState === 'closed') return; // close() revokes it
+      if (!(e instanceof EtcdLeaseInvalidError)) {
+        debug('revoking lost lease %s failed (close() tries again; it expires by itself): %s', leaseId, (e as Error).message);
+        return;
+      }
+      debug('lost lease %s: etcd no longer holds it', leaseId);
+    }
+    if (this.currentState === 'closed') return;
+    this.retired.delete(leaseId);
+    this.hooks.gone(leaseId);
   }
 
   /**
@@ -343,6 +381,7 @@ export class LeaseSession {
     if (this.current) revokes.push(this.revokeForClose(this.current, deadline, what));
     for (const id of this.retired) if (id !== this.current) revokes.push(this.revokeForClose(id, deadline, what));
     this.setState('closed', 'closing');
+    this.abort.abort(new RegistryClosedError('close'));
     this.stopKeepaliveTimers();
     this.conn.off('rebuilt', this.onRebuilt);
     const errors = await Promise.all(revokes);

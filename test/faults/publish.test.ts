@@ -226,6 +226,49 @@ describe('overlapping and failing calls on one key', () => {
     etcd.resume();
   });
 
+  it('a lease lost while the registry owns nothing is revoked once etcd answers, and the self-watch a doubted put kept goes with it', async () => {
+    const watchers = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watcher_total');
+    const a = reg(uniquePrefix('lost-idle'), { leaseSeconds: 6, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.3 });
+    const endpoint = { service: 'web', address: '10.0.0.6:80' };
+    const v1 = await a.register({ ...endpoint, metadata: { v: 1 } });
+    const lease = a.leaseId!;
+    // A put that gets no answer: etcd may still apply it while its lease lives, so the service stays watched.
+    etcd.pause();
+    expect(await a.register({ ...endpoint, metadata: { v: 2 } }).catch((e: unknown) => e)).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    etcd.resume();
+    await a.unregister(v1);
+    await sleep(300);
+    expect(await watchers()).toBe(1);
+    const lost = new Promise<void>((resolve) => a.once('lease-lost', () => resolve()));
+    await etcd.kill();
+    await lost;
+    await etcd.restart(); // etcd restores the lease, with a fresh TTL (6 s)
+    // Revoked as soon as etcd answers, not left to expire: no put of ours on it can land any more.
+    await eventually(async () => expect(Number((await node.client.leaseClient.leaseTimeToLive({ ID: lease })).TTL)).toBe(-1), { timeout: 3000 });
+    await eventually(async () => expect(await watchers()).toBe(0), { timeout: 5000 });
+    expect(a.status).toBe('idle');
+    // Registering again takes a new lease, watched again.
+    const again = await a.register(endpoint);
+    expect(a.leaseId).not.toBe(lease);
+    await node.client.delete().key(again.key).exec();
+    await eventually(async () => expect(await valueOf(again.key)).toBeDefined(), { timeout: 5000 });
+  });
+
+  it('unregister() of the last endpoint while the lease is lost and etcd is down: deleted once etcd is back, then the lease revoked', async () => {
+    const a = reg(uniquePrefix('lost-unreg'), { leaseSeconds: 6, connectTimeoutSeconds: 1, requestTimeoutSeconds: 0.3 });
+    const endpoint = await a.register({ service: 'web', address: '10.0.0.7:80' });
+    const lease = a.leaseId!;
+    const lost = new Promise<void>((resolve) => a.once('lease-lost', () => resolve()));
+    await etcd.kill();
+    await lost;
+    expect(await a.unregister(endpoint).catch((e: unknown) => e)).toMatchObject({ code: 'ERR_ETCD_UNREACHABLE' });
+    await etcd.restart(); // the lease and the key restored, for a fresh TTL (6 s)
+    await eventually(async () => expect(await valueOf(endpoint.key)).toBeUndefined(), { timeout: 3000 });
+    await eventually(async () => expect(Number((await node.client.leaseClient.leaseTimeToLive({ ID: lease })).TTL)).toBe(-1), { timeout: 3000 });
+    expect(a.status).toBe('idle');
+    expect(a.leaseId).toBeUndefined();
+  });
+
   it('close() revokes a lease it took for lost that etcd restored on restart', async () => {
     const prefix = uniquePrefix('close-lost');
     const a = reg(prefix, { shutdownTimeoutSeconds: 10 });
