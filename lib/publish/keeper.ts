@@ -488,8 +488,10 @@ export class LeaseKeeper {
    */
   private async deleteOne(w: Write): Promise<{ note: string; revision: number }> {
     const key = Buffer.from(w.key);
-    let lease = this.session.leaseId;
-    if (lease === undefined) return { note: ' (no lease of ours ever held it)', revision: 0 };
+    // With no current lease (a lost one retired), compared against a retired one: a late put
+    // of ours may have landed on any of them while it lives (a failed compare reads the holder).
+    let lease: string | undefined = this.session.leaseId ?? [...this.session.known][0];
+    if (lease === undefined) return { note: ' (no lease of ours may hold it)', revision: 0 };
     for (let attempt = 0; attempt < 3; attempt++) {
       const floor = this.conn.seenRevision;
       const res = await this.conn.call((c) =>

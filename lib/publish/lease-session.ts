@@ -53,6 +53,8 @@ export class LeaseSession {
   private current: string | undefined;
   /** Leases replaced after a loss: etcd may still hold them (it restores leases on restart). */
   private readonly retired = new Set<string>();
+  /** Retired leases being revoked by revokeLost(), retried while etcd does not answer. */
+  private readonly revoking = new Set<string>();
   private keepalive: KeepaliveStream | undefined;
   private keepaliveOpening = false;
   private keepaliveTimer: NodeJS.Timeout | undefined;
@@ -163,12 +165,20 @@ export class LeaseSession {
     this.retired.add(leaseId);
     this.current = undefined;
     this.setState('none', `lost lease ${leaseId} retired: nothing to put on a new one`);
-    void this.revokeLost(leaseId);
+    // Leases retired before it (a recovery that did not finish) hold nothing of ours either.
+    for (const id of this.retired) if (!this.revoking.has(id)) void this.revokeLost(id);
   }
 
   private async revokeLost(leaseId: string): Promise<void> {
+    this.revoking.add(leaseId);
+    // Unref'd (a process with nothing else to do exits while etcd is down; the lease then
+    // expires by itself) and abandoned once closed: no attempt goes out after close().
+    const policy = retryForever((e) => isUnreachableError(e) && !this.abort.signal.aborted).dangerouslyUnref();
     try {
-      await retryForever(isUnreachableError).execute(() => this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId })), this.abort.signal);
+      await policy.execute(({ signal }) => {
+        if (signal.aborted) throw new RegistryClosedError('revoke');
+        return this.conn.call((c) => c.leaseClient.leaseRevoke({ ID: leaseId }));
+      }, this.abort.signal);
       debug('lost lease %s revoked', leaseId);
     } catch (e) {
       if (this.currentState === 'closed') return; // close() revokes it
@@ -177,6 +187,8 @@ export class LeaseSession {
         return;
       }
       debug('lost lease %s: etcd no longer holds it', leaseId);
+    } finally {
+      this.revoking.delete(leaseId);
     }
     if (this.currentState === 'closed') return;
     this.retired.delete(leaseId);

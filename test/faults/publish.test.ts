@@ -269,6 +269,27 @@ describe('overlapping and failing calls on one key', () => {
     expect(a.leaseId).toBeUndefined();
   });
 
+  it('a process whose registry owns nothing ends by itself once its lease is lost, while etcd stays down (the revoke retries hold nothing)', async () => {
+    const child = spawnFixture('idle-lost-child.ts', {
+      REGISTRY_ETCD_ENDPOINTS: etcd.clientUrl,
+      REGISTRY_KEY_PREFIX: uniquePrefix('idle-exit'),
+      REGISTRY_SERVICE_NAME: 'web',
+      REGISTRY_SERVICE_ADDRESS: '10.0.0.9:80',
+      REGISTRY_LEASE_SECONDS: '2',
+      REGISTRY_ETCD_REQUEST_TIMEOUT_SECONDS: '0.3',
+    });
+    try {
+      await child.line(/^idle$/m);
+      await etcd.kill();
+      await child.line(/^lost$/m, 10_000);
+      // The lost lease's revoke is retried about once a second while etcd is down: none of it may hold the process.
+      const ended = await Promise.race([child.exited(), sleep(5000).then(() => undefined)]);
+      expect(ended, child.output()).toEqual({ code: 0, signal: null });
+    } finally {
+      child.process.kill('SIGKILL');
+    }
+  });
+
   it('close() revokes a lease it took for lost that etcd restored on restart', async () => {
     const prefix = uniquePrefix('close-lost');
     const a = reg(prefix, { shutdownTimeoutSeconds: 10 });
