@@ -170,7 +170,7 @@ export const fig7: Figure = async (ctx) => {
         baseline: `all gRPC msgs/s: ${few!.grpcMsgsPerSecond.toFixed(1)} vs ${many!.grpcMsgsPerSecond.toFixed(1)}`,
         ratio: fmtRatio(kaRatio),
         target: 'independent of the count',
-        // one keepalive per TTL/3 either way; allow one message of jitter over the window
+        // one keepalive per TTL/4 either way; allow one message of jitter over the window
         met: Math.abs(many!.keepalivePerSecond - few!.keepalivePerSecond) * window <= 1.5,
       },
     ],

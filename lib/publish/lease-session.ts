@@ -10,12 +10,14 @@
  *           revoked now, retried until etcd answers
  *   any ──close()──► closed (current and retired leases revoked, bounded)
  *
- * Keepalive: a request every TTL/3 on one stream; an ack deadline of
+ * Keepalive: a request every TTL/4 on one stream; an ack deadline of
  * min(TTL/2, request timeout + TTL/3) per request (a grpc-proxy answers only
  * when its own upstream keepalive, every TTL/3, does; unanswered: the
  * connection is rebuilt, so a second try on a fresh connection fits in the TTL); no ack for a
  * whole TTL (etcd has expired the lease by then), a TTL of 0, or "lease not
- * found" make the lease lost. The session knows nothing of keys.
+ * found" make the lease lost. A member gone silent is noticed at most TTL/4 + TTL/2
+ * after the last answer, which leaves TTL/4 to rebuild and renew elsewhere (TTL/3
+ * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed). The session knows nothing of keys.
  *
  * Close (a SIGTERM's deregistration) is one LeaseRevoke that must be fast: it is
  * sent before anything else is torn down, and warm. The first LeaseRevoke of a
@@ -33,7 +35,7 @@ import { logger } from '../log';
 import { withDeadline } from '../time';
 
 const debug = logger('lease');
-/** Floors kept for unanswered keepalives (see keepaliveFloors): a keepalive goes out every TTL/3. */
+/** Floors kept for unanswered keepalives (see keepaliveFloors): a keepalive goes out every TTL/4. */
 const MAX_FLOORS = 16;
 
 export type LeaseSessionState = 'none' | 'granting' | 'alive' | 'lost' | 'closed';
@@ -240,7 +242,7 @@ export class LeaseSession {
   private startKeepalive(): void {
     this.stopKeepalive();
     this.armLossTimer();
-    const interval = Math.max(50, (this.ttlSeconds * 1000) / 3);
+    const interval = Math.max(50, (this.ttlSeconds * 1000) / 4);
     this.keepaliveTimer = setInterval(() => this.keepaliveTick(), interval);
     this.keepaliveTimer.unref();
     this.openKeepalive();

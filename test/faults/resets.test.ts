@@ -105,7 +105,7 @@ describe('suspected resets on one etcd member', () => {
   });
 
   it('keepalive answers slower than the keepalive interval are not suspected: each is checked against what was seen when it went out', async () => {
-    // TTL 4 s: a keepalive every 1.33 s, its answer due within 2 s. Delayed 1.65 s, each answer
+    // TTL 4 s: a keepalive every 1 s, its answer due within 2 s. Delayed 1.65 s, each answer
     // comes after the next keepalive went out. Checked against what was seen when a later one
     // went out (after the writes meanwhile), it looked behind: a linearizable read each time.
     const prefix = uniquePrefix('slow-keepalive');
