@@ -439,9 +439,8 @@ export class LeaseKeeper {
   private recovered(leaseId: string): void {
     if (!this.regranting) return;
     this.regranting = false;
+    // Each retired lease's doubted puts stop holding a self-watch once it is revoked (onLeaseGone).
     this.session.revokeRetired();
-    // Puts that got no answer on the retired leases can no longer land.
-    for (const service of Array.from(this.doubted.keys())) this.releaseIdle(service);
     debug('every endpoint is back on lease %s', leaseId);
     const endpoints = this.intents.endpoints;
     this.outbox.push(() => this.hooks.reregistered(leaseId, endpoints));
@@ -574,7 +573,7 @@ export class LeaseKeeper {
     this.kick();
   }
 
-  /** A lost lease retired with nothing to put on a new one is revoked: puts of ours on it can no longer land. */
+  /** A retired lease is revoked: puts of ours on it can no longer land. */
   private onLeaseGone(leaseId: string): void {
     if (this.closed) return;
     debug('lost lease %s revoked: its doubted puts can no longer land', leaseId);

@@ -45,7 +45,7 @@ type KeepaliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResp
 export interface LeaseSessionHooks {
   /** The alive lease was lost; `leaseId` is retired and revoked once replaced. */
   lost(leaseId: string, reason: string): void;
-  /** A lease retired by retireLost() is revoked: etcd holds it no more, nothing of ours can land on it. */
+  /** A retired lease is revoked: etcd holds it no more, nothing of ours can land on it. */
   gone(leaseId: string): void;
 }
 
@@ -141,10 +141,12 @@ export class LeaseSession {
     return res.ID;
   }
 
-  /** Revokes the retired leases: call once every key is on the current one. */
+  /**
+   * Revokes the retired leases: call once every key is on the current one. Each stays known
+   * (a late put of ours on it is still ours to undo) until etcd holds it no more.
+   */
   revokeRetired(): void {
-    for (const id of this.retired) void this.revokeQuietly(id, 'replaced');
-    this.retired.clear();
+    for (const id of this.retired) if (!this.revoking.has(id)) void this.revokeLost(id);
   }
 
   /** The lease is gone (etcd said so, or it cannot have survived). */
