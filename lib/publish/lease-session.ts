@@ -17,7 +17,8 @@
  * whole TTL (etcd has expired the lease by then), a TTL of 0, or "lease not
  * found" make the lease lost. A member gone silent is noticed at most TTL/4 + TTL/2
  * after the last answer, which leaves TTL/4 to rebuild and renew elsewhere (TTL/3
- * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed). The session knows nothing of keys.
+ * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed).
+ * The session knows nothing of keys.
  *
  * Close (a SIGTERM's deregistration) is one LeaseRevoke that must be fast: it is
  * sent before anything else is torn down, and warm. The first LeaseRevoke of a
@@ -170,14 +171,15 @@ export class LeaseSession {
     this.current = undefined;
     this.setState('none', `lost lease ${leaseId} retired: nothing to put on a new one`);
     // Leases retired before it (a recovery that did not finish) hold nothing of ours either.
-    for (const id of this.retired) if (!this.revoking.has(id)) void this.revokeLost(id);
+    this.revokeRetired();
   }
 
   private async revokeLost(leaseId: string): Promise<void> {
     this.revoking.add(leaseId);
     // Unref'd (a process with nothing else to do exits while etcd is down; the lease then
-    // expires by itself) and abandoned once closed: no attempt goes out after close().
-    const policy = retryForever((e) => isUnreachableError(e) && !this.abort.signal.aborted).dangerouslyUnref();
+    // expires by itself) and abandoned once closed: cockatiel retries no more once the signal
+    // is aborted, and an attempt due after a pause that close() fell into is not sent.
+    const policy = retryForever(isUnreachableError).dangerouslyUnref();
     try {
       await policy.execute(({ signal }) => {
         if (signal.aborted) throw new RegistryClosedError('revoke');
