@@ -204,13 +204,14 @@ export interface BenchChild {
 }
 
 /**
- * A TypeScript fixture from bench/fixtures run as `node --import tsx`, with an IPC channel.
+ * A TypeScript fixture from bench/fixtures run as `node --import tsx`, with an IPC channel, on
+ * the built library as the bench itself is (bench/published.cjs).
  * BENCH_CHILD_NODE_ARGS adds node flags to every child, e.g. to profile them:
  * `BENCH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" npm run bench -- --only 1`.
  */
 export function spawnChild(fixture: string, env: Record<string, string>): BenchChild {
   const extra = (process.env.BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-  const child = spawn(process.execPath, [...extra, '--import', 'tsx', path.join(root, 'bench/fixtures', fixture)], {
+  const child = spawn(process.execPath, [...extra, '--require', path.join(root, 'bench/published.cjs'), '--import', 'tsx', path.join(root, 'bench/fixtures', fixture)], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
