@@ -31,6 +31,8 @@ export {
 } from './validate';
 
 export function encodeAddress(address: string): string {
+  // Nearly every address has neither: one scan each instead of a regex replace (register()'s path).
+  if (!address.includes('%') && !address.includes('/')) return address;
   return address.replace(/[%/]/g, (c) => (c === '%' ? '%25' : '%2F'));
 }
 
@@ -258,5 +260,16 @@ function checked(service: string, key: string, address: string, metadata: Record
 
 /** The value for an endpoint: `"Metadata":null` when there is none, exactly as etcd's Go `endpoints.Manager` writes. */
 export function encodeValue(address: string, metadata: Readonly<Record<string, unknown>>): string {
-  return JSON.stringify({ Op: 0, Addr: address, Metadata: Object.keys(metadata).length === 0 ? null : metadata });
+  // JSON.stringify({ Op: 0, Addr: address, Metadata: … }) byte for byte, without building the object.
+  const json = Object.keys(metadata).length === 0 ? 'null' : JSON.stringify(metadata);
+  return `{"Op":0,"Addr":${jsonString(address)},"Metadata":${json}}`;
+}
+
+/** JSON.stringify(text), told without the call when nothing in it needs escaping (any address register() accepts). */
+function jsonString(text: string): string {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(text);
+  }
+  return `"${text}"`;
 }

@@ -62,7 +62,7 @@ export class EtcdClient extends Etcd3 {
 
   /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
   putOnLease(req: PutRequest): Promise<PutResponse> {
-    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: req.key, value: req.value, lease: req.lease }));
+    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }));
   }
 
   /**

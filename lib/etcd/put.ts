@@ -10,8 +10,9 @@ import { MalformedResponseError, Reader, decodeHeader } from './wire';
 import { bytesFieldSize, int64Field, writeBytesField } from './wire-write';
 
 export interface PutRequest {
-  readonly key: Buffer;
-  readonly value: Buffer;
+  /** A string is written as UTF-8, straight into the request (no Buffer of its own). */
+  readonly key: Buffer | string;
+  readonly value: Buffer | string;
   /** The lease id, a decimal string as etcd3 gives it. */
   readonly lease: string;
 }

@@ -12,8 +12,10 @@ function varintSize(n: number): number {
   return size;
 }
 
-export function bytesFieldSize(b: Buffer): number {
-  return b.length === 0 ? 0 : 1 + varintSize(b.length) + b.length;
+/** A string counts (and is written) as its UTF-8 bytes. */
+export function bytesFieldSize(b: Buffer | string): number {
+  const length = typeof b === 'string' ? Buffer.byteLength(b) : b.length;
+  return length === 0 ? 0 : 1 + varintSize(length) + length;
 }
 
 export function varintFieldSize(n: number): number {
@@ -29,12 +31,14 @@ function writeVarint(out: Buffer, at: number, n: number): number {
   return at;
 }
 
-export function writeBytesField(out: Buffer, at: number, field: number, b: Buffer): number {
-  if (b.length === 0) return at;
+export function writeBytesField(out: Buffer, at: number, field: number, b: Buffer | string): number {
+  const length = typeof b === 'string' ? Buffer.byteLength(b) : b.length;
+  if (length === 0) return at;
   out[at++] = (field << 3) | 2;
-  at = writeVarint(out, at, b.length);
-  b.copy(out, at);
-  return at + b.length;
+  at = writeVarint(out, at, length);
+  if (typeof b === 'string') out.write(b, at);
+  else b.copy(out, at);
+  return at + length;
 }
 
 export function writeVarintField(out: Buffer, at: number, field: number, n: number, message: string): number {

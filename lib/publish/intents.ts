@@ -28,10 +28,10 @@ const NONE: readonly string[] = Object.freeze([]);
 /** Forgotten keys remembered for their late events: past this, the oldest go (a later event of theirs costs one delete that finds nothing). */
 const FORGOTTEN_MAX = 4096;
 
-/** An endpoint as written: the Endpoint and its encoded value. */
+/** An endpoint as written: the Endpoint and its encoded value (JSON, written as UTF-8). */
 export interface Registration {
   readonly endpoint: Endpoint;
-  readonly value: Buffer;
+  readonly value: string;
 }
 
 export type IntentKind = 'put' | 'delete';
@@ -86,7 +86,15 @@ interface Entry {
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
   staleSince: number;
   waiters: Waiter[];
+  /** Which of the counts (PENDING, PUTS_OWED, RECOVERING, CALLS_OWED) count this entry. */
+  counted: number;
 }
+
+/** Flags of Entry.counted; Intents.counts[flag] counts the entries that have it. */
+const PENDING = 1;
+const PUTS_OWED = 2;
+const RECOVERING = 4;
+const CALLS_OWED = 8;
 
 /** One write owed to etcd, as of a token. */
 export interface Write {
@@ -115,14 +123,13 @@ export class Intents {
   private readonly owned = new Set<string>();
   /** Keys with a write owed (applied < token). */
   private readonly owedKeys = new Set<string>();
-  /** Owned keys whose latest registration is not confirmed yet. */
-  private readonly pendingKeys = new Set<string>();
-  /** Listed keys with a put owed. */
-  private readonly putsOwedKeys = new Set<string>();
-  /** Keys owed again by a recovery. */
-  private readonly recoveringKeys = new Set<string>();
-  /** Keys owed because of a call or a listing change (not only a recovery). */
-  private readonly callsOwedKeys = new Set<string>();
+  /**
+   * How many keys are, by flag of Entry.counted: owned with the latest registration not
+   * confirmed yet (PENDING); listed with a put owed (PUTS_OWED); owed again by a recovery
+   * (RECOVERING); owed because of a call or a listing change, not only a recovery (CALLS_OWED).
+   * Only whether any is asked: counts, where sets cost a hash insert each on every call.
+   */
+  private readonly counts = [0, 0, 0, 0, 0, 0, 0, 0, 0];
   /**
    * Keys forgotten once their delete was confirmed, with the latest revision of ours each had
    * (put or delete). The self-watch trails the answers to our writes: the event of a put
@@ -156,22 +163,22 @@ export class Intents {
 
   /** Some owned key waits for the first confirmed write of its latest registration. */
   get pending(): boolean {
-    return this.pendingKeys.size > 0;
+    return this.counts[PENDING]! > 0;
   }
 
   /** Some listed key must be (re)written before everything is in etcd. */
   get putsOwed(): boolean {
-    return this.putsOwedKeys.size > 0;
+    return this.counts[PUTS_OWED]! > 0;
   }
 
   /** Some key registered in etcd is being written again after a recovery. */
   get recovering(): boolean {
-    return this.recoveringKeys.size > 0;
+    return this.counts[RECOVERING]! > 0;
   }
 
   /** Some owed write answers a call (so it is not paced like recovery writes). */
   get callsOwed(): boolean {
-    return this.callsOwedKeys.size > 0;
+    return this.counts[CALLS_OWED]! > 0;
   }
 
   /** The owned endpoint with this key. */
@@ -238,6 +245,7 @@ export class Intents {
         settledToken: 0,
         staleSince: 0,
         waiters: [],
+        counted: 0,
       };
       this.entries.set(key, entry);
       const group = this.groupOf(key);
@@ -498,7 +506,8 @@ export class Intents {
     const known = this.entries.get(key);
     // At or below a confirmed write of ours the put is history: that write came after it.
     const latest = known ? Math.max(known.putRevision, known.deleteRevision) : (this.forgotten.get(key) ?? 0);
-    if (revision <= latest || target(known)?.value.equals(value) === true) return false;
+    const ours = target(known)?.value;
+    if (revision <= latest || (ours !== undefined && value.equals(Buffer.from(ours)))) return false;
     // A key we no longer track is deleted again.
     const entry = known ?? this.entry(key);
     if (!known) entry.token = entry.call = ++this.clock;
@@ -590,10 +599,17 @@ export class Intents {
     const listed = target(entry) !== undefined;
     toggle(this.owned, key, entry.want !== undefined);
     toggle(this.owedKeys, key, owed);
-    toggle(this.pendingKeys, key, entry.want !== undefined && entry.registered !== entry.want);
-    toggle(this.putsOwedKeys, key, listed && owed);
-    toggle(this.recoveringKeys, key, owed && entry.recovering);
-    toggle(this.callsOwedKeys, key, owed && !entry.recovering);
+    const counted =
+      (entry.want !== undefined && entry.registered !== entry.want ? PENDING : 0) |
+      (listed && owed ? PUTS_OWED : 0) |
+      (owed && entry.recovering ? RECOVERING : 0) |
+      (owed && !entry.recovering ? CALLS_OWED : 0);
+    if (counted !== entry.counted) {
+      for (let flag = PENDING; flag <= CALLS_OWED; flag <<= 1) {
+        if ((counted ^ entry.counted) & flag) this.counts[flag]! += counted & flag ? 1 : -1;
+      }
+      entry.counted = counted;
+    }
     if (!entry.want && !owed && entry.waiters.length === 0 && entry.deleting === 0) this.forget(entry);
   }
 

@@ -145,7 +145,7 @@ export class LeaseKeeper {
     const previous = this.checks.get(key);
     // (A paused key is not listed: its new check must pass before resume() puts it back.)
     const listedBefore = this.intents.endpoint(key) !== undefined && !this.intents.isPaused(key) && (previous === undefined || previous.state === 'passing');
-    const intent = this.intents.intend(key, { endpoint, value: Buffer.from(value) }, health === undefined);
+    const intent = this.intents.intend(key, { endpoint, value }, health === undefined);
     if (health) {
       // A key already listed stays listed until its new check fails.
       const check = new HealthCheck(key, health, {
@@ -350,11 +350,12 @@ export class LeaseKeeper {
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
-      const put = (w: Write): { key: Buffer; value: Buffer; lease: string } => ({ key: Buffer.from(w.key), value: w.want!.value, lease: leaseId });
       const res =
         writes.length === 1
-          ? await this.conn.call((c) => c.putOnLease(put(writes[0]!)))
-          : await this.conn.call((c) => c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: put(w) })) }));
+          ? await this.conn.call((c) => c.putOnLease({ key: writes[0]!.key, value: writes[0]!.want!.value, lease: leaseId }))
+          : await this.conn.call((c) =>
+              c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: { key: Buffer.from(w.key), value: Buffer.from(w.want!.value), lease: leaseId } })) }),
+            );
       this.conn.checkHeader(res.header, false, floor);
       revision = Number(res.header.revision);
     } catch (e) {
@@ -703,7 +704,7 @@ function byteLimited(writes: Write[]): Write[] {
   let bytes = 0;
   for (let i = 0; i < writes.length; i++) {
     const w = writes[i]!;
-    bytes += w.key.length * 3 + w.want!.value.length + 64;
+    bytes += (w.key.length + w.want!.value.length) * 3 + 64;
     if (bytes > MAX_TXN_BYTES && i > 0) return writes.slice(0, i);
   }
   return writes;

@@ -34,7 +34,7 @@ import { seededRandom } from '../support/random';
 const KEYS = ['p/services/web/10.0.0.1:80', 'p/services/web/10.0.0.2:80'] as const;
 const reg = (key: string, v: number): Registration => ({
   endpoint: { service: 'web', address: key.slice(key.lastIndexOf('/') + 1), metadata: { v }, key },
-  value: Buffer.from(JSON.stringify({ v })),
+  value: JSON.stringify({ v }),
 });
 const short = (key: string): string => key.slice(key.lastIndexOf('/') + 1);
 
@@ -93,8 +93,8 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
     s.applied = true;
     const { key, want } = s.write;
     if (want) {
-      etcd.set(key, want.value);
-      changes.push({ key, type: 'put', revision: ++revision, value: want.value });
+      etcd.set(key, Buffer.from(want.value));
+      changes.push({ key, type: 'put', revision: ++revision, value: Buffer.from(want.value) });
       log.push(`etcd applies ${what(s.write)} at ${revision}`);
     } else if (etcd.delete(key)) {
       changes.push({ key, type: 'delete', revision: ++revision });

@@ -7,7 +7,7 @@ import { seededRandom } from '../support/random';
 
 const reg = (v: number): Registration => ({
   endpoint: { service: 'web', address: '10.0.0.1:80', metadata: { v }, key: 'p/services/web/10.0.0.1:80' },
-  value: Buffer.from(JSON.stringify({ v })),
+  value: JSON.stringify({ v }),
 });
 const KEY = 'p/services/web/10.0.0.1:80';
 const settle = async (p: Promise<void>): Promise<string> => p.then(() => 'resolved', (e: { code?: string; message: string }) => e.code ?? e.message);
@@ -29,6 +29,40 @@ describe('Intents', () => {
     expect(await settle(first.done)).toBe('resolved');
     expect(await settle(removed.done)).toBe('resolved'); // superseded by a registration: kept
     expect(await settle(last.done)).toBe('resolved');
+  });
+
+  it('pending, putsOwed, recovering and callsOwed follow every key through a call, a confirm, a recovery and a delete', async () => {
+    const intents = new Intents();
+    const flags = (): string[] => (['pending', 'putsOwed', 'recovering', 'callsOwed', 'dirty'] as const).filter((f) => intents[f]);
+    expect(flags()).toEqual([]);
+    const a = intents.intend(KEY, reg(1));
+    const b = intents.intend('p/services/web/10.0.0.2:80', reg(1));
+    expect(flags()).toEqual(['pending', 'putsOwed', 'callsOwed', 'dirty']);
+    const [wa, wb] = intents.owed(128).puts;
+    intents.sending([wa!, wb!]);
+    intents.confirm(wa!, 10);
+    expect(flags()).toEqual(['pending', 'putsOwed', 'callsOwed', 'dirty']); // b still owed
+    intents.confirm(wb!, 11);
+    await Promise.all([a.done, b.done]);
+    expect(flags()).toEqual([]);
+    // A lease lost: both are put back, a recovery that answers no call.
+    expect(intents.staleAll()).toBe(2);
+    expect(flags()).toEqual(['putsOwed', 'recovering', 'dirty']);
+    for (const w of intents.owed(128).puts) intents.confirm(w, 12);
+    expect(flags()).toEqual([]);
+    // Deleted by someone else: one key is owed again, as a recovery.
+    expect(intents.deletedByOther(KEY, 13)).toBe(true);
+    expect(flags()).toEqual(['putsOwed', 'recovering', 'dirty']);
+    // A call on that key makes its write one that answers a call.
+    const removed = intents.intend(KEY, undefined);
+    expect(flags()).toEqual(['callsOwed', 'dirty']);
+    const [del] = intents.owed(128).deletes;
+    intents.sending([del!]);
+    intents.confirm(del!, 14);
+    intents.deleteAnswered(del!);
+    await removed.done;
+    expect(flags()).toEqual([]);
+    expect(intents.ownedCount).toBe(1);
   });
 
   it('a failed update falls back to the confirmed registration; a failed first registration to absent', async () => {
@@ -204,7 +238,7 @@ describe('RecoveryLimiter', () => {
 
 const regN = (n: number): Registration => ({
   endpoint: Object.freeze({ service: 'web', address: '10.0.0.1:80', metadata: { n }, key: KEY }),
-  value: Buffer.from(JSON.stringify({ Op: 0, Addr: '10.0.0.1:80', Metadata: { n } })),
+  value: JSON.stringify({ Op: 0, Addr: '10.0.0.1:80', Metadata: { n } }),
 });
 const timeout = (): RegistryError => new RegistryError('ERR_ETCD_UNREACHABLE', 'timed out');
 
@@ -344,7 +378,7 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     await removed.done;
     expect(intents.dirty).toBe(false);
     // A put that gave up waiting (a paused member) is applied when the member resumes.
-    expect(intents.latePut(KEY, regN(1).value, 20)).toBe(true);
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 20)).toBe(true);
     const { puts, deletes } = intents.owed(128);
     expect(puts).toEqual([]);
     expect(deletes.map((w) => w.key)).toEqual([KEY]);
@@ -363,11 +397,11 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     writeAll(intents, 31);
     await removed.done;
     expect(intents.dirty).toBe(false);
-    expect(intents.latePut(KEY, regN(1).value, 30)).toBe(false);
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 30)).toBe(false);
     expect(intents.dirty).toBe(false);
     // A register() of the key again: the old event costs no write beyond its own put.
     const again = intents.intend(KEY, regN(2));
-    intents.latePut(KEY, regN(1).value, 30);
+    intents.latePut(KEY, Buffer.from(regN(1).value), 30);
     expect(intents.owed(128).puts.map((w) => w.want?.endpoint.metadata)).toEqual([{ n: 2 }]);
     writeAll(intents, 40);
     await again.done;
@@ -383,7 +417,7 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     writeAll(intents, 41);
     await removed.done;
     expect(intents.deletedByOther(KEY, 41)).toBe(false); // our own delete's event
-    expect(intents.latePut(KEY, regN(1).value, 45)).toBe(true);
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 45)).toBe(true);
     expect(intents.owed(128).deletes.map((w) => w.key)).toEqual([KEY]);
   });
 
@@ -405,7 +439,7 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     await again.done;
     // In the new history: a delete by someone else, and a put of ours that landed late.
     expect(intents.deletedByOther(KEY, 20)).toBe(true);
-    expect((await unregisteredDuringLoss()).latePut(KEY, regN(1).value, 30)).toBe(true);
+    expect((await unregisteredDuringLoss()).latePut(KEY, Buffer.from(regN(1).value), 30)).toBe(true);
   });
 
   it('after a data loss no reset confirmed (a wipe whose new history passed what was vouched for), the re-put dates the key', async () => {
@@ -433,10 +467,10 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     intents.confirm(puts[0]!, 30);
     await update.done;
     // Our own put of the wanted value, or one older than the last confirmed put: nothing to do.
-    expect(intents.latePut(KEY, regN(2).value, 31)).toBe(false);
-    expect(intents.latePut(KEY, regN(1).value, 29)).toBe(false);
+    expect(intents.latePut(KEY, Buffer.from(regN(2).value), 31)).toBe(false);
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 29)).toBe(false);
     // The older value applied after the newer one: written again.
-    expect(intents.latePut(KEY, regN(1).value, 32)).toBe(true);
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 32)).toBe(true);
     expect(intents.owed(128).puts.map((w) => w.want?.endpoint.metadata)).toEqual([{ n: 2 }]);
   });
 
@@ -452,7 +486,7 @@ describe('Intents: a put of ours that etcd applies late is undone (MODEL_SEED=12
     const third = intents.owed(128).puts;
     intents.sending(third);
     // The put of 2 lands (event seen) before the put of 3, which etcd applies after it.
-    expect(intents.latePut(KEY, regN(2).value, 40)).toBe(true);
+    expect(intents.latePut(KEY, Buffer.from(regN(2).value), 40)).toBe(true);
     intents.confirm(puts[0]!, 40);
     intents.confirm(third[0]!, 41);
     expect(intents.dirty).toBe(false);

@@ -9,6 +9,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { resolveConfig } from '../../lib/config';
+import { checkServiceAddress } from '../../lib/validate';
 import { isRegistryError } from '../../lib/errors';
 import {
   KeySpace,
@@ -20,6 +21,7 @@ import {
   encodeValue,
   validateAddress,
   validateMetadata,
+  validateServiceAddress,
   validateServiceName,
   type ReadContext,
 } from '../../lib/keys';
@@ -65,6 +67,45 @@ describe('address encoding', () => {
         const segment = encodeAddress(a);
         expect(segment).not.toContain('/');
         expect(decodeAddress(segment)).toBe(a);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+});
+
+describe('published addresses', () => {
+  /** Mostly near-valid host:port strings: digits, dots, letters, hyphens, colons, a few brackets and slashes. */
+  const hostPortish = fc.oneof(
+    fc.string({ unit: fc.constantFrom('0', '1', '2', '5', '9', '.', ':', 'a', 'x', 'n', '-', 'Z'), maxLength: 24 }),
+    fc.tuple(
+      fc.oneof(fc.ipV4(), fc.ipV4Extended(), fc.domain(), fc.string({ unit: fc.constantFrom('a', '0', '.', '-', 'x', 'n'), minLength: 1, maxLength: 12 })),
+      fc.oneof(fc.integer({ min: 0, max: 70_000 }).map(String), fc.constantFrom('', '080', '00', '65535', '65536', '99999', '100000')),
+    ).map(([host, port]) => `${host}:${port}`),
+    anyString,
+  );
+
+  it('the shortcut of validateServiceAddress() gives the full check\'s answer for every string', () => {
+    const answer = (f: () => string): string => {
+      try {
+        return `ok ${f()}`;
+      } catch (e) {
+        return `refused ${(e as Error).message}`;
+      }
+    };
+    fc.assert(
+      fc.property(hostPortish, (a) => {
+        expect(answer(() => validateServiceAddress(a))).toBe(answer(() => checkServiceAddress(a)));
+      }),
+      { numRuns: 20 * RUNS },
+    );
+  });
+
+  it('encodeValue() writes what JSON.stringify of the record writes, byte for byte', () => {
+    const metadata = fc.oneof(fc.constant({}), fc.dictionary(fc.string(), fc.jsonValue(), { maxKeys: 4 }));
+    fc.assert(
+      fc.property(anyString, metadata, (address, m) => {
+        const record = { Op: 0, Addr: address, Metadata: Object.keys(m).length === 0 ? null : m };
+        expect(encodeValue(address, m)).toBe(JSON.stringify(record));
       }),
       { numRuns: RUNS },
     );

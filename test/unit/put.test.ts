@@ -35,6 +35,15 @@ describe('PutRequest encoding', () => {
     );
   });
 
+  it('writes a string key and value as their UTF-8 bytes, as it writes those bytes', () => {
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme' }), fc.string({ unit: 'grapheme' }), leaseId, (key, value, lease) => {
+        expect(encodePutRequest({ key, value, lease })).toEqual(encodePutRequest({ key: Buffer.from(key), value: Buffer.from(value), lease }));
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
   it('refuses a lease id that is not a 64-bit integer, quoting it', () => {
     const key = Buffer.from('k');
     expect(() => encodePutRequest({ key, value: key, lease: 'abc' })).toThrow(/PutRequest field 3: "abc" is not an integer/);
