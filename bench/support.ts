@@ -205,13 +205,15 @@ export interface BenchChild {
 
 /**
  * A TypeScript fixture from bench/fixtures run as `node --import tsx`, with an IPC channel, on
- * the built library as the bench itself is (bench/published.cjs).
+ * the library this process runs: dist/ when it was started with bench/published.cjs (npm run
+ * bench), lib/ otherwise (a diagnostic started with tsx).
  * BENCH_CHILD_NODE_ARGS adds node flags to every child, e.g. to profile them:
  * `BENCH_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" npm run bench -- --only 1`.
  */
 export function spawnChild(fixture: string, env: Record<string, string>): BenchChild {
   const extra = (process.env.BENCH_CHILD_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
-  const child = spawn(process.execPath, [...extra, '--require', path.join(root, 'bench/published.cjs'), '--import', 'tsx', path.join(root, 'bench/fixtures', fixture)], {
+  const published = process.execArgv.some((a) => a.endsWith('published.cjs')) ? ['--require', path.join(root, 'bench/published.cjs')] : [];
+  const child = spawn(process.execPath, [...extra, ...published, '--import', 'tsx', path.join(root, 'bench/fixtures', fixture)], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],

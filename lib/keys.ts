@@ -261,7 +261,10 @@ function checked(service: string, key: string, address: string, metadata: Record
 /** The value for an endpoint: `"Metadata":null` when there is none, exactly as etcd's Go `endpoints.Manager` writes. */
 export function encodeValue(address: string, metadata: Readonly<Record<string, unknown>>): string {
   // JSON.stringify({ Op: 0, Addr: address, Metadata: … }) byte for byte, without building the object.
-  const json = Object.keys(metadata).length === 0 ? 'null' : JSON.stringify(metadata);
+  const empty = Object.keys(metadata).length === 0;
+  const json = empty ? 'null' : (JSON.stringify(metadata) as string | undefined);
+  // Outside its types (from plain JavaScript), what JSON.stringify makes of it.
+  if (typeof address !== 'string' || json === undefined) return JSON.stringify({ Op: 0, Addr: address, Metadata: empty ? null : metadata });
   return `{"Op":0,"Addr":${jsonString(address)},"Metadata":${json}}`;
 }
 

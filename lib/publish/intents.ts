@@ -17,8 +17,9 @@
  * the write token, never the call token: a failing register() is judged against
  * the calls only.
  *
- * The sets of owed, pending and recovering keys are kept as entries change, so
- * every question the writer asks per call is O(1) however many keys there are.
+ * The owned and owed keys (sets) and how many keys are pending, owed a put,
+ * recovering or owed for a call (counts) are kept as entries change, so every
+ * question the writer asks per call is O(1) however many keys there are.
  */
 import { RegistryError } from '../errors';
 import type { Endpoint } from '../types';

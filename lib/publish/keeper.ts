@@ -704,7 +704,7 @@ function byteLimited(writes: Write[]): Write[] {
   let bytes = 0;
   for (let i = 0; i < writes.length; i++) {
     const w = writes[i]!;
-    bytes += (w.key.length + w.want!.value.length) * 3 + 64;
+    bytes += w.key.length * 3 + Buffer.byteLength(w.want!.value) + 64;
     if (bytes > MAX_TXN_BYTES && i > 0) return writes.slice(0, i);
   }
   return writes;

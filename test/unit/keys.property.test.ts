@@ -110,6 +110,13 @@ describe('published addresses', () => {
       { numRuns: RUNS },
     );
   });
+
+  it('encodeValue() from plain JavaScript, outside its types, still writes what JSON.stringify writes', () => {
+    const odd = (address: unknown, metadata: object): string => encodeValue(address as string, metadata as Record<string, unknown>);
+    expect(odd(8080, {})).toBe('{"Op":0,"Addr":8080,"Metadata":null}');
+    expect(odd(undefined, {})).toBe('{"Op":0,"Metadata":null}');
+    expect(odd('x', { toJSON: () => undefined })).toBe('{"Op":0,"Addr":"x"}');
+  });
 });
 
 describe('accepted prefixes', () => {
