@@ -276,14 +276,6 @@ export function encodeValue(address: string, metadata: Readonly<Record<string, u
   const json = empty ? 'null' : (JSON.stringify(metadata) as string | undefined);
   // Outside its types (from plain JavaScript), what JSON.stringify makes of it.
   if (typeof address !== 'string' || json === undefined) return JSON.stringify({ Op: 0, Addr: address, Metadata: empty ? null : metadata });
-  return `{"Op":0,"Addr":${jsonString(address)},"Metadata":${json}}`;
-}
-
-/** JSON.stringify(text), told without the call when nothing in it needs escaping (any address register() accepts). */
-function jsonString(text: string): string {
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(text);
-  }
-  return `"${text}"`;
+  // A plain address needs no escape: JSON.stringify() of it only adds the quotes.
+  return `{"Op":0,"Addr":${isPlainAddress(address) ? `"${address}"` : JSON.stringify(address)},"Metadata":${json}}`;
 }

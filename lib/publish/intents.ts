@@ -87,15 +87,15 @@ interface Entry {
   /** Writes issued before this (a lease loss, a data loss, a foreign delete) do not count as applied. */
   staleSince: number;
   waiters: Waiter[];
-  /** Which of the counts (PENDING, PUTS_OWED, RECOVERING, CALLS_OWED) count this entry. */
+  /** Which of the counts count this entry: bit 1 << PENDING, PUTS_OWED, RECOVERING, CALLS_OWED. */
   counted: number;
 }
 
-/** Flags of Entry.counted; Intents.counts[flag] counts the entries that have it. */
-const PENDING = 1;
-const PUTS_OWED = 2;
-const RECOVERING = 4;
-const CALLS_OWED = 8;
+/** Indexes of Intents.counts, and bits (1 << index) of Entry.counted. */
+const PENDING = 0;
+const PUTS_OWED = 1;
+const RECOVERING = 2;
+const CALLS_OWED = 3;
 
 /** One write owed to etcd, as of a token. */
 export interface Write {
@@ -125,12 +125,12 @@ export class Intents {
   /** Keys with a write owed (applied < token). */
   private readonly owedKeys = new Set<string>();
   /**
-   * How many keys are, by flag of Entry.counted: owned with the latest registration not
+   * How many keys are, by index (its bit in Entry.counted): owned with the latest registration not
    * confirmed yet (PENDING); listed with a put owed (PUTS_OWED); owed again by a recovery
    * (RECOVERING); owed because of a call or a listing change, not only a recovery (CALLS_OWED).
    * Only whether any is asked: counts, where sets cost a hash insert each on every call.
    */
-  private readonly counts = [0, 0, 0, 0, 0, 0, 0, 0, 0];
+  private readonly counts = [0, 0, 0, 0];
   /**
    * Keys forgotten once their delete was confirmed, with the latest revision of ours each had
    * (put or delete). The self-watch trails the answers to our writes: the event of a put
@@ -601,14 +601,13 @@ export class Intents {
     toggle(this.owned, key, entry.want !== undefined);
     toggle(this.owedKeys, key, owed);
     const counted =
-      (entry.want !== undefined && entry.registered !== entry.want ? PENDING : 0) |
-      (listed && owed ? PUTS_OWED : 0) |
-      (owed && entry.recovering ? RECOVERING : 0) |
-      (owed && !entry.recovering ? CALLS_OWED : 0);
-    if (counted !== entry.counted) {
-      for (let flag = PENDING; flag <= CALLS_OWED; flag <<= 1) {
-        if ((counted ^ entry.counted) & flag) this.counts[flag]! += counted & flag ? 1 : -1;
-      }
+      (entry.want !== undefined && entry.registered !== entry.want ? 1 << PENDING : 0) |
+      (listed && owed ? 1 << PUTS_OWED : 0) |
+      (owed && entry.recovering ? 1 << RECOVERING : 0) |
+      (owed && !entry.recovering ? 1 << CALLS_OWED : 0);
+    const changed = counted ^ entry.counted;
+    if (changed !== 0) {
+      for (let i = 0; i < this.counts.length; i++) if (changed & (1 << i)) this.counts[i]! += counted & (1 << i) ? 1 : -1;
       entry.counted = counted;
     }
     if (!entry.want && !owed && entry.waiters.length === 0 && entry.deleting === 0) this.forget(entry);
