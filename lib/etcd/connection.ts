@@ -97,12 +97,16 @@ const RESET_MAX_GAP_MS = 30_000;
 const VOUCH_INTERVAL_MS = 10_000;
 /**
  * The same through etcd's gRPC proxy (answers without a cluster id): every registry's
- * linearizable read reaches etcd through any number of proxies, and at 10 s an idle fleet of
- * 500 watchers cost etcd 2.5 times its own idle CPU (figure 9). A watch-only registry behind a
- * proxy notices that etcd was restored empty within about this long; one that registers
- * notices at once, from its keepalives and writes.
+ * linearizable read reaches etcd through any number of proxies. At 10 s an idle fleet of 500
+ * watchers cost etcd 2.5 times its own idle CPU, and at 60 s it still made what the fleet
+ * costs etcd grow with it (figure 9: 9.3 reads/s at K = 500, the whole of the difference from
+ * raw etcd3 clients). A wipe of etcd needs no such read to be noticed behind a proxy: the
+ * watch stream's canary after STREAM_CHECK_MS of silence (lib/etcd/watch-stream.ts) is a create
+ * etcd answers with its own revision, checked as this read is (measured: noticed 30 s after the
+ * stream's last answer, with this read out of reach). One that registers notices at once, from
+ * its keepalives and writes.
  */
-const PROXY_VOUCH_INTERVAL_MS = 60_000;
+const PROXY_VOUCH_INTERVAL_MS = 300_000;
 /**
  * Node's timers start from the event loop's cached time, so they fire up to a millisecond or
  * so before their due time by performance.now(): a watchdog round that early counts as due.
