@@ -325,7 +325,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private reachable = true;
   private contact: Promise<void> | undefined;
   private maxRevision = 0;
-  /** The highest revision a linearizable read answered (etcd vouched for it; see confirmLoss). */
+  /** The highest revision etcd vouched for: a linearizable read's, a watch creation's, an event's (see confirmLoss). */
   private vouchedRevision = 0;
   private clusterId: string | undefined;
   /** An answer came without a cluster id: through etcd's gRPC proxy (see PROXY_VOUCH_INTERVAL_MS). */
@@ -590,8 +590,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * etcd answered revision `now`, behind `seen`: lost history, or only a header that ran
    * ahead (etcd's gRPC proxy puts a revision of its own, one ahead, in watch answers) or
    * behind (the proxy's and a lagging member's answers)? A read at `seen` tells: "future
-   * revision" means etcd does not have it. When `seen` never came from a linearizable
-   * answer, the loss counts only if the last revision one vouched for is gone too.
+   * revision" means etcd does not have it. When `seen` never came from an answer etcd
+   * vouched for (a linearizable read, a watch's creation, an event), the loss counts only
+   * if the last revision it vouched for is gone too.
    */
   private async confirmLoss(seen: number, vouched: number, now: number, deadlineMs: number): Promise<string | undefined> {
     if (!(await this.lostRevision(seen, deadlineMs))) {
@@ -656,9 +657,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * another (a watch event trails the answer to its put, a keepalive answered before a
    * put may arrive after it), and that is no loss. A header may still be behind its floor
    * when it comes from a lagging member. A cluster id of 0 (what etcd's gRPC proxy
-   * passes on) is "not told": never a change.
+   * passes on) is "not told": never a change. `vouches`: the revision is the one etcd
+   * answered this request with (a linearizable read, a watch's creation), not one a header
+   * may carry late; it counts as vouched for (see confirmLoss) unless it is behind.
    */
-  checkHeader(header: IResponseHeader | undefined, linearizable: boolean, floor = this.maxRevision): void {
+  checkHeader(header: IResponseHeader | undefined, vouches: boolean, floor = this.maxRevision): void {
     this.answeredAt = performance.now();
     if (!header) return;
     const revision = Number(header.revision);
@@ -672,14 +675,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.suspectReset(`cluster id changed from ${this.clusterId} to ${clusterId}`);
       return;
     }
-    if (linearizable && revision > this.vouchedRevision) this.vouchedRevision = revision;
     // What was seen then and still stands (a confirmed reset lowers what was seen).
     const behind = Math.min(floor, this.maxRevision);
     if (revision < behind) {
-      this.suspectReset(`revision went backwards from ${behind} to ${revision}${linearizable ? '' : ' (not a linearizable answer)'}`);
-    } else if (revision > this.maxRevision) {
-      this.maxRevision = revision;
+      this.suspectReset(`revision went backwards from ${behind} to ${revision}`);
+      return;
     }
+    if (vouches) this.vouch(revision);
+    if (revision > this.maxRevision) this.maxRevision = revision;
   }
 
   /** The header's cluster id; undefined (and from now on "through a grpc-proxy") when it has none. */
@@ -713,8 +716,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.nextVouchAt = 0;
   }
 
-  /** `revision` is one etcd wrote (a watch event's): it counts as vouched for (see confirmLoss). */
+  /**
+   * `revision` is one etcd wrote (a watch event's): it counts as vouched for (see
+   * confirmLoss). Not while a reset is suspected: what the check compares against must be
+   * what was vouched for before, not the revisions of a history etcd may have started again.
+   */
   vouch(revision: number): void {
+    if (this.suspicion !== undefined || this.confirming) return;
     if (revision > this.vouchedRevision) this.vouchedRevision = revision;
   }
 
@@ -864,7 +872,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * keepalive, a watch event) when that is enough. It is not enough with several members
    * (every read is linearizable, see watchdog()), nor while etcd is taken for unreachable: a
    * unary answer is what says it is reachable again (keepalives and watch events on a rebuilt
-   * client would otherwise hold the read back until the next linearizable one, a minute away
+   * client would otherwise hold the read back until the next linearizable one, minutes away
    * through a proxy, with the registry 'recovering' all that time).
    */
   private get lastSign(): number {

@@ -67,7 +67,7 @@ describe('watches and connections under faults', () => {
     const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
     await r.endpoints('web'); // the KV connection, then the Watch one
     await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection: the newest
-    // The next linearizable watchdog read far away, as it is about a minute through a grpc-proxy.
+    // The next linearizable watchdog read far away, as it is up to 5 min through a grpc-proxy.
     (r as unknown as { conn: { nextVouchAt: number } }).conn.nextVouchAt = performance.now() + 60_000;
     const stopWriting = keepWriting(`${prefix}/services/web`, '10.9.0.9:80', 150);
     try {
@@ -76,7 +76,7 @@ describe('watches and connections under faults', () => {
       proxy.blackholeNewest(); // only the keepalive's connection goes silent
       await unreachable;
       const at = performance.now();
-      // Before: not until the next linearizable read (up to a minute through a proxy), 'recovering' meanwhile.
+      // Before: not until the next linearizable read (up to 5 min through a proxy), 'recovering' meanwhile.
       const reachable = await Promise.race([timeUntil(r, 'etcd-reachable').then(() => performance.now()), sleep(6000).then(() => Number.POSITIVE_INFINITY)]);
       measured('keepalive stalled, client rebuilt, watch events flowing → etcd-reachable', Math.round(reachable - at));
       expect(reachable - at).toBeLessThan(4000);
