@@ -8,7 +8,6 @@
  * a new cluster id) or reportReset(), confirmed by linearizable reads before 'reset'
  * goes out, and 'reset' rate-limited.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
 import { BrokenCircuitError, NoopPolicy, isBrokenCircuitError, noop, type IDefaultPolicyContext, type IPolicy } from 'cockatiel';
@@ -25,6 +24,7 @@ import {
   type IResponseHeader,
 } from 'etcd3';
 import { cappedBackoff, retryForever } from '../backoff';
+import { CallBudget } from './call-budget';
 import { EtcdClient } from './etcd-client';
 import { RegistryClosedError, RegistryError, quote } from '../errors';
 import { logger } from '../log';
@@ -175,9 +175,6 @@ class MemberHealth {
   }
 }
 
-/** The end of the current call's time budget (performance.now()), seen by every attempt of it (see FailoverPolicy). */
-const callDeadline = new AsyncLocalStorage<number>();
-
 /** etcd3's per-member policy: skips a failing member while another one is up, never refuses a call. */
 class MemberPolicy extends NoopPolicy {
   constructor(
@@ -210,7 +207,7 @@ function isStream(value: unknown): boolean {
  * etcd3's policy around each unary call: a call that failed for want of an answer is
  * tried again on the next member at once (after each pass over all of them, with a short
  * pause), and the whole call, every attempt included, ends at the request timeout: each
- * attempt's gRPC deadline is the end of the call's budget (callDeadline). A call that ran
+ * attempt's gRPC deadline is the end of the call's budget (CallBudget). A call that ran
  * into that deadline is not retried: its time is spent.
  */
 class FailoverPolicy extends NoopPolicy {
@@ -221,34 +218,32 @@ class FailoverPolicy extends NoopPolicy {
     super();
   }
 
-  override execute<T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
+  override async execute<T>(fn: (context: IDefaultPolicyContext) => PromiseLike<T> | T, signal?: AbortSignal): Promise<T> {
     // On performance.now()'s clock (a wall clock stepped meanwhile must not stretch the
     // budget): each attempt turns what is left into a gRPC deadline when it starts.
     const deadline = performance.now() + this.budgetMs;
-    return callDeadline.run(deadline, async () => {
-      let pause = cappedBackoff(this.budgetMs / 4).next();
-      /** The last failure that said why (a refused connection, a failed lookup), to report instead of the deadline it ran into. */
-      let telling: unknown;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          return await super.execute(fn, signal);
-        } catch (e) {
-          const left = deadline - performance.now();
-          const again = isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && left > 0 && signal?.aborted !== true;
-          if (isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && !isBrokenCircuitError(e)) telling = e;
-          if (!again) {
-            if (e instanceof GRPCDeadlineExceededError && telling !== undefined) throw telling;
-            if (!isBrokenCircuitError(e)) throw e;
-            // Never etcd3's breaker: say that no member answered.
-            throw new GRPCUnavailableError(`no member of etcd at ${this.members.join(',')} answered within ${this.budgetMs} ms (${attempt} attempt(s))`);
-          }
-          if (attempt % this.members.length === 0) {
-            await delay(Math.min(pause.duration, left));
-            pause = pause.next(undefined);
-          }
+    let pause = cappedBackoff(this.budgetMs / 4).next();
+    /** The last failure that said why (a refused connection, a failed lookup), to report instead of the deadline it ran into. */
+    let telling: unknown;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await super.execute(fn, signal);
+      } catch (e) {
+        const left = deadline - performance.now();
+        const again = isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && left > 0 && signal?.aborted !== true;
+        if (isUnreachableError(e) && !(e instanceof GRPCDeadlineExceededError) && !isBrokenCircuitError(e)) telling = e;
+        if (!again) {
+          if (e instanceof GRPCDeadlineExceededError && telling !== undefined) throw telling;
+          if (!isBrokenCircuitError(e)) throw e;
+          // Never etcd3's breaker: say that no member answered.
+          throw new GRPCUnavailableError(`no member of etcd at ${this.members.join(',')} answered within ${this.budgetMs} ms (${attempt} attempt(s))`);
+        }
+        if (attempt % this.members.length === 0) {
+          await delay(Math.min(pause.duration, left));
+          pause = pause.next(undefined);
         }
       }
-    });
+    }
   }
 }
 
@@ -418,11 +413,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const { requestTimeoutMs, dialTimeoutMs, clientOptions } = this.options;
     const many = health !== undefined && endpoints.length > 1;
     // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
-    // one call shares the call's deadline (FailoverPolicy), so the call ends in time.
-    const deadline = (): number => {
-      const end = callDeadline.getStore();
-      return Date.now() + (end === undefined ? requestTimeoutMs : Math.max(0, end - performance.now()));
-    };
+    // one call shares the call's budget (FailoverPolicy), so the call ends in time.
+    const budget = many ? new CallBudget(requestTimeoutMs) : undefined;
+    const deadline = budget ? (): number => budget.deadline() : (): number => Date.now() + requestTimeoutMs;
     // Each retry picks another member: fail over at once, within the request timeout.
     const global = many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop;
     return new EtcdClient(
@@ -451,6 +444,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       },
       global,
       deadline,
+      budget,
     );
   }
 
