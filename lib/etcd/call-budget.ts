@@ -7,8 +7,8 @@
  * (`shuffledHosts()`, made when the call starts, before its policies run). etcd3 takes the
  * next member from that order right before each attempt, in the same synchronous stretch as
  * the attempt's call options (`defaultCallOptions`) or this library's own `makeUnaryRequest`
- * (lib/etcd/etcd-client.ts): taking a member makes the call's end the current one, and
- * `deadline()` takes it. AsyncLocalStorage did this before: once used, it makes every `await`
+ * (lib/etcd/etcd-client.ts): taking a member makes the call's end the current one until that
+ * stretch is over, and `deadline()` takes it. AsyncLocalStorage did this before: once used, it makes every `await`
  * of the whole process several times slower on Node 20 (async hooks), the application's
  * included: 60 → 357 ns an await, measured with two members configured.
  */
@@ -21,6 +21,7 @@ interface MemberOrders {
 export class CallBudget {
   /** The end (performance.now()) of the budget of the call whose attempt is starting. */
   private current: number | undefined;
+  private clearing = false;
 
   constructor(private readonly budgetMs: number) {}
 
@@ -30,19 +31,37 @@ export class CallBudget {
     const make = orders.shuffledHosts?.bind(pool);
     if (make === undefined) return; // etcd3 changed: each attempt then gets the whole budget
     const budgetMs = this.budgetMs;
-    const starting = (end: number): void => {
-      this.current = end;
-    };
-    orders.shuffledHosts = function* (): Generator<unknown> {
+    const starting = (end: number): void => this.starting(end);
+    orders.shuffledHosts = (): Iterator<unknown> => {
+      // The budget starts with the call: its token, if etcd3 fetches one first (synchronously
+      // here, from the call's start), is taken out of it too.
       const end = performance.now() + budgetMs;
+      starting(end);
       const members = make();
-      for (;;) {
-        const next = members.next();
-        if (next.done === true) return;
-        starting(end);
-        yield next.value;
-      }
+      return (function* (): Generator<unknown> {
+        for (;;) {
+          const next = members.next();
+          if (next.done === true) return;
+          starting(end);
+          yield next.value;
+        }
+      })();
     };
+  }
+
+  /**
+   * `end` is the current call's until the synchronous stretch that started its attempt is
+   * over: whatever asks for a deadline later (a stream opened, whose options take none; a
+   * token fetched again after an await) gets a whole budget, never another call's leftover.
+   */
+  private starting(end: number): void {
+    this.current = end;
+    if (this.clearing) return;
+    this.clearing = true;
+    queueMicrotask(() => {
+      this.clearing = false;
+      this.current = undefined;
+    });
   }
 
   /** The gRPC deadline (Date.now()) of the attempt starting now. */

@@ -652,8 +652,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * put may arrive after it), and that is no loss. A header may still be behind its floor
    * when it comes from a lagging member. A cluster id of 0 (what etcd's gRPC proxy
    * passes on) is "not told": never a change. `vouches`: the revision is the one etcd
-   * answered this request with (a linearizable read, a watch's creation), not one a header
-   * may carry late; it counts as vouched for (see confirmLoss) unless it is behind.
+   * answered this request with (a linearizable read, a write, a watch's creation), not one a
+   * header may carry late; it counts as vouched for (see confirmLoss) unless it is behind.
    */
   checkHeader(header: IResponseHeader | undefined, vouches: boolean, floor = this.maxRevision): void {
     this.answeredAt = performance.now();
@@ -675,7 +675,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.suspectReset(`revision went backwards from ${behind} to ${revision}`);
       return;
     }
-    if (vouches) this.vouch(revision);
+    // (Not an answer to a request sent before a confirmed reset: it may be of the old history.)
+    if (vouches && floor <= this.maxRevision) this.vouch(revision);
     if (revision > this.maxRevision) this.maxRevision = revision;
   }
 

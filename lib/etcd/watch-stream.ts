@@ -430,8 +430,10 @@ export class WatchStream {
     const sole = i < 0 && res.created && this.pendingCreates.length === 1 && this.sent.size === 1;
     if (sole) i = 0;
     const created = i < 0 ? undefined : this.sent.get(this.pendingCreates[i]!);
-    // A create's header is etcd's answer to it (one the proxy made up has no cluster id).
-    this.conn.checkHeader(res.header, res.created && created !== undefined, created?.floor ?? this.floor);
+    // A create's header is etcd's answer to it: one the proxy made up has no cluster id, and
+    // its revision is the watch's start (vouched for only below that start, or for the canary).
+    const vouches = res.created && created !== undefined && (created.startRevision === 0 || revision < created.startRevision);
+    this.conn.checkHeader(res.header, vouches, created?.floor ?? this.floor);
     let id: number | undefined;
     if (res.created) {
       if (this.pendingCreates.length === 0) return;

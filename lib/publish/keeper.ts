@@ -356,7 +356,8 @@ export class LeaseKeeper {
           : await this.conn.call((c) =>
               c.kv.txn({ success: writes.map((w): IRequestOp => ({ request_put: { key: Buffer.from(w.key), value: Buffer.from(w.want!.value), lease: leaseId } })) }),
             );
-      this.conn.checkHeader(res.header, false, floor);
+      // A write's revision is one etcd committed: it vouches for it.
+      this.conn.checkHeader(res.header, true, floor);
       revision = Number(res.header.revision);
     } catch (e) {
       if (e instanceof EtcdLeaseInvalidError) this.session.markLost('etcd no longer knows the lease');
@@ -502,7 +503,7 @@ export class LeaseKeeper {
         }),
       );
       // As for a put: a header behind what was seen (etcd restored empty) is checked.
-      this.conn.checkHeader(res.header, false, floor);
+      this.conn.checkHeader(res.header, true, floor);
       const revision = Number(res.header.revision);
       if (res.succeeded) return { note: '', revision };
       const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];

@@ -129,7 +129,8 @@ export class LeaseSession {
       if (this.currentState === 'granting') this.setState(this.current ? 'lost' : 'none', 'grant failed');
       throw e;
     }
-    this.conn.checkHeader(res.header, false, floor);
+    // A grant is a write: its revision is one etcd committed.
+    this.conn.checkHeader(res.header, true, floor);
     if (this.closing) {
       void this.revokeQuietly(res.ID, 'granted after close');
       throw new RegistryClosedError('register');

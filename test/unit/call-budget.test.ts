@@ -84,6 +84,27 @@ describe('CallBudget', () => {
     expect(seen.late![1]! - t1).toBeGreaterThan(850);
   });
 
+  it('starts the budget when the call starts, though its first attempt waits (for a token)', async () => {
+    const budget = new CallBudget(1000);
+    const p = pool(budget);
+    const started = Date.now();
+    const order = p.shuffledHosts();
+    await sleep(300);
+    const deadline = await p.withConnection('KV', async () => budget.deadline(), order);
+    expect((deadline as number) - started).toBeLessThan(1100);
+    expect((deadline as number) - started).toBeGreaterThan(800);
+  });
+
+  it("never gives a later deadline an earlier call's leftover: an attempt that took no deadline (a stream) leaves none behind", async () => {
+    const budget = new CallBudget(1000);
+    const p = pool(budget);
+    await p.withConnection('Watch', async () => 'a stream: no deadline');
+    await sleep(1100);
+    // A token fetched after an await asks for a deadline with no attempt starting: a whole budget, not 0.
+    const d = budget.deadline() - Date.now();
+    expect(d).toBeGreaterThan(990);
+  });
+
   it('gives a deadline of the whole budget when no attempt is starting', () => {
     const budget = new CallBudget(1000);
     const d = budget.deadline() - Date.now();
