@@ -423,7 +423,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         ...clientOptions,
         hosts: [...endpoints],
         dialTimeout: dialTimeoutMs,
-        defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: deadline() }),
+        // A token fetch (etcd3 asks the members in turn, between a call's start and its first
+        // attempt) gets a whole request timeout of its own and leaves the call's budget alone.
+        defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: ctx.service === 'Auth' ? Date.now() + requestTimeoutMs : deadline() }),
         faultHandling: {
           // A failing member is skipped while another answers; never a refusal.
           host: (member: string): IPolicy => (many ? new MemberPolicy(health, member) : noop),

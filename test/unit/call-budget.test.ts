@@ -105,6 +105,34 @@ describe('CallBudget', () => {
     expect(d).toBeGreaterThan(990);
   });
 
+  it('still gives an attempt that starts after its budget ran out time to be sent and answered (100 ms)', async () => {
+    const budget = new CallBudget(1000);
+    const p = pool(budget);
+    const order = p.shuffledHosts();
+    await sleep(1100); // its token took the time
+    const deadline = (await p.withConnection('KV', async () => budget.deadline(), order)) as number;
+    expect(deadline - Date.now()).toBeGreaterThan(80);
+    expect(deadline - Date.now()).toBeLessThanOrEqual(100);
+  });
+
+  it("gives a token fetch a whole request timeout of its own, whatever call's attempt is starting", async () => {
+    const conn = new Connection({ endpoints: ['http://127.0.0.1:1', 'http://127.0.0.1:2'], dialTimeoutMs: 200, requestTimeoutMs: 1000, connectTimeoutMs: 1000, probeKey: 'budget/' });
+    try {
+      const p = (conn.client as unknown as { pool: { shuffledHosts(): Iterator<unknown>; callOptionsFactory: (ctx: object) => { deadline?: number } } }).pool;
+      const order = p.shuffledHosts();
+      await sleep(1100);
+      // A member taken from a call whose budget is spent (then skipped, say), and in the same
+      // stretch a token fetch of another call (etcd3 asks the next member after a failure).
+      order.next();
+      const token = p.callOptionsFactory({ service: 'Auth', method: 'authenticate', isStream: false }).deadline!;
+      expect(token - Date.now()).toBeGreaterThan(950);
+      const attempt = p.callOptionsFactory({ service: 'KV', method: 'range', isStream: false }).deadline!;
+      expect(attempt - Date.now()).toBeLessThanOrEqual(100);
+    } finally {
+      conn.close();
+    }
+  });
+
   it('gives a deadline of the whole budget when no attempt is starting', () => {
     const budget = new CallBudget(1000);
     const d = budget.deadline() - Date.now();
