@@ -414,11 +414,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const many = health !== undefined && endpoints.length > 1;
     // etcd3 sets no deadline: a stalled member would hang a call for ever. Every attempt of
     // one call shares the call's budget (FailoverPolicy), so the call ends in time.
-    const budget = many ? new CallBudget(requestTimeoutMs) : undefined;
-    const deadline = budget ? (): number => budget.deadline() : (): number => Date.now() + requestTimeoutMs;
+    // (With one member, nothing makes an attempt's end current: each gets the whole timeout.)
+    const budget = new CallBudget(requestTimeoutMs);
+    const deadline = (): number => budget.deadline();
     // Each retry picks another member: fail over at once, within the request timeout.
     const global = many ? new FailoverPolicy(requestTimeoutMs, endpoints) : noop;
-    return new EtcdClient(
+    const client = new EtcdClient(
       {
         ...clientOptions,
         hosts: [...endpoints],
@@ -446,8 +447,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       },
       global,
       deadline,
-      budget,
     );
+    if (many) budget.install(client);
+    return client;
   }
 
   /**

@@ -10,7 +10,6 @@
  */
 import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
-import type { CallBudget } from './call-budget';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
@@ -36,11 +35,8 @@ export class EtcdClient extends Etcd3 {
     /** The policy etcd3 runs every unary call in (`faultHandling.global`). */
     private readonly global: IPolicy,
     private readonly deadline: CallDeadline,
-    /** Shares each call's time budget between its attempts: carried by etcd3's order of the members. */
-    budget?: CallBudget,
   ) {
     super({ ...options, faultHandling: { ...options.faultHandling, global } });
-    budget?.install(this.pool);
   }
 
   /**

@@ -36,7 +36,7 @@ describe('CallBudget', () => {
     const client = new Etcd3({ hosts });
     clients.push(client);
     const p = (client as unknown as { pool: Pool }).pool;
-    budget.install(p);
+    budget.install(client);
     return p;
   };
 
