@@ -46,6 +46,12 @@ export interface ConnectionOptions {
   readonly clientOptions?: Partial<IOptions>;
 }
 
+/** What was seen when a request went out (see Connection.checkHeader): the highest revision, and the resets confirmed by then. */
+export interface Floor {
+  readonly revision: number;
+  readonly epoch: number;
+}
+
 export interface ConnectionEvents {
   reachable: [];
   unreachable: [error: Error];
@@ -639,12 +645,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     }
   }
 
-  /**
-   * The highest revision seen so far. Taken when a request goes out, it is the `floor`
-   * its answer's header is checked against.
-   */
+  /** The highest revision seen so far. */
   get seenRevision(): number {
     return this.maxRevision;
+  }
+
+  /**
+   * What was seen so far: taken when a request goes out, it is the floor its answer's
+   * header is checked against (see checkHeader).
+   */
+  get floor(): Floor {
+    return { revision: this.maxRevision, epoch: this.resetEpoch };
+  }
+
+  /** Whether no reset was confirmed since `floor` was taken. */
+  isCurrent(floor: Floor): boolean {
+    return floor.epoch === this.resetEpoch;
   }
 
   /**
@@ -658,10 +674,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * passes on) is "not told": never a change. `vouches`: the revision is the one etcd
    * answered this request with (a linearizable read, a write, a watch's creation), not one a
    * header may carry late; it counts as vouched for (see confirmLoss) unless it is behind.
+   * An answer to a request sent before a confirmed reset is not checked: it may be of the
+   * old history (vouched for, it could make the next check confirm a reset that was not).
    */
-  checkHeader(header: IResponseHeader | undefined, vouches: boolean, floor = this.maxRevision): void {
+  checkHeader(header: IResponseHeader | undefined, vouches: boolean, floor?: Floor): void {
     this.answeredAt = performance.now();
-    if (!header) return;
+    if (!header || (floor !== undefined && floor.epoch !== this.resetEpoch)) return;
     const revision = Number(header.revision);
     const clusterId = this.clusterIdOf(header);
     // A header etcd's grpc-proxy made up itself (a create it answers for a watch it already
@@ -673,14 +691,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.suspectReset(`cluster id changed from ${this.clusterId} to ${clusterId}`);
       return;
     }
-    // What was seen then and still stands (a confirmed reset lowers what was seen).
-    const behind = Math.min(floor, this.maxRevision);
+    // What was seen then and still stands (a check that found no reset lowers what was seen).
+    const behind = floor === undefined ? this.maxRevision : Math.min(floor.revision, this.maxRevision);
     if (revision < behind) {
       this.suspectReset(`revision went backwards from ${behind} to ${revision}`);
       return;
     }
-    // (Not an answer to a request sent before a confirmed reset: it may be of the old history.)
-    if (vouches && floor <= this.maxRevision) this.vouch(revision);
+    if (vouches) this.vouch(revision);
     if (revision > this.maxRevision) this.maxRevision = revision;
   }
 

@@ -28,7 +28,7 @@ export async function readPrefix(
 ): Promise<PrefixSnapshot> {
   const range = Range.prefix(prefix);
   let revision = 0;
-  let floor = conn.seenRevision;
+  let floor = conn.floor;
   let request = conn.call((c) => c.rangePage({ key: range.start, rangeEnd: range.end, limit: pageSize, revision: 0 }));
   for (;;) {
     const res = await request;
@@ -38,7 +38,7 @@ export async function readPrefix(
     if (more) {
       // The next page starts right after the last key read, at the same revision.
       const start = Buffer.concat([res.kvs[res.kvs.length - 1]!.key, Buffer.from([0])]);
-      floor = conn.seenRevision;
+      floor = conn.floor;
       request = conn.call((c) => c.rangePage({ key: start, rangeEnd: range.end, limit: pageSize, revision }));
       request.catch(() => undefined); // observed on the next turn of the loop
     }

@@ -51,7 +51,7 @@
  */
 import type { FilterType, IDuplexStream, IEvent, IWatchRequest, IWatchResponse } from 'etcd3';
 import { cappedBackoff } from '../backoff';
-import { watchRefusal, type Connection } from './connection';
+import { watchRefusal, type Connection, type Floor } from './connection';
 import { logger } from '../log';
 
 const debug = logger('watch');
@@ -118,7 +118,7 @@ interface Sent {
    * never below that unless it lost its data (the canary's answer checks this every 30 s,
    * on a stream that through a grpc-proxy outlives any restart of etcd).
    */
-  readonly floor: number;
+  readonly floor: Floor;
   /** The server's id for it, once its create was answered. */
   serverId?: number;
   /** When it went out, or the last response for it came (performance.now()). */
@@ -195,7 +195,7 @@ export class WatchStream {
    * was seen since: an event trails the answer to its own put, and through a grpc-proxy one
    * stream carries the answers of several watches on etcd, in no one order.
    */
-  private floor = 0;
+  private floor: Floor = { revision: 0, epoch: 0 };
   private progressAnswers = 0;
   private probe: Probe | undefined;
   private probes = 0;
@@ -273,7 +273,7 @@ export class WatchStream {
         }
         this.stream = stream;
         this.generation = generation;
-        this.floor = this.conn.seenRevision;
+        this.floor = this.conn.floor;
         stream.on('data', (res) => this.onResponse(stream, res));
         stream.on('error', (err) => this.onStreamEnd(stream, err));
         stream.on('end', () => this.onStreamEnd(stream, new Error('watch stream ended')));
@@ -318,7 +318,7 @@ export class WatchStream {
     // server is known, from its own revision; on a member it is created again one early.
     const blind = target !== undefined && !this.ownIds && !this.serialCreates;
     const startRevision = target === undefined ? 0 : exact || !this.ownIds || this.serialCreates || next <= 1 ? next : next - 1;
-    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.seenRevision, heardAt: performance.now() });
+    this.sent.set(id, { target, skipBelow: target === undefined ? 0 : next, startRevision, blind, progressSeq: this.progressSeq, floor: this.conn.floor, heardAt: performance.now() });
     this.pendingCreates.push(id);
     if (target) debug('watch %d %s from revision %d (asking for %d)', id, target.name, next, startRevision);
     this.write({
@@ -433,6 +433,9 @@ export class WatchStream {
     // A create's header is etcd's answer to it: one the proxy made up has no cluster id, and
     // its revision is the watch's start (vouched for only below that start, or for the canary).
     const vouches = res.created && created !== undefined && (created.startRevision === 0 || revision < created.startRevision);
+    // A stream opened before a confirmed reset (through a grpc-proxy it outlives etcd's
+    // restart) answers from the new history: checked against what was seen since.
+    if (created === undefined && !this.conn.isCurrent(this.floor)) this.floor = this.conn.floor;
     this.conn.checkHeader(res.header, vouches, created?.floor ?? this.floor);
     let id: number | undefined;
     if (res.created) {

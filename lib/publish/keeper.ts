@@ -346,7 +346,7 @@ export class LeaseKeeper {
     const leaseId = this.session.leaseId;
     if (!leaseId || !this.session.isAlive) return new Error('no live lease to write on');
     this.intents.sending(writes);
-    const floor = this.conn.seenRevision;
+    const floor = this.conn.floor;
     let revision: number;
     try {
       // One key: a plain put (etcd's transaction path costs more for nothing).
@@ -494,7 +494,7 @@ export class LeaseKeeper {
     let lease: string | undefined = this.session.leaseId ?? [...this.session.known][0];
     if (lease === undefined) return { note: ' (no lease of ours may hold it)', revision: 0 };
     for (let attempt = 0; attempt < 3; attempt++) {
-      const floor = this.conn.seenRevision;
+      const floor = this.conn.floor;
       const res = await this.conn.call((c) =>
         c.kv.txn({
           compare: [{ key, target: 'Lease', result: 'Equal', lease }],

@@ -30,7 +30,7 @@
 import { EtcdLeaseInvalidError, type IDuplexStream, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
 import { cappedBackoff, retryAfterFirst, retryForever } from '../backoff';
-import { type Connection, isUnreachableError } from '../etcd/connection';
+import { type Connection, type Floor, isUnreachableError } from '../etcd/connection';
 import { RegistryClosedError, type RegistryError } from '../errors';
 import { logger } from '../log';
 import { withDeadline } from '../time';
@@ -73,9 +73,9 @@ export class LeaseSession {
    * that, further keepalives count against the newest kept floor (older than theirs: the check
    * is only weaker, never a false alarm), so the queue stays aligned with the answers.
    */
-  private keepaliveFloors: { floor: number; keepalives: number }[] = [];
+  private keepaliveFloors: { floor: Floor; keepalives: number }[] = [];
   /** The floor of the last answer: for an answer with no keepalive left in the queue. */
-  private lastKeepaliveFloor = 0;
+  private lastKeepaliveFloor: Floor = { revision: 0, epoch: 0 };
   private closing: Promise<RegistryError | undefined> | undefined;
   /** Ends the background revokes of retireLost() on close (which revokes what they had left). */
   private readonly abort = new AbortController();
@@ -122,7 +122,7 @@ export class LeaseSession {
     if (this.currentState === 'alive' && this.current) return this.current;
     this.setState('granting', 'granting');
     let res;
-    const floor = this.conn.seenRevision;
+    const floor = this.conn.floor;
     try {
       res = await this.conn.call((c) => c.leaseClient.leaseGrant({ TTL: this.ttlSeconds }));
     } catch (e) {
@@ -317,7 +317,7 @@ export class LeaseSession {
       this.openKeepalive();
       return;
     }
-    const floor = this.conn.seenRevision;
+    const floor = this.conn.floor;
     try {
       stream.write({ ID: this.current });
     } catch (e) {

@@ -23,6 +23,12 @@ function remembered(conn: Connection): { clusterId: string | undefined; maxRevis
   return { clusterId: c.clusterId, maxRevision: c.maxRevision };
 }
 
+/** Whether a suspected reset waits for its check, or is being checked (private). */
+function checking(conn: Connection): boolean {
+  const c = conn as unknown as { suspicion: string | undefined; confirming: boolean };
+  return c.suspicion !== undefined || c.confirming;
+}
+
 describe('suspected resets on one etcd member', () => {
   const node = useFaultNode();
   const { etcd, reg } = node;
@@ -153,6 +159,35 @@ describe('suspected resets on one etcd member', () => {
     await eventually(async () => expect((await node.client.getAll().prefix(`${prefix}/services/`).keys()).length).toBe(1), { timeout: 10_000 });
     await sleep(2500);
     expect(resets.length).toBe(1);
+  });
+
+  it('an answer to a request sent before a confirmed reset vouches for nothing: a header that runs ahead later is no second reset', async () => {
+    const prefix = uniquePrefix('stale-answer');
+    const { conn, resets, suspected, header } = await watched(prefix);
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
+    await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
+    // A write goes out now, and is answered only after the reset below (from the old history).
+    const sentBefore = conn.floor;
+    await etcd.restart({ wipe: true });
+    conn.reportReset('watch resumed past etcd\'s revision (test)');
+    await eventually(() => expect(resets.length).toBe(1), { timeout: 10_000 });
+    // The new history runs past what was seen when that write went out.
+    let now = 0;
+    while (now <= sentBefore.revision + 5) now = Number((await node.client.put(`${prefix}/noise`).value('x')).header.revision);
+    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(now), { timeout: 5000 });
+    // Nothing suspected or being checked (vouching waits while something is).
+    await eventually(() => expect(checking(conn)).toBe(false), { timeout: 5000 });
+    // Its answer comes: a revision of the old history, far ahead of the new one.
+    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now + 50) }, true, sentBefore);
+    const suspicionsBefore = suspected.length;
+    // Later a header runs ahead (a proxy's, one ahead), then an answer is behind it.
+    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now + 10) }, false);
+    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now) }, false, conn.floor);
+    // etcd has revision `now`, not now + 10: checked against what etcd vouched for, no reset.
+    await sleep(1500);
+    expect(resets.length).toBe(1);
+    expect(suspected.length).toBe(suspicionsBefore + 1);
+    expect(remembered(conn).maxRevision).toBeLessThan(now + 10);
   });
 
   it("through etcd's gRPC proxy (cluster id 0 in headers), idle registries write nothing", async () => {
