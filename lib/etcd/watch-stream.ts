@@ -81,6 +81,13 @@ const PROGRESS_RETRY_PROBES = 60;
  * made while etcd did not answer) is checked every request timeout, as before.
  */
 const STREAM_CHECK_MS = 30_000;
+/**
+ * A stream whose last watch lingers (WatchTarget.linger: the self-watch of a service) stays
+ * open this long with no watch, unchecked, before it is closed: a service's only endpoint
+ * registered and unregistered again and again opened a stream each time (about 2 ms of CPU
+ * here, and a stream on etcd).
+ */
+const LINGER_MS = 5_000;
 /** The spellings of a watch's range (see the top of the file): key + NUL, and range end key + 0xFF. */
 const NUL = Buffer.from([0]);
 const FF = Buffer.from([0xff]);
@@ -99,6 +106,11 @@ export interface WatchTarget {
   onCreated?(): void;
   /** etcd ended this watch; it is no longer on the stream. */
   onLost(reason: string, compacted: boolean): void;
+  /**
+   * The last watch gone, the stream stays open LINGER_MS for the next one (see idle()).
+   * For a watch whose owner holds the process anyway: an open stream keeps it from exiting.
+   */
+  readonly linger?: boolean;
 }
 
 /** A create sent on the current stream. */
@@ -215,6 +227,8 @@ export class WatchStream {
   private freshBackoff = this.backoff;
   private reopenTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
+  /** Closes a stream that has had no watch for LINGER_MS. */
+  private lingerTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   /** `silenceMs`: through a grpc-proxy, a watch that heard nothing this long is created again (see the top of the file). */
@@ -232,6 +246,11 @@ export class WatchStream {
     const id = this.nextId++;
     this.ids.set(target, id);
     this.targets.set(id, target);
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+      if (this.stream) this.startPing();
+    }
     if (this.stream) this.create(id, target);
     else this.open();
   }
@@ -242,7 +261,25 @@ export class WatchStream {
     this.ids.delete(target);
     this.targets.delete(id);
     this.cancel(id);
-    if (this.targets.size === 0) this.teardown('no watches left');
+    if (this.targets.size === 0) this.idle(target);
+  }
+
+  /**
+   * `last`, the last watch, is gone. Unless it lingers, the stream closes; else it closes
+   * unless another watch comes within LINGER_MS (unchecked meanwhile: no canary to send).
+   */
+  private idle(last: WatchTarget): void {
+    if (!this.stream || !last.linger) {
+      this.teardown('no watches left');
+      return;
+    }
+    this.stopPing();
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = undefined;
+      if (this.targets.size === 0) this.teardown('no watches left');
+    }, LINGER_MS);
+    this.lingerTimer.unref();
   }
 
   get size(): number {
@@ -434,8 +471,8 @@ export class WatchStream {
     // its revision is the watch's start (vouched for only below that start, or for the canary).
     const vouches = res.created && created !== undefined && (created.startRevision === 0 || revision < created.startRevision);
     // A stream opened before a confirmed reset (through a grpc-proxy it outlives etcd's
-    // restart) answers from the new history: checked against what was seen since.
-    if (created === undefined && !this.conn.isCurrent(this.floor)) this.floor = this.conn.floor;
+    // restart) answers from the new history: checked against what the reset's read saw.
+    if (created === undefined && !this.conn.isCurrent(this.floor)) this.floor = this.conn.resetFloor;
     this.conn.checkHeader(res.header, vouches, created?.floor ?? this.floor);
     let id: number | undefined;
     if (res.created) {
@@ -517,6 +554,7 @@ export class WatchStream {
       debug('watch %d %s lost: %s', id, target.name, reason);
       this.guard(() => target.onLost(reason, compacted));
       if (!compacted && watchRefusal(reason) !== undefined) this.broken(new Error(`etcd refused watch ${target.name}: ${reason}`));
+      else if (this.targets.size === 0 && this.stream === stream) this.idle(target);
       return;
     }
     if (res.created) {
@@ -624,6 +662,10 @@ export class WatchStream {
     this.heard = 0;
     this.progressAnswers = 0;
     this.stopPing();
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+    }
     if (stream) {
       debug('stream closed: %s', reason);
       try {

@@ -60,6 +60,9 @@ export class OwnershipGuard {
         nextRevision: revision + 1,
         onEvents: (events) => this.onEvents(events),
         onLost: (reason) => (watchRefusal(reason) ? this.refused(service, reason) : this.restart(service)),
+        // The lease's keepalive stream holds the process anyway, and the next write of the
+        // service (its only endpoint registered again) comes soon as often as not.
+        linger: true,
       };
       this.watches.set(service, target);
     }

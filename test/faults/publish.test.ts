@@ -191,6 +191,30 @@ describe('overlapping and failing calls on one key', () => {
     await eventually(async () => expect(await valueOf(again.key)).toBeDefined(), { timeout: 5000 });
   });
 
+  it("a service's only endpoint registered and unregistered again and again opens one watch stream, closed once no watch was left for a while", async () => {
+    const opened = (): Promise<number> =>
+      etcdMetric(etcd.clientUrl, 'grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}');
+    const streams = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watch_stream_total');
+    const a = reg(uniquePrefix('guard-cycle'));
+    await a.register({ service: 'other', address: '10.0.0.9:80' }).then((e) => a.unregister(e));
+    await eventually(async () => expect(await etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watcher_total')).toBe(0), { timeout: 5000 });
+    const before = { opened: await opened(), streams: await streams() };
+    for (let i = 0; i < 20; i++) {
+      const e = await a.register({ service: 'web', address: '10.0.0.1:80' });
+      await a.unregister(e);
+    }
+    // One stream for the 20 (each cycle opened one before: 20).
+    expect((await opened()) - before.opened).toBe(0);
+    // The self-watch still works on it.
+    const kept = await a.register({ service: 'web', address: '10.0.0.1:80' });
+    await node.client.delete().key(kept.key).exec();
+    await eventually(async () => expect(await valueOf(kept.key)).toBeDefined(), { timeout: 5000 });
+    expect((await opened()) - before.opened).toBe(0);
+    await a.unregister(kept);
+    // Left with no watch, the stream closes after its linger (5 s).
+    await eventually(async () => expect(await streams()).toBe(before.streams - 1), { timeout: 10_000, interval: 250 });
+  });
+
   it('the self-watch also goes when the last key of its service is one never written (its check never passed): unregistered, or timed out', async () => {
     const watchers = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watcher_total');
     const a = reg(uniquePrefix('guard-unsent'), { connectTimeoutSeconds: 1 });

@@ -3,10 +3,13 @@
  * compacted while it was cut off, and connections that go silent without closing.
  */
 import { describe, expect, it } from 'vitest';
+import { Range } from 'etcd3';
 import type { ChangeEvent, Registry } from '../../lib';
+import { Connection } from '../../lib/etcd/connection';
+import { WatchStream } from '../../lib/etcd/watch-stream';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
+import { etcdMetric, expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
 
 describe('watches and connections under faults', () => {
   let proxy: TcpProxy;
@@ -162,5 +165,31 @@ describe('watches and connections under faults', () => {
       if (i % 5 === 4) proxy.reset();
     }
     await eventually(() => expect(seen).toEqual(expected), { timeout: 15_000 });
+  });
+  it('a stream whose last watch etcd ended (its revision compacted) and nobody created again is closed, as after the last remove()', async () => {
+    const streams = (): Promise<number> => etcdMetric(etcd.clientUrl, 'etcd_debugging_mvcc_watch_stream_total');
+    const prefix = uniquePrefix('lost-last');
+    const before = await streams();
+    const conn = new Connection({ endpoints: [etcd.clientUrl], dialTimeoutMs: 2000, requestTimeoutMs: 2000, connectTimeoutMs: 10_000, probeKey: `${prefix}/` });
+    const errors: Error[] = [];
+    const stream = new WatchStream(conn, (e) => errors.push(e), 60_000);
+    try {
+      await node.client.put(`${prefix}/a`).value('1');
+      const put = await node.client.put(`${prefix}/a`).value('2');
+      await node.client.kv.compact({ revision: put.header.revision, physical: true });
+      const lost: string[] = [];
+      const range = Range.prefix(`${prefix}/`);
+      // Its owner lets it go (a view closed during its resync): nothing is created again.
+      stream.add({ name: 'compacted', key: range.start, rangeEnd: range.end, nextRevision: 1, onEvents: () => undefined, onLost: (reason) => void lost.push(reason) });
+      await eventually(() => expect(lost).toHaveLength(1), { timeout: 10_000 });
+      expect(lost[0]).toMatch(/compacted/);
+      expect(stream.size).toBe(0);
+      // Before: the stream stayed open with no watch, checked every 30 s for ever.
+      await eventually(async () => expect(await streams()).toBe(before), { timeout: 5000, interval: 100 });
+      expect(errors).toEqual([]);
+    } finally {
+      stream.close();
+      conn.close();
+    }
   });
 });
