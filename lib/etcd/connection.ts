@@ -333,6 +333,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private throughProxy = false;
   /** Increments with every confirmed reset: a check that started before one says nothing new. */
   private resetEpoch = 0;
+  /** The revision etcd answered the read that confirmed the last reset with. */
+  private resetRevision = 0;
   /** A reset suspected and not yet checked by a linearizable read (the first reason given). */
   private suspicion: string | undefined;
   private confirming = false;
@@ -578,6 +580,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     }
     if (verdict !== undefined && fresh()) {
       this.resetEpoch++;
+      this.resetRevision = revision;
       this.maxRevision = revision;
       this.vouchedRevision = revision;
       if (clusterId !== undefined) this.clusterId = clusterId;
@@ -656,6 +659,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   get floor(): Floor {
     return { revision: this.maxRevision, epoch: this.resetEpoch };
+  }
+
+  /**
+   * What was seen when the last reset was confirmed: the floor for answers on a stream
+   * that outlived it (not what was seen since: its events trail the answers to their puts).
+   */
+  get resetFloor(): Floor {
+    return { revision: this.resetRevision, epoch: this.resetEpoch };
   }
 
   /** Whether no reset was confirmed since `floor` was taken. */

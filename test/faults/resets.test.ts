@@ -190,6 +190,34 @@ describe('suspected resets on one etcd member', () => {
     expect(remembered(conn).maxRevision).toBeLessThan(now + 10);
   });
 
+  it("a stream that outlived a confirmed reset (a grpc-proxy's) is checked against what the reset's read saw, not against the answers since: its events trail them", async () => {
+    const prefix = uniquePrefix('outlived');
+    const { conn, resets, suspected, header } = await watched(prefix);
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
+    await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
+    const opened = conn.floor;
+    await etcd.restart({ wipe: true });
+    conn.reportReset('watch resumed past etcd\'s revision (test)');
+    await eventually(() => expect(resets.length).toBe(1), { timeout: 10_000 });
+    expect(conn.isCurrent(opened)).toBe(false);
+    const floor = conn.resetFloor;
+    expect(conn.isCurrent(floor)).toBe(true);
+    // Answers to the puts made since run ahead of what the reset's read saw.
+    let now = 0;
+    while (now <= floor.revision + 5) now = Number((await node.client.put(`${prefix}/noise`).value('x')).header.revision);
+    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(now), { timeout: 5000 });
+    await eventually(() => expect(checking(conn)).toBe(false), { timeout: 5000 });
+    const before = suspected.length;
+    // An event of the stream, of a revision between the two: not behind anything it could have seen.
+    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(floor.revision + 1) }, false, floor);
+    expect(suspected.length).toBe(before);
+    // (Against what was seen since, as the stream took before, it was suspected.)
+    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(floor.revision + 1) }, false, conn.floor);
+    expect(suspected.length).toBe(before + 1);
+    await sleep(1500);
+    expect(resets.length).toBe(1);
+  });
+
   it("through etcd's gRPC proxy (cluster id 0 in headers), idle registries write nothing", async () => {
     const prefix = uniquePrefix('grpc-proxy');
     const port = await findFreePort();
