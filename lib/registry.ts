@@ -232,7 +232,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const { token, done: written } = this.keeper.add(endpoint, encodeValue(address, metadata), health);
     const seconds = this.config.connectTimeoutMs / 1000;
     try {
-      await withDeadline(writtenUnlessNoContact(written, this.conn.ensureContact()), this.config.connectTimeoutMs, () =>
+      await withDeadline(this.conn.hasContact ? written : writtenUnlessNoContact(written, this.conn.ensureContact()), this.config.connectTimeoutMs, () =>
         health && this.keeper.health(endpoint.key) !== 'passing'
           ? new RegistryError('ERR_TIMEOUT', `could not register ${endpoint.key}: its health check (${health.what}) did not pass within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`)
           : new RegistryError('ERR_ETCD_UNREACHABLE', `could not register ${endpoint.key}: etcd did not accept it within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`),

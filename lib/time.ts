@@ -22,20 +22,38 @@ export function delay(ms: number, signal?: AbortSignal, ref = false): Promise<vo
 }
 
 /**
+ * Runs `fn` once the requests made in this turn of the event loop have gone out. Node's
+ * HTTP/2 session writes from a native immediate, which runs before the setImmediate
+ * callbacks queued in the same turn: whatever a call does here instead of before it
+ * returns no longer holds its request back (bench figure 1: about 35 µs of register()).
+ */
+export function afterSend(fn: () => void): void {
+  setImmediate(fn);
+}
+
+/**
  * Settles like `promise`, or rejects with `onTimeout()` after `ms`. The timer is
  * ref'd only when asked: a pending deadline must not hold a finished process open.
+ * It is armed after the turn's requests went out (afterSend()), `ms` from then.
  */
 export function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error, ref = false): Promise<T> {
   // One promise and one timer (no race, no finally): this wraps every register() and unregister().
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(onTimeout()), ms);
-    if (!ref) timer.unref();
+    let timer: NodeJS.Timeout | undefined;
+    let settled = false;
+    afterSend(() => {
+      if (settled) return;
+      timer = setTimeout(() => reject(onTimeout()), ms);
+      if (!ref) timer.unref();
+    });
     promise.then(
       (value) => {
+        settled = true;
         clearTimeout(timer);
         resolve(value);
       },
       (error: unknown) => {
+        settled = true;
         clearTimeout(timer);
         reject(error);
       },

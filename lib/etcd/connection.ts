@@ -325,6 +325,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly options: ConnectionOptions;
   private reachable = true;
   private contact: Promise<void> | undefined;
+  /** The first contact succeeded: ensureContact() has nothing left to wait for. */
+  private contacted = false;
   private maxRevision = 0;
   /** The highest revision etcd vouched for: a linearizable read's, a watch creation's, an event's (see confirmLoss). */
   private vouchedRevision = 0;
@@ -488,6 +490,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     }
   }
 
+  /** Whether the first contact was made (ensureContact() resolved). */
+  get hasContact(): boolean {
+    return this.contacted;
+  }
+
   /**
    * The first contact: retried with backoff until it succeeds or the connect
    * timeout passes. Shared by concurrent callers; a failure lets a later call try again.
@@ -533,6 +540,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         true,
       );
       debug('contact with %s after %d attempt(s), %d ms', endpoints.join(','), attempts, Math.round(performance.now() - started));
+      this.contacted = true;
       // The contact's read was linearizable: the next one comes at a random point of the
       // interval, now known (through a proxy or not), so that a fleet started at once spreads out.
       this.nextVouchAt = performance.now() + Math.random() * this.vouchIntervalMs;

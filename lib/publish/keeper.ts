@@ -23,7 +23,7 @@ import { type Connection, isUnreachableError } from '../etcd/connection';
 import { RegistryClosedError, type RegistryError, quote } from '../errors';
 import type { KeySpace } from '../keys';
 import { logger } from '../log';
-import { delay } from '../time';
+import { afterSend, delay } from '../time';
 import type { Endpoint } from '../types';
 import type { WatchStream } from '../etcd/watch-stream';
 import { HealthCheck, type HealthSpec, type HealthState } from './health';
@@ -77,6 +77,8 @@ export class LeaseKeeper {
   private readonly abort = new AbortController();
   /** Events whose state is complete, delivered by flush(). */
   private readonly outbox: (() => void)[] = [];
+  /** A round of writes started: the status and events are brought up to date once its request is out. */
+  private eventsDue = false;
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
   private regranting = false;
@@ -266,7 +268,11 @@ export class LeaseKeeper {
 
   // ---- the writer -------------------------------------------------------------
 
-  /** Starts the writer if there is work; brings the status and the events up to date. */
+  /**
+   * Starts the writer if there is work; brings the status and the events up to date: at
+   * once when no round of writes runs, else once this turn's requests went out (afterSend():
+   * a call's request does not wait behind its 'status' event and the listeners).
+   */
   private kick(): void {
     // A key forgotten without a delete round (never written: its check had not passed) may leave its service empty.
     this.releaseEmptied();
@@ -284,6 +290,18 @@ export class LeaseKeeper {
         this.writing = false;
         this.kick();
       });
+    }
+    // (A running round takes what is owed now on its next turn: maybe this one.)
+    if (this.writing) {
+      if (!this.eventsDue) {
+        this.eventsDue = true;
+        afterSend(() => {
+          this.eventsDue = false;
+          this.updateStatus();
+          this.flush();
+        });
+      }
+      return;
     }
     this.updateStatus();
     this.flush();
@@ -677,7 +695,7 @@ export class LeaseKeeper {
     // of the event loop has run its synchronous code and microtasks: the tidying up waits for
     // the next step (nothing can write meanwhile: the keeper and its session are closed).
     const revoked = this.session.close(timeoutMs, what);
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await new Promise<void>((resolve) => afterSend(resolve));
     this.abort.abort(new RegistryClosedError('close'));
     this.pacing?.abort(this.abort.signal.reason);
     for (const running of this.running.values()) for (const check of running) check.stop();

@@ -103,6 +103,26 @@ describe('Registry against a real etcd', () => {
     }
   });
 
+  it("a call's status events come after it returned, once its request went out (a slow listener does not hold the request back), in order", async () => {
+    const prefix = uniquePrefix('status-after-send');
+    const a = registry(prefix);
+    await a.register({ service: 'web', address: '10.0.0.1:80' });
+    const order: string[] = [];
+    a.on('status', (s) => order.push(`status ${s}`));
+    const first = a.register({ service: 'web', address: '10.0.0.2:80' });
+    order.push('returned');
+    await first;
+    expect(order).toEqual(['returned', 'status registering', 'status registered']);
+    // Two calls in one turn: the second (no new round of writes) tells what is due, still in order.
+    order.length = 0;
+    const both = [a.register({ service: 'web', address: '10.0.0.3:80' }), a.unregister({ service: 'web', address: '10.0.0.1:80' })];
+    order.push('returned');
+    await Promise.all(both);
+    expect(order.filter((x) => x !== 'returned')).toEqual(['status registering', 'status registered']);
+    expect(a.status).toBe('registered');
+    expect(addresses(await a.endpoints('web'))).toEqual(['10.0.0.2:80', '10.0.0.3:80']);
+  });
+
   it('services() reads and watches every service under the prefix at once', async () => {
     const prefix = uniquePrefix('all');
     const a = registry(prefix);
