@@ -146,8 +146,12 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     debug('created: etcd %s, prefix %s', this.config.etcdEndpoints.join(','), quote(this.config.keyPrefix));
   }
 
-  /** 'idle' | 'registering' | 'registered' | 'recovering' | 'closed' */
+  /**
+   * 'idle' | 'registering' | 'registered' | 'recovering' | 'closed'. Read right after a call,
+   * it tells the status the call made (and its 'status' event comes first).
+   */
   get status(): RegistryStatus {
+    this.keeper.settle();
     return this.currentStatus;
   }
 
@@ -805,6 +809,8 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const work = (async () => {
       await this.conn.ensureContact();
       await this.discovery.syncAll('ready');
+      // A register() of this turn has its status told after its send: told now.
+      this.keeper.settle();
       while (!settled && (this.currentStatus === 'registering' || this.currentStatus === 'recovering')) {
         await new Promise<void>((resolve) => {
           const waiter = (): void => {

@@ -161,7 +161,7 @@ export class LeaseKeeper {
       check.start();
     }
     this.alignChecks(key);
-    this.kick();
+    this.kick(true);
     return intent;
   }
 
@@ -262,7 +262,7 @@ export class LeaseKeeper {
     const { done } = this.intents.intend(key, undefined);
     this.announced.delete(key);
     this.alignChecks(key);
-    this.kick();
+    this.kick(true);
     return done;
   }
 
@@ -270,10 +270,11 @@ export class LeaseKeeper {
 
   /**
    * Starts the writer if there is work; brings the status and the events up to date: at
-   * once when no round of writes runs, else once this turn's requests went out (afterSend():
-   * a call's request does not wait behind its 'status' event and the listeners).
+   * once, or for a register() or unregister() while a round of writes runs (`call`), once
+   * this turn's requests went out (afterSend(): a call's request does not wait behind its
+   * 'status' event and the listeners). settle() brings them up to date sooner.
    */
-  private kick(): void {
+  private kick(call = false): void {
     // A key forgotten without a delete round (never written: its check had not passed) may leave its service empty.
     this.releaseEmptied();
     // A lost lease with nothing left to put on a new one is not replaced: it is revoked, once
@@ -292,17 +293,21 @@ export class LeaseKeeper {
       });
     }
     // (A running round takes what is owed now on its next turn: maybe this one.)
-    if (this.writing) {
+    if (call && this.writing) {
       if (!this.eventsDue) {
         this.eventsDue = true;
-        afterSend(() => {
-          this.eventsDue = false;
-          this.updateStatus();
-          this.flush();
-        });
+        afterSend(() => this.settle());
       }
       return;
     }
+    this.updateStatus();
+    this.flush();
+  }
+
+  /** Brings the status and the events a call left for after its send (kick()) up to date now. */
+  settle(): void {
+    if (!this.eventsDue) return;
+    this.eventsDue = false;
     this.updateStatus();
     this.flush();
   }
@@ -684,6 +689,8 @@ export class LeaseKeeper {
    * once the revoke is done.
    */
   close(timeoutMs: number): Promise<RegistryError | undefined> {
+    // What a call of this turn changed is told before 'closing' (only then: no wait otherwise).
+    if (this.closing === undefined) this.settle();
     this.closing ??= this.doClose(timeoutMs);
     return this.closing;
   }

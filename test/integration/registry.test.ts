@@ -121,6 +121,22 @@ describe('Registry against a real etcd', () => {
     expect(order.filter((x) => x !== 'returned')).toEqual(['status registering', 'status registered']);
     expect(a.status).toBe('registered');
     expect(addresses(await a.endpoints('web'))).toEqual(['10.0.0.2:80', '10.0.0.3:80']);
+    // Read right after a call, the status is the one the call made, its event told first.
+    order.length = 0;
+    const third = a.register({ service: 'web', address: '10.0.0.4:80' });
+    expect(a.status).toBe('registering');
+    order.push('read');
+    // ready() right after a call waits for it.
+    const fourth = a.register({ service: 'web', address: '10.0.0.5:80' });
+    await a.ready();
+    expect((await etcd.get(`${prefix}/services/web/10.0.0.5:80`).exec()).kvs).toHaveLength(1);
+    await Promise.all([third, fourth]);
+    expect(order.slice(0, 2)).toEqual(['status registering', 'read']);
+    // A call and close() in one turn: its status is told before 'closing'.
+    order.length = 0;
+    void a.register({ service: 'web', address: '10.0.0.6:80' }).catch(() => undefined);
+    await a.close();
+    expect(order).toEqual(['status registering', 'status closing', 'status closed']);
   });
 
   it('services() reads and watches every service under the prefix at once', async () => {
