@@ -236,7 +236,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const { token, done: written } = this.keeper.add(endpoint, encodeValue(address, metadata), health);
     const seconds = this.config.connectTimeoutMs / 1000;
     try {
-      await withDeadline(this.conn.hasContact ? written : writtenUnlessNoContact(written, this.conn.ensureContact()), this.config.connectTimeoutMs, () =>
+      await withDeadline(writtenUnlessNoContact(written, this.conn), this.config.connectTimeoutMs, () =>
         health && this.keeper.health(endpoint.key) !== 'passing'
           ? new RegistryError('ERR_TIMEOUT', `could not register ${endpoint.key}: its health check (${health.what}) did not pass within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`)
           : new RegistryError('ERR_ETCD_UNREACHABLE', `could not register ${endpoint.key}: etcd did not accept it within ${seconds} s (REGISTRY_ETCD_CONNECT_TIMEOUT_SECONDS)`),
@@ -926,9 +926,12 @@ function fastPicker(list: ServiceList, options: PickerOptions): Picker | undefin
 /**
  * Settles with the write: a write etcd confirmed is registered, even while the first
  * contact is still being made (its probe may lose to the write); fails only if the
- * first contact fails first (a refused TLS handshake, a connect timeout).
+ * first contact fails first (a refused TLS handshake, a connect timeout). Once contact
+ * was made, the write alone.
  */
-function writtenUnlessNoContact(written: Promise<void>, contact: Promise<void>): Promise<void> {
+function writtenUnlessNoContact(written: Promise<void>, conn: Connection): Promise<void> {
+  if (conn.hasContact) return written;
+  const contact = conn.ensureContact();
   return new Promise<void>((resolve, reject) => {
     written.then(resolve, reject);
     contact.catch(reject);

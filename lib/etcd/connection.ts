@@ -698,7 +698,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   checkHeader(header: IResponseHeader | undefined, vouches: boolean, floor?: Floor): void {
     this.answeredAt = performance.now();
-    if (!header || (floor !== undefined && floor.epoch !== this.resetEpoch)) return;
+    if (!header || (floor !== undefined && !this.isCurrent(floor))) return;
     const revision = Number(header.revision);
     const clusterId = this.clusterIdOf(header);
     // A header etcd's grpc-proxy made up itself (a create it answers for a watch it already

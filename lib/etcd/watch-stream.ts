@@ -246,11 +246,7 @@ export class WatchStream {
     const id = this.nextId++;
     this.ids.set(target, id);
     this.targets.set(id, target);
-    if (this.lingerTimer) {
-      clearTimeout(this.lingerTimer);
-      this.lingerTimer = undefined;
-      if (this.stream) this.startPing();
-    }
+    if (this.stopLinger() && this.stream) this.startPing();
     if (this.stream) this.create(id, target);
     else this.open();
   }
@@ -274,12 +270,20 @@ export class WatchStream {
       return;
     }
     this.stopPing();
-    clearTimeout(this.lingerTimer);
+    this.stopLinger();
     this.lingerTimer = setTimeout(() => {
       this.lingerTimer = undefined;
       if (this.targets.size === 0) this.teardown('no watches left');
     }, LINGER_MS);
     this.lingerTimer.unref();
+  }
+
+  /** Whether the stream was lingering (see idle()); it no longer is. */
+  private stopLinger(): boolean {
+    if (!this.lingerTimer) return false;
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    return true;
   }
 
   get size(): number {
@@ -662,10 +666,7 @@ export class WatchStream {
     this.heard = 0;
     this.progressAnswers = 0;
     this.stopPing();
-    if (this.lingerTimer) {
-      clearTimeout(this.lingerTimer);
-      this.lingerTimer = undefined;
-    }
+    this.stopLinger();
     if (stream) {
       debug('stream closed: %s', reason);
       try {

@@ -77,7 +77,7 @@ export class LeaseKeeper {
   private readonly abort = new AbortController();
   /** Events whose state is complete, delivered by flush(). */
   private readonly outbox: (() => void)[] = [];
-  /** A round of writes started: the status and events are brought up to date once its request is out. */
+  /** A register() or unregister() left the status and events for after its request went out (see kick(), settle()). */
   private eventsDue = false;
   private writing = false;
   /** A lost lease is being replaced: 'recovering' until every key is on the new one. */
