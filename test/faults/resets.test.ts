@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { Etcd3, type IResponseHeader } from 'etcd3';
 import { describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
-import type { Connection } from '../../lib/etcd/connection';
+import type { Connection, Floor } from '../../lib/etcd/connection';
 import { findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
@@ -56,6 +56,34 @@ describe('suspected resets on one etcd member', () => {
     await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(Number(header.revision) - 1), { timeout: 5000 });
     return { a, conn, resets, suspected, resynced: () => resynced, header };
   }
+
+  /**
+   * watched(), then etcd wiped and the reset confirmed; `before`: the connection's floor just
+   * before the wipe (a request sent then is answered only after it).
+   */
+  async function wipedOnce(prefix: string): Promise<Awaited<ReturnType<typeof watched>> & { before: Floor }> {
+    const w = await watched(prefix);
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
+    await eventually(async () => expect(remembered(w.conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
+    const before = w.conn.floor;
+    await etcd.restart({ wipe: true });
+    w.conn.reportReset('watch resumed past etcd\'s revision (test)');
+    await eventually(() => expect(w.resets.length).toBe(1), { timeout: 10_000 });
+    return { ...w, before };
+  }
+
+  /** Puts until the new history runs past `revision` (by 6), seen by `conn`, nothing suspected or being checked; the revision reached. */
+  async function runPast(conn: Connection, prefix: string, revision: number): Promise<number> {
+    let now = 0;
+    while (now <= revision + 5) now = Number((await node.client.put(`${prefix}/noise`).value('x')).header.revision);
+    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(now), { timeout: 5000 });
+    // (Vouching waits while something is checked.)
+    await eventually(() => expect(checking(conn)).toBe(false), { timeout: 5000 });
+    return now;
+  }
+
+  /** `header` from this cluster at `revision`. */
+  const headerAt = (conn: Connection, header: IResponseHeader, revision: number): IResponseHeader => ({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(revision) });
 
   it('a header with cluster id 0 neither emits reset nor changes the remembered cluster id', async () => {
     const { conn, resets, suspected, header } = await watched(uniquePrefix('cluster-id-0'));
@@ -163,26 +191,16 @@ describe('suspected resets on one etcd member', () => {
 
   it('an answer to a request sent before a confirmed reset vouches for nothing: a header that runs ahead later is no second reset', async () => {
     const prefix = uniquePrefix('stale-answer');
-    const { conn, resets, suspected, header } = await watched(prefix);
-    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
-    await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
-    // A write goes out now, and is answered only after the reset below (from the old history).
-    const sentBefore = conn.floor;
-    await etcd.restart({ wipe: true });
-    conn.reportReset('watch resumed past etcd\'s revision (test)');
-    await eventually(() => expect(resets.length).toBe(1), { timeout: 10_000 });
+    // A write goes out just before the reset, and is answered only after it (from the old history).
+    const { conn, resets, suspected, header, before: sentBefore } = await wipedOnce(prefix);
     // The new history runs past what was seen when that write went out.
-    let now = 0;
-    while (now <= sentBefore.revision + 5) now = Number((await node.client.put(`${prefix}/noise`).value('x')).header.revision);
-    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(now), { timeout: 5000 });
-    // Nothing suspected or being checked (vouching waits while something is).
-    await eventually(() => expect(checking(conn)).toBe(false), { timeout: 5000 });
+    const now = await runPast(conn, prefix, sentBefore.revision);
     // Its answer comes: a revision of the old history, far ahead of the new one.
-    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now + 50) }, true, sentBefore);
+    conn.checkHeader(headerAt(conn, header, now + 50), true, sentBefore);
     const suspicionsBefore = suspected.length;
     // Later a header runs ahead (a proxy's, one ahead), then an answer is behind it.
-    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now + 10) }, false);
-    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(now) }, false, conn.floor);
+    conn.checkHeader(headerAt(conn, header, now + 10), false);
+    conn.checkHeader(headerAt(conn, header, now), false, conn.floor);
     // etcd has revision `now`, not now + 10: checked against what etcd vouched for, no reset.
     await sleep(1500);
     expect(resets.length).toBe(1);
@@ -192,27 +210,19 @@ describe('suspected resets on one etcd member', () => {
 
   it("a stream that outlived a confirmed reset (a grpc-proxy's) is checked against what the reset's read saw, not against the answers since: its events trail them", async () => {
     const prefix = uniquePrefix('outlived');
-    const { conn, resets, suspected, header } = await watched(prefix);
-    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
-    await eventually(async () => expect(remembered(conn).maxRevision).toBeGreaterThan(30), { timeout: 5000 });
-    const opened = conn.floor;
-    await etcd.restart({ wipe: true });
-    conn.reportReset('watch resumed past etcd\'s revision (test)');
-    await eventually(() => expect(resets.length).toBe(1), { timeout: 10_000 });
+    // The stream opened before the reset.
+    const { conn, resets, suspected, header, before: opened } = await wipedOnce(prefix);
     expect(conn.isCurrent(opened)).toBe(false);
     const floor = conn.resetFloor;
     expect(conn.isCurrent(floor)).toBe(true);
     // Answers to the puts made since run ahead of what the reset's read saw.
-    let now = 0;
-    while (now <= floor.revision + 5) now = Number((await node.client.put(`${prefix}/noise`).value('x')).header.revision);
-    await eventually(() => expect(remembered(conn).maxRevision).toBeGreaterThanOrEqual(now), { timeout: 5000 });
-    await eventually(() => expect(checking(conn)).toBe(false), { timeout: 5000 });
+    await runPast(conn, prefix, floor.revision);
     const before = suspected.length;
     // An event of the stream, of a revision between the two: not behind anything it could have seen.
-    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(floor.revision + 1) }, false, floor);
+    conn.checkHeader(headerAt(conn, header, floor.revision + 1), false, floor);
     expect(suspected.length).toBe(before);
     // (Against what was seen since, as the stream took before, it was suspected.)
-    conn.checkHeader({ ...header, cluster_id: remembered(conn).clusterId!, revision: String(floor.revision + 1) }, false, conn.floor);
+    conn.checkHeader(headerAt(conn, header, floor.revision + 1), false, conn.floor);
     expect(suspected.length).toBe(before + 1);
     await sleep(1500);
     expect(resets.length).toBe(1);
