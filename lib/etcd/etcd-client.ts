@@ -8,11 +8,12 @@
  * error types); the unary ones also through the client's failover policy and deadline, as
  * every other call does.
  */
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
+import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, isRecoverableError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
+import { DirectUnary, callError } from './direct-unary';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
@@ -30,6 +31,9 @@ interface WatchMethod {
 export type CallDeadline = () => number;
 
 export class EtcdClient extends Etcd3 {
+  /** The put on the lease goes on Node's own HTTP/2 (lib/etcd/direct-unary.ts), the rest on grpc-js. */
+  private readonly direct: DirectUnary;
+
   constructor(
     options: IOptions,
     /** The policy etcd3 runs every unary call in (`faultHandling.global`). */
@@ -37,6 +41,18 @@ export class EtcdClient extends Etcd3 {
     private readonly deadline: CallDeadline,
   ) {
     super({ ...options, faultHandling: { ...options.faultHandling, global } });
+    const { credentials, hosts } = options;
+    // TLS exactly when etcd3 uses it: credentials given, or an https:// member.
+    const secure = credentials !== undefined || [hosts ?? []].flat().some((h) => h.startsWith('https:'));
+    this.direct = new DirectUnary({
+      secure,
+      tls: credentials && (() => ({ ca: credentials.rootCertificate, cert: credentials.certChain, key: credentials.privateKey })),
+    });
+  }
+
+  override close(): void {
+    this.direct.close();
+    super.close();
   }
 
   /**
@@ -62,7 +78,7 @@ export class EtcdClient extends Etcd3 {
 
   /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
   putOnLease(req: PutRequest): Promise<PutResponse> {
-    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }));
+    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }), true);
   }
 
   /**
@@ -71,7 +87,7 @@ export class EtcdClient extends Etcd3 {
    * to etcd3's types. When etcd has forgotten the auth token (it restarted), `viaEtcd3` makes
    * the same call through etcd3, which renews the token and asks again.
    */
-  private async unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req, viaEtcd3: () => Promise<Res>): Promise<Res> {
+  private async unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req, viaEtcd3: () => Promise<Res>, direct = false): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
     type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
@@ -81,13 +97,26 @@ export class EtcdClient extends Etcd3 {
       return await this.global.execute(() =>
         this.pool.withConnection(
           'KV',
-          ({ client, metadata }) =>
-            new Promise<Res>((resolve, reject) => {
-              client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
-                if (err) reject(castGrpcError(err));
-                else resolve(res!);
-              });
-            }),
+          ({ resource, client, metadata }) => {
+            // The member etcd3 picked, as host:port (private in etcd3's types; grpc-js's call if it is gone).
+            const host = direct ? (resource as unknown as { host?: unknown }).host : undefined;
+            return typeof host === 'string'
+              ? this.direct.call(host, method, encode(req), metadata, this.deadline()).then(
+                  (bytes) => decodeAnswer(decode, bytes),
+                  (err: Error) => {
+                    const cast = castGrpcError(err);
+                    // As etcd3 resets the member's grpc-js clients (a stalled connection is not reused).
+                    if (isRecoverableError(cast)) this.direct.reset(host);
+                    throw cast;
+                  },
+                )
+              : new Promise<Res>((resolve, reject) => {
+                  client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
+                    if (err) reject(castGrpcError(err));
+                    else resolve(res!);
+                  });
+                });
+          },
           order,
         ),
       );
@@ -101,6 +130,15 @@ export class EtcdClient extends Etcd3 {
 /** The Watch service's method definition, from the generated client's constructor. */
 function watchMethod(client: object): WatchMethod {
   return (client.constructor as unknown as { service: { Watch: WatchMethod } }).service.Watch;
+}
+
+/** An answer that does not decode fails as grpc-js fails it: INTERNAL. */
+function decodeAnswer<Res>(decode: (bytes: Buffer) => Res, bytes: Buffer): Res {
+  try {
+    return decode(bytes);
+  } catch (e) {
+    throw castGrpcError(callError(13, `Response message parsing error: ${(e as Error).message}`));
+  }
 }
 
 function fromResponse(res: IRangeResponse): RangePage {

@@ -64,19 +64,42 @@ describe('watches and connections under faults', () => {
     await eventually(async () => expect((await watcher.endpoints('web'))[0]?.metadata).toEqual(last.Metadata));
   });
 
+  it("a stalled connection under the put on the lease (the registry's own HTTP/2 session): the write caught by it ends at its deadline, and the endpoint is written on a new one", async () => {
+    const prefix = uniquePrefix('put-stall');
+    await startProxy();
+    const r = reg(proxy.url, prefix);
+    await r.endpoints('web'); // KV, then Watch
+    const first = await r.register({ service: 'web', address: '10.9.1.1:80' }); // Lease, then the put's own session
+    expect(proxy.connectionCount).toBe(4);
+    proxy.blackholeAt(3);
+    const stalled = Date.now();
+    const second = r.register({ service: 'web', address: '10.9.1.2:80' }).then(
+      () => 'registered',
+      (e: Error & { code?: string }) => `rejected ${e.code}`,
+    );
+    await eventually(async () => expect(await node.client.get(`${prefix}/services/web/10.9.1.2:80`).string()).not.toBeNull(), { timeout: 8000, interval: 50 });
+    const ms = Date.now() - stalled;
+    measured('the put on the lease stalled → written on a new session', ms);
+    // At the request timeout (1 s), not at the next watchdog read or never: the silent session is given up.
+    expect(ms).toBeLessThan(4000);
+    expect(await second).toMatch(/^(registered|rejected ERR_TIMEOUT)$/);
+    await expectConverged(node.client, prefix, [first, { ...first, address: '10.9.1.2:80', key: `${prefix}/services/web/10.9.1.2:80` }], [r]);
+    await eventually(() => expect(r.status).toBe('registered'), { timeout: 5000 });
+  });
+
   it('after a stalled keepalive, etcd-reachable comes (and the status is registered again) as soon as a read answers, though keepalives and watch events keep coming', async () => {
     const prefix = uniquePrefix('reach-again');
     await startProxy();
     const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
     await r.endpoints('web'); // the KV connection, then the Watch one
-    await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection: the newest
+    await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection, then the put's own
     // The next linearizable watchdog read far away, as it is up to 5 min through a grpc-proxy.
     (r as unknown as { conn: { nextVouchAt: number } }).conn.nextVouchAt = performance.now() + 60_000;
     const stopWriting = keepWriting(`${prefix}/services/web`, '10.9.0.9:80', 150);
     try {
       await sleep(500);
       const unreachable = timeUntil(r, 'etcd-unreachable');
-      proxy.blackholeNewest(); // only the keepalive's connection goes silent
+      proxy.blackholeAt(2); // only the keepalive's connection goes silent
       await unreachable;
       const at = performance.now();
       // Before: not until the next linearizable read (up to 5 min through a proxy), 'recovering' meanwhile.

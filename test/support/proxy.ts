@@ -135,6 +135,17 @@ export class TcpProxy {
     this.blackhole(oldest);
   }
 
+  /**
+   * Black-holes only the `index`-th live connection (0: the oldest). A registry that first lists
+   * a service, then registers, opens KV, Watch, Lease (etcd3's, in the order first used), then
+   * its own session for the put on the lease (lib/etcd/direct-unary.ts).
+   */
+  blackholeAt(index: number): void {
+    const pair = [...this.pairs][index];
+    if (pair === undefined) throw new Error(`no connection ${index}: ${this.pairs.size} live`);
+    this.blackhole(pair);
+  }
+
   /** Black-holes only the newest live connection: a client's last one, for example etcd3's watch connection after a read. */
   blackholeNewest(): void {
     const newest = [...this.pairs].at(-1);
@@ -145,7 +156,8 @@ export class TcpProxy {
   /**
    * From now on, holds what etcd sends on the `index`-th live connection (0: the oldest) for
    * `ms` before passing it on, in order: one slow stream beside fast ones. etcd3 opens a
-   * connection per service, in the order first used (a registry that first lists a service, then registers: KV, Watch, Lease).
+   * connection per service, in the order first used (a registry that first lists a service, then registers: KV, Watch, Lease,
+   * then the registry's own for the put on the lease).
    */
   delayDownstream(index: number, ms: number): void {
     const pair = [...this.pairs][index];

@@ -1,0 +1,123 @@
+/**
+ * The put on the lease on Node's own HTTP/2 (lib/etcd/direct-unary.ts through
+ * EtcdClient.putOnLease), against a real etcd that answers, refuses, stalls and restarts:
+ * it must answer and fail exactly as the grpc-js call it replaces (etcd3's error types, the
+ * deadline kept, a new session after a lost one), and hold the process open only while a
+ * call is out.
+ */
+import { noop } from 'cockatiel';
+import { ClientClosedError, EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EtcdClient } from '../../lib/etcd/etcd-client';
+import { spawnFixture } from '../support/child';
+import { findFreePort } from '../support/etcd';
+import { uniquePrefix } from '../support/env';
+import { sleep, useFaultNode } from './support';
+
+/** What `fn` settled with, and the ms it took. */
+async function timed<T>(fn: () => Promise<T>): Promise<{ result: T; ms: number }> {
+  const started = performance.now();
+  const result = await fn();
+  return { result, ms: performance.now() - started };
+}
+
+describe('the put on the lease, on its own HTTP/2 session', () => {
+  const node = useFaultNode();
+  const { etcd } = node;
+  const open: EtcdClient[] = [];
+  const client = (host: string, deadlineMs = 5000): EtcdClient => {
+    const c = new EtcdClient({ hosts: [host] }, noop, () => Date.now() + deadlineMs);
+    open.push(c);
+    return c;
+  };
+  afterEach(() => open.splice(0).forEach((c) => c.close()));
+  const host = (): string => etcd.clientUrl.replace(/^http:\/\//, '');
+
+  it("answers as etcd's put does: the revision it wrote at, a lease etcd does not know as EtcdLeaseInvalidError", async () => {
+    const key = `${uniquePrefix('direct')}/k`;
+    const c = client(host());
+    const first = await c.putOnLease({ key, value: 'one', lease: '0' });
+    const second = await c.putOnLease({ key, value: 'two', lease: '0' });
+    const stored = (await node.client.get(key).exec()).kvs[0]!;
+    expect(stored.value.toString()).toBe('two');
+    expect(second.header.revision).toBe(stored.mod_revision);
+    expect(Number(second.header.revision)).toBeGreaterThan(Number(first.header.revision));
+    const lost = await c.putOnLease({ key, value: 'three', lease: '12345' }).catch((e: unknown) => e);
+    expect(lost).toBeInstanceOf(EtcdLeaseInvalidError);
+    expect((await node.client.get(key).string())).toBe('two');
+  });
+
+  it('fails on a refused connection as grpc-js does: GRPCUnavailableError, naming ECONNREFUSED, at once', async () => {
+    const port = await findFreePort();
+    const { result, ms } = await timed(() => client(`127.0.0.1:${port}`).putOnLease({ key: 'direct/refused', value: 'v', lease: '0' }).catch((e: unknown) => e));
+    expect(result).toBeInstanceOf(GRPCUnavailableError);
+    expect((result as Error).message).toMatch(/No connection established\. Last error: connect ECONNREFUSED 127\.0\.0\.1:\d+/);
+    expect(ms).toBeLessThan(1000);
+  });
+
+  it('ends a call to a member that stopped answering at its deadline, and gets through once it answers again', async () => {
+    const key = `${uniquePrefix('direct')}/stalled`;
+    const c = client(host(), 600);
+    await c.putOnLease({ key, value: 'before', lease: '0' });
+    etcd.pause();
+    const { result, ms } = await timed(() => c.putOnLease({ key, value: 'stalled', lease: '0' }).catch((e: unknown) => e));
+    etcd.resume();
+    expect(result).toBeInstanceOf(GRPCDeadlineExceededError);
+    expect(ms).toBeGreaterThanOrEqual(550);
+    expect(ms).toBeLessThan(3000);
+    await c.putOnLease({ key, value: 'after', lease: '0' });
+    expect(await node.client.get(key).string()).toBe('after');
+  });
+
+  it('opens a new session after the member restarted: at most the call caught by the restart fails, as UNAVAILABLE', async () => {
+    const key = `${uniquePrefix('direct')}/restart`;
+    const c = client(host(), 2000);
+    await c.putOnLease({ key, value: 'before', lease: '0' });
+    await etcd.restart();
+    const outcomes: unknown[] = [];
+    for (let i = 0; i < 3; i++) outcomes.push(await c.putOnLease({ key, value: `after ${i}`, lease: '0' }).catch((e: unknown) => e));
+    const failures = outcomes.filter((o) => o instanceof Error);
+    expect(failures.length).toBeLessThanOrEqual(1);
+    for (const f of failures) expect(f).toBeInstanceOf(GRPCUnavailableError);
+    expect(await node.client.get(key).string()).toBe('after 2');
+  });
+
+  it('fails the calls out when the client closes, at once (UNAVAILABLE), and every call after it, unsent', async () => {
+    const c = client(host(), 10_000);
+    await c.putOnLease({ key: 'direct/close', value: 'v', lease: '0' });
+    etcd.pause();
+    const out = c.putOnLease({ key: 'direct/close', value: 'w', lease: '0' }).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 50));
+    const { result, ms } = await timed(async () => {
+      c.close();
+      return out;
+    });
+    etcd.resume();
+    expect(result).toBeInstanceOf(GRPCUnavailableError);
+    expect(ms).toBeLessThan(500);
+    const after = await c.putOnLease({ key: 'direct/close', value: 'x', lease: '0' }).catch((e: unknown) => e);
+    expect(after).toBeInstanceOf(ClientClosedError); // etcd3's own: the pool is closed too
+    // The call cut off had been sent (etcd may apply it once it runs again); the one after close() never was.
+    await sleep(300);
+    expect(['v', 'w']).toContain(await node.client.get('direct/close').string());
+  });
+
+  it('holds the process open while a call is out (to its deadline), and not a moment longer', async () => {
+    // Answered: the process ends by itself, the session left open (never closed) does not hold it.
+    const answered = spawnFixture('direct-put.ts', { DIRECT_HOST: host(), DIRECT_DEADLINE_MS: '5000' });
+    const done = await answered.exited();
+    expect(answered.output()).toMatch(/put \d+/);
+    expect(done.code).toBe(0);
+    // Stalled: the call out holds it until its deadline, then it says so and ends.
+    etcd.pause();
+    try {
+      const stalled = spawnFixture('direct-put.ts', { DIRECT_HOST: host(), DIRECT_DEADLINE_MS: '1500' });
+      const { result, ms } = await timed(() => stalled.exited());
+      expect(stalled.output()).toMatch(/failed GRPCDeadlineExceededError: 4 DEADLINE_EXCEEDED: Deadline exceeded/);
+      expect(result.code).toBe(0);
+      expect(ms).toBeGreaterThanOrEqual(1400);
+    } finally {
+      etcd.resume();
+    }
+  });
+});
