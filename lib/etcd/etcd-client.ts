@@ -13,7 +13,8 @@ import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
-import { DirectUnary, callError } from './direct-unary';
+import { DirectChannel } from './direct-channel';
+import { callError } from './grpc-status';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
@@ -31,8 +32,8 @@ interface WatchMethod {
 export type CallDeadline = () => number;
 
 export class EtcdClient extends Etcd3 {
-  /** The put on the lease goes on Node's own HTTP/2 (lib/etcd/direct-unary.ts), the rest on grpc-js. */
-  private readonly direct: DirectUnary;
+  /** The put on the lease goes on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js. */
+  private readonly direct: DirectChannel;
 
   constructor(
     options: IOptions,
@@ -44,7 +45,7 @@ export class EtcdClient extends Etcd3 {
     const { credentials, hosts } = options;
     // TLS exactly when etcd3 uses it: credentials given, or an https:// member.
     const secure = credentials !== undefined || [hosts ?? []].flat().some((h) => h.startsWith('https:'));
-    this.direct = new DirectUnary({
+    this.direct = new DirectChannel({
       secure,
       tls: credentials && (() => ({ ca: credentials.rootCertificate, cert: credentials.certChain, key: credentials.privateKey })),
     });
@@ -63,8 +64,18 @@ export class EtcdClient extends Etcd3 {
   watchStream(): Promise<WatchDuplex> {
     return this.pool.withConnection('Watch', ({ resource, client, metadata }) => {
       const method = watchMethod(client);
-      const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
-      stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
+      const host = memberHost(resource);
+      if (host === undefined) {
+        const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
+        stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
+        return stream as unknown as WatchDuplex;
+      }
+      const stream = this.direct.stream(host, method.path, metadata, method.requestSerialize, decodeWatchResponse);
+      stream.on('error', (err: Error) => {
+        // As etcd3 marks the member failed (and resets its clients, this session with them).
+        if (isRecoverableError(castGrpcError(err))) this.direct.reset(host);
+        this.pool.markFailed(resource, err);
+      });
       return stream as unknown as WatchDuplex;
     });
   }
@@ -98,9 +109,8 @@ export class EtcdClient extends Etcd3 {
         this.pool.withConnection(
           'KV',
           ({ resource, client, metadata }) => {
-            // The member etcd3 picked, as host:port (private in etcd3's types; grpc-js's call if it is gone).
-            const host = direct ? (resource as unknown as { host?: unknown }).host : undefined;
-            return typeof host === 'string'
+            const host = direct ? memberHost(resource) : undefined;
+            return host !== undefined
               ? this.direct.call(host, method, encode(req), metadata, this.deadline()).then(
                   (bytes) => decodeAnswer(decode, bytes),
                   (err: Error) => {
@@ -125,6 +135,12 @@ export class EtcdClient extends Etcd3 {
       return await viaEtcd3();
     }
   }
+}
+
+/** The member etcd3 picked, as host:port (private in etcd3's types): grpc-js's call is made if it is gone. */
+function memberHost(resource: unknown): string | undefined {
+  const host = (resource as { host?: unknown }).host;
+  return typeof host === 'string' ? host : undefined;
 }
 
 /** The Watch service's method definition, from the generated client's constructor. */

@@ -147,10 +147,10 @@ describe('suspected resets on one etcd member', () => {
     await proxy.start();
     const a = faultRegistry(proxy.url, prefix, { leaseSeconds: 4 });
     try {
-      // Connections in a known order: a read (KV), its watch (Watch), the lease (Lease), then the put on it (lib/etcd/direct-unary.ts).
+      // Connections in a known order: a read (KV), its watch (the registry's own session, lib/etcd/direct-channel.ts), then the lease (Lease).
       await a.endpoints('web');
       await a.register({ service: 'web', address: '10.0.13.1:80' });
-      expect(proxy.connectionCount).toBe(4);
+      expect(proxy.connectionCount).toBe(3);
       const conn = connectionOf(a);
       const suspected: string[] = [];
       conn.on('suspected', (r) => suspected.push(r));

@@ -64,14 +64,14 @@ describe('watches and connections under faults', () => {
     await eventually(async () => expect((await watcher.endpoints('web'))[0]?.metadata).toEqual(last.Metadata));
   });
 
-  it("a stalled connection under the put on the lease (the registry's own HTTP/2 session): the write caught by it ends at its deadline, and the endpoint is written on a new one", async () => {
+  it("a stalled connection under the put on the lease and the watch (the registry's own HTTP/2 session): the write caught by it ends at its deadline, the endpoint is written on a new one, and the watch resumes there", async () => {
     const prefix = uniquePrefix('put-stall');
     await startProxy();
     const r = reg(proxy.url, prefix);
-    await r.endpoints('web'); // KV, then Watch
-    const first = await r.register({ service: 'web', address: '10.9.1.1:80' }); // Lease, then the put's own session
-    expect(proxy.connectionCount).toBe(4);
-    proxy.blackholeAt(3);
+    await r.endpoints('web'); // KV, then the registry's own session for the watch
+    const first = await r.register({ service: 'web', address: '10.9.1.1:80' }); // Lease; the put on the session of the watch
+    expect(proxy.connectionCount).toBe(3);
+    proxy.blackholeAt(1);
     const stalled = Date.now();
     const second = r.register({ service: 'web', address: '10.9.1.2:80' }).then(
       () => 'registered',
@@ -92,7 +92,7 @@ describe('watches and connections under faults', () => {
     await startProxy();
     const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
     await r.endpoints('web'); // the KV connection, then the Watch one
-    await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection, then the put's own
+    await r.register({ service: 'api', address: '10.9.0.1:80' }); // the Lease connection (the put goes on the watch's)
     // The next linearizable watchdog read far away, as it is up to 5 min through a grpc-proxy.
     (r as unknown as { conn: { nextVouchAt: number } }).conn.nextVouchAt = performance.now() + 60_000;
     const stopWriting = keepWriting(`${prefix}/services/web`, '10.9.0.9:80', 150);

@@ -137,8 +137,8 @@ export class TcpProxy {
 
   /**
    * Black-holes only the `index`-th live connection (0: the oldest). A registry that first lists
-   * a service, then registers, opens KV, Watch, Lease (etcd3's, in the order first used), then
-   * its own session for the put on the lease (lib/etcd/direct-unary.ts).
+   * a service, then registers, opens KV (etcd3's), its own session for the watch and the put on
+   * the lease (lib/etcd/direct-channel.ts), then Lease (etcd3's).
    */
   blackholeAt(index: number): void {
     const pair = [...this.pairs][index];
@@ -156,8 +156,8 @@ export class TcpProxy {
   /**
    * From now on, holds what etcd sends on the `index`-th live connection (0: the oldest) for
    * `ms` before passing it on, in order: one slow stream beside fast ones. etcd3 opens a
-   * connection per service, in the order first used (a registry that first lists a service, then registers: KV, Watch, Lease,
-   * then the registry's own for the put on the lease).
+   * connection per service, in the order first used; a registry that first lists a service, then registers: KV, its own
+   * session for the watch and the put on the lease (lib/etcd/direct-channel.ts), Lease.
    */
   delayDownstream(index: number, ms: number): void {
     const pair = [...this.pairs][index];

@@ -1,5 +1,5 @@
 /**
- * The put on the lease on Node's own HTTP/2 (lib/etcd/direct-unary.ts through
+ * The put on the lease on Node's own HTTP/2 (lib/etcd/direct-channel.ts through
  * EtcdClient.putOnLease), against a real etcd that answers, refuses, stalls and restarts:
  * it must answer and fail exactly as the grpc-js call it replaces (etcd3's error types, the
  * deadline kept, a new session after a lost one), and hold the process open only while a

@@ -1,0 +1,214 @@
+/**
+ * gRPC calls made straight on Node's HTTP/2, one session per etcd member, for the two on the
+ * path from `register()` to every watcher's event: the put on the lease (unary) and the
+ * Watch stream.
+ *
+ * grpc-js runs about 110 µs of JavaScript per call before its request reaches the socket
+ * (resolving, load-balancing, retrying and subchannel calls, their filters and timers) and
+ * about as much on each answer (issue 17's note). Here a call is one HTTP/2 stream: headers,
+ * length-prefixed messages, the answers and the status. Everything around the call stays
+ * etcd3's: it is made inside `pool.withConnection`, on the member etcd3 picked, in that
+ * member's policy and the client's failover policy, with etcd3's auth metadata. It fails as
+ * grpc-js's call would (an Error with the same gRPC `code`, `details` and message), so
+ * castGrpcError gives the same etcd3 error types and the same policies retry it.
+ */
+import * as http2 from 'node:http2';
+import type { SecureClientSessionOptions } from 'node:http2';
+import { logger } from '../log';
+import { afterSend } from '../time';
+import { DirectStream } from './direct-stream';
+import { DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE, MessageReader, StreamEnd, callError, frame, type CallError } from './grpc-status';
+
+const debug = logger('connection');
+
+/** An answer larger than this is refused (the answers sent here are a put's: a few dozen bytes). */
+const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+/** grpc-timeout takes at most 8 digits. */
+const MAX_TIMEOUT_MS = 99_999_999;
+
+/** What etcd3 hands a call as its metadata: grpc-js's Metadata. */
+export interface CallMetadata {
+  toHttp2Headers(): http2.OutgoingHttpHeaders;
+}
+
+export interface DirectChannelOptions {
+  /** TLS (https://), as etcd3 decides it: credentials given, or an https:// member. */
+  readonly secure: boolean;
+  /** The CA (null: the system's roots), client certificate and key, as given to etcd3; read when a session is opened. */
+  readonly tls?: () => { readonly ca?: Buffer | null; readonly cert?: Buffer; readonly key?: Buffer };
+}
+
+/** A member's session and the calls on it: it keeps the process alive only while a call is out, as grpc-js's does. */
+interface Member {
+  readonly session: http2.ClientHttp2Session;
+  active: number;
+  connected: boolean;
+  /** The session's own error (a refused connection, a TLS failure), which says more than a stream's. */
+  error?: Error;
+}
+
+export class DirectChannel {
+  private readonly members = new Map<string, Member>();
+  private closed = false;
+
+  constructor(private readonly options: DirectChannelOptions) {}
+
+  /**
+   * One unary call to `host` (host:port, as etcd3's pool names the member): resolves with
+   * the answer's message, or rejects with a CallError. `deadline` is a Date.now() time: it is
+   * sent to etcd as grpc-timeout, and the call is cancelled when it passes.
+   */
+  call(host: string, path: string, message: Buffer, metadata: CallMetadata, deadline: number): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      const timeoutMs = Math.min(MAX_TIMEOUT_MS, Math.max(1, Math.ceil(deadline - Date.now())));
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const settle = (error: CallError | undefined, answer?: Buffer): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (error) reject(error);
+        else resolve(answer!);
+      };
+      const opened = this.open(host, path, metadata, { 'grpc-timeout': `${timeoutMs}m` }, settle);
+      if (opened === undefined) return;
+      const { member, stream } = opened;
+      afterSend(() => {
+        if (settled) return;
+        timer = setTimeout(() => {
+          // As grpc-js: the call ends here, the stream is cancelled. A member never reached is
+          // dialled anew by the next call rather than waited for again.
+          settle(callError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`));
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          if (!member.connected) this.forget(host, member, true);
+        }, Math.max(0, deadline - Date.now()));
+        timer.unref();
+      });
+      const end = new StreamEnd(stream);
+      const reader = new MessageReader();
+      let answer: Buffer | undefined;
+      let bad: string | undefined;
+      let size = 0;
+      stream.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > MAX_ANSWER_BYTES) {
+          settle(callError(RESOURCE_EXHAUSTED, `Received message larger than max (${size} vs ${MAX_ANSWER_BYTES})`));
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          return;
+        }
+        bad ??= reader.push(chunk, (message) => {
+          if (answer === undefined) answer = message;
+          else bad = 'Response message parsing error: a second message in a unary answer';
+        });
+      });
+      stream.on('close', () => {
+        const failed = end.error(stream.rstCode, member.connected, member.error);
+        if (failed !== undefined) settle(failed);
+        else if (bad !== undefined) settle(callError(INTERNAL, bad));
+        else if (answer === undefined || reader.pending > 0) settle(callError(INTERNAL, 'Response message parsing error: no whole message in the answer'));
+        else settle(undefined, answer);
+      });
+      stream.end(frame(message));
+    });
+  }
+
+  /**
+   * A bidirectional stream to `host` (etcd's Watch): requests encoded by `encode`, answers
+   * decoded by `decode`. It holds the process open until it ends, as grpc-js's stream does.
+   * Throws a CallError (UNAVAILABLE) when the channel is closed.
+   */
+  stream<Req, Res>(host: string, path: string, metadata: CallMetadata, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res): DirectStream<Req, Res> {
+    let failure: CallError | undefined;
+    const opened = this.open(host, path, metadata, {}, (e) => (failure = e));
+    if (opened === undefined) throw failure;
+    const { member, stream } = opened;
+    return new DirectStream(stream, encode, decode, () => member);
+  }
+
+  /**
+   * Gives up `host`'s session after a call on it failed for want of an answer, as etcd3 resets
+   * the member's grpc-js clients: the next call dials anew. Its other calls and its watch stream
+   * are ended too (UNAVAILABLE, retried as such): they share its connection, which just left
+   * a call unanswered; a watch resumes on the next session from where it was at once, where a
+   * silent stream would be noticed only by its own check, after 30 s.
+   */
+  reset(host: string): void {
+    const member = this.members.get(host);
+    if (member !== undefined) this.forget(host, member, true);
+  }
+
+  /** Closes every session; calls still out end with UNAVAILABLE, as on a closed grpc-js channel. */
+  close(): void {
+    this.closed = true;
+    for (const [host, member] of this.members) this.forget(host, member, true);
+  }
+
+  /**
+   * A stream of a call on `host`'s session, which is held open (ref'd) until the stream
+   * closes; or undefined, `fail` told why (the channel or the session is closed).
+   */
+  private open(
+    host: string,
+    path: string,
+    metadata: CallMetadata,
+    headers: http2.OutgoingHttpHeaders,
+    fail: (error: CallError) => void,
+  ): { member: Member; stream: http2.ClientHttp2Stream } | undefined {
+    if (this.closed) {
+      fail(callError(UNAVAILABLE, 'Channel has been shut down'));
+      return undefined;
+    }
+    const member = this.member(host);
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = member.session.request({
+        ...metadata.toHttp2Headers(),
+        ...headers,
+        ':method': 'POST',
+        ':path': path,
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
+    } catch (e) {
+      // The session is closing or destroyed (a GOAWAY came in this turn): the next call opens another.
+      this.forget(host, member);
+      fail(callError(UNAVAILABLE, `Connection dropped: ${(e as Error).message}`));
+      return undefined;
+    }
+    if (member.active++ === 0) member.session.ref();
+    stream.once('close', () => {
+      if (--member.active === 0) member.session.unref();
+    });
+    return { member, stream };
+  }
+
+  private member(host: string): Member {
+    const known = this.members.get(host);
+    if (known !== undefined && !known.session.closed && !known.session.destroyed) return known;
+    const { secure, tls } = this.options;
+    const material = secure ? tls?.() : undefined;
+    const options: SecureClientSessionOptions = material ? { ca: material.ca ?? undefined, cert: material.cert, key: material.key } : {};
+    const session = http2.connect(`${secure ? 'https' : 'http'}://${host}`, options);
+    const member: Member = { session, active: 0, connected: false };
+    session.unref();
+    session.once('connect', () => {
+      member.connected = true;
+      debug('direct session to %s open', host);
+    });
+    // Each call sees its stream's own error; this only keeps a session's error from being thrown.
+    session.on('error', (e: Error) => {
+      member.error = e;
+      debug('direct session to %s failed: %s', host, e.message);
+    });
+    // A GOAWAY: the calls already out finish on this session, the next ones open another.
+    session.once('goaway', () => this.forget(host, member));
+    session.once('close', () => this.forget(host, member));
+    this.members.set(host, member);
+    return member;
+  }
+
+  private forget(host: string, member: Member, destroy = false): void {
+    if (this.members.get(host) === member) this.members.delete(host);
+    if (destroy) member.session.destroy();
+  }
+}
