@@ -123,6 +123,12 @@ export interface RegistryConfig {
   readonly zone: string | undefined;
   /** Outlier ejection settings; false: disabled. */
   readonly outlier: ResolvedOutlierOptions | false;
+  /**
+   * grpc_proxy, https_proxy or http_proxy is set in process.env (grpc-js reads them there,
+   * whatever `env` says, and tunnels through that HTTP proxy): every etcd call then goes on
+   * grpc-js, none on the registry's own HTTP/2 sessions (lib/etcd/direct-channel.ts).
+   */
+  readonly grpcProxy: boolean;
 }
 
 export interface TlsConfig {
@@ -253,6 +259,7 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     auth: resolveAuth(options, read),
     zone: field('zone', zone, undefined),
     outlier: resolveOutlier(options.outlier),
+    grpcProxy: ['grpc_proxy', 'https_proxy', 'http_proxy'].some((name) => (process.env[name] ?? '') !== ''),
   });
 }
 

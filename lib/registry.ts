@@ -104,6 +104,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       connectTimeoutMs: this.config.connectTimeoutMs,
       probeKey: this.keys.root,
       clientOptions: etcdClientOptions(this.config),
+      direct: !this.config.grpcProxy,
     });
     this.stream = new WatchStream(this.conn, (e) => this.reportError(e), this.config.watchSilenceMs);
     this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {

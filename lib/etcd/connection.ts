@@ -44,6 +44,8 @@ export interface ConnectionOptions {
   readonly watchdogIntervalMs?: number;
   /** Extra etcd3 options (TLS credentials, auth: see etcdClientOptions()). */
   readonly clientOptions?: Partial<IOptions>;
+  /** False: every call on grpc-js, none on the client's own HTTP/2 sessions (EtcdClient). Default true. */
+  readonly direct?: boolean;
 }
 
 /** What was seen when a request went out (see Connection.checkHeader): the highest revision, and the resets confirmed by then. */
@@ -457,6 +459,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       },
       global,
       deadline,
+      this.options.direct ?? true,
     );
     if (many) budget.install(client);
     return client;

@@ -36,6 +36,8 @@ export interface DirectChannelOptions {
   readonly secure: boolean;
   /** The CA (null: the system's roots), client certificate and key, as given to etcd3; read when a session is opened. */
   readonly tls?: () => { readonly ca?: Buffer | null; readonly cert?: Buffer; readonly key?: Buffer };
+  /** A session not connected within this is given up (its calls fail as unreachable), as grpc-js gives up a dial. */
+  readonly dialTimeoutMs: number;
 }
 
 /** A member's session and the calls on it: it keeps the process alive only while a call is out, as grpc-js's does. */
@@ -45,6 +47,8 @@ interface Member {
   connected: boolean;
   /** The session's own error (a refused connection, a TLS failure), which says more than a stream's. */
   error?: Error;
+  /** Given up by retire(): the errors of the calls it ends are this library's doing. */
+  retired: boolean;
 }
 
 export class DirectChannel {
@@ -59,6 +63,11 @@ export class DirectChannel {
    * sent to etcd as grpc-timeout, and the call is cancelled when it passes.
    */
   call(host: string, path: string, message: Buffer, metadata: CallMetadata, deadline: number): Promise<Buffer> {
+    return this.attempt(host, path, message, metadata, deadline, true);
+  }
+
+  /** call(); `again`: a stream the server refused before it saw it (a GOAWAY's) is sent once more, on a new session, as grpc-js does. */
+  private attempt(host: string, path: string, message: Buffer, metadata: CallMetadata, deadline: number, again: boolean): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
       const timeoutMs = Math.min(MAX_TIMEOUT_MS, Math.max(1, Math.ceil(deadline - Date.now())));
       let settled = false;
@@ -73,18 +82,18 @@ export class DirectChannel {
       const opened = this.open(host, path, metadata, { 'grpc-timeout': `${timeoutMs}m` }, settle);
       if (opened === undefined) return;
       const { member, stream } = opened;
+      const end = new StreamEnd(stream);
       afterSend(() => {
         if (settled) return;
         timer = setTimeout(() => {
-          // As grpc-js: the call ends here, the stream is cancelled. A member never reached is
-          // dialled anew by the next call rather than waited for again.
+          // As grpc-js: the call ends here, the stream is cancelled.
           settle(callError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`));
           stream.close(http2.constants.NGHTTP2_CANCEL);
-          if (!member.connected) this.forget(host, member, true);
+          // Not a word from etcd in all that time (not even the answer's headers): the session is silent.
+          if (!end.answered) this.retire(host, member, 'a call had no answer within its deadline');
         }, Math.max(0, deadline - Date.now()));
         timer.unref();
       });
-      const end = new StreamEnd(stream);
       const reader = new MessageReader();
       let answer: Buffer | undefined;
       let bad: string | undefined;
@@ -96,13 +105,21 @@ export class DirectChannel {
           stream.close(http2.constants.NGHTTP2_CANCEL);
           return;
         }
-        bad ??= reader.push(chunk, (message) => {
-          if (answer === undefined) answer = message;
-          else bad = 'Response message parsing error: a second message in a unary answer';
+        const why = reader.push(chunk, (one) => {
+          if (answer === undefined) answer = one;
+          else bad ??= 'Response message parsing error: a second message in a unary answer';
         });
+        bad ??= why;
       });
       stream.on('close', () => {
-        const failed = end.error(stream.rstCode, member.connected, member.error);
+        if (settled) return;
+        if (again && end.refused(stream.rstCode)) {
+          settled = true;
+          clearTimeout(timer);
+          this.attempt(host, path, message, metadata, deadline, false).then(resolve, reject);
+          return;
+        }
+        const failed = end.error(stream.rstCode, member);
         if (failed !== undefined) settle(failed);
         else if (bad !== undefined) settle(callError(INTERNAL, bad));
         else if (answer === undefined || reader.pending > 0) settle(callError(INTERNAL, 'Response message parsing error: no whole message in the answer'));
@@ -122,25 +139,34 @@ export class DirectChannel {
     const opened = this.open(host, path, metadata, {}, (e) => (failure = e));
     if (opened === undefined) throw failure;
     const { member, stream } = opened;
-    return new DirectStream(stream, encode, decode, () => member);
+    return new DirectStream(stream, encode, decode, member);
   }
 
   /**
-   * Gives up `host`'s session after a call on it failed for want of an answer, as etcd3 resets
-   * the member's grpc-js clients: the next call dials anew. Its other calls and its watch stream
-   * are ended too (UNAVAILABLE, retried as such): they share its connection, which just left
-   * a call unanswered; a watch resumes on the next session from where it was at once, where a
-   * silent stream would be noticed only by its own check, after 30 s.
+   * Closes every session, as grpc-js closes a channel: no call starts on it any more (they fail
+   * with UNAVAILABLE), the calls and streams already out end as they end (a put at its answer or
+   * its deadline; a watch stream is cancelled by its owner before a client is closed).
    */
-  reset(host: string): void {
-    const member = this.members.get(host);
-    if (member !== undefined) this.forget(host, member, true);
-  }
-
-  /** Closes every session; calls still out end with UNAVAILABLE, as on a closed grpc-js channel. */
   close(): void {
     this.closed = true;
-    for (const [host, member] of this.members) this.forget(host, member, true);
+    for (const [host, member] of this.members) {
+      this.forget(host, member);
+      member.session.close();
+    }
+  }
+
+  /**
+   * Gives up `member`'s session (if it is still `host`'s) after a call on it had no answer at
+   * all within its deadline: the next call dials anew. What else is out on it ends with
+   * UNAVAILABLE, a watch stream too, which resumes at once on the next session instead of
+   * being noticed silent by its own check after 30 s. Errors from that are marked `retired`:
+   * the member's health counts the call that had no answer, not them.
+   */
+  private retire(host: string, member: Member, why: string): void {
+    if (member.retired) return;
+    member.retired = true;
+    debug('direct session to %s given up: %s', host, why);
+    this.forget(host, member, true);
   }
 
   /**
@@ -185,24 +211,36 @@ export class DirectChannel {
   private member(host: string): Member {
     const known = this.members.get(host);
     if (known !== undefined && !known.session.closed && !known.session.destroyed) return known;
-    const { secure, tls } = this.options;
+    const { secure, tls, dialTimeoutMs } = this.options;
     const material = secure ? tls?.() : undefined;
-    const options: SecureClientSessionOptions = material ? { ca: material.ca ?? undefined, cert: material.cert, key: material.key } : {};
+    // As grpc-js: no cap on the session's memory (Node's 10 MB would refuse a big catch-up of a watch).
+    const options: SecureClientSessionOptions = { maxSessionMemory: Number.MAX_SAFE_INTEGER };
+    if (material) Object.assign(options, { ca: material.ca ?? undefined, cert: material.cert, key: material.key });
     const session = http2.connect(`${secure ? 'https' : 'http'}://${host}`, options);
-    const member: Member = { session, active: 0, connected: false };
+    const member: Member = { session, active: 0, connected: false, retired: false };
     session.unref();
+    const dial = setTimeout(() => {
+      member.error = new Error(`connect to ${host} timed out after ${dialTimeoutMs} ms`);
+      debug('direct session to %s: %s', host, member.error.message);
+      this.forget(host, member, true);
+    }, dialTimeoutMs);
+    dial.unref();
     session.once('connect', () => {
+      clearTimeout(dial);
       member.connected = true;
       debug('direct session to %s open', host);
     });
     // Each call sees its stream's own error; this only keeps a session's error from being thrown.
     session.on('error', (e: Error) => {
-      member.error = e;
+      member.error ??= e;
       debug('direct session to %s failed: %s', host, e.message);
     });
     // A GOAWAY: the calls already out finish on this session, the next ones open another.
     session.once('goaway', () => this.forget(host, member));
-    session.once('close', () => this.forget(host, member));
+    session.once('close', () => {
+      clearTimeout(dial);
+      this.forget(host, member);
+    });
     this.members.set(host, member);
     return member;
   }

@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
-import { INTERNAL, MessageReader, StreamEnd, callError, frame, type CallError } from './grpc-status';
+import { INTERNAL, MessageReader, StreamEnd, callError, frame, type CallError, type SessionState } from './grpc-status';
 
 interface DirectStreamEvents<Res> {
   data: [Res];
@@ -22,8 +22,8 @@ export class DirectStream<Req, Res> extends EventEmitter<DirectStreamEvents<Res>
     private readonly stream: http2.ClientHttp2Stream,
     private readonly encode: (req: Req) => Buffer,
     decode: (bytes: Buffer) => Res,
-    /** Whether the session ever connected, and its own error: what a dropped stream's error says. */
-    session: () => { connected: boolean; error?: Error },
+    /** What a dropped stream's error says of its session. */
+    session: SessionState,
   ) {
     super();
     const end = new StreamEnd(stream);
@@ -35,8 +35,7 @@ export class DirectStream<Req, Res> extends EventEmitter<DirectStreamEvents<Res>
     });
     stream.on('close', () => {
       if (this.ended) return;
-      const { connected, error } = session();
-      const failed = end.error(stream.rstCode, connected, error);
+      const failed = end.error(stream.rstCode, session);
       if (failed !== undefined) this.fail(failed);
       else if (reader.pending > 0) this.fail(callError(INTERNAL, `Response message parsing error: the stream ended inside a message (${reader.pending} bytes)`));
       else {

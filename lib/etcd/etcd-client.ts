@@ -8,13 +8,13 @@
  * error types); the unary ones also through the client's failover policy and deadline, as
  * every other call does.
  */
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, isRecoverableError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
+import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
 import { DirectChannel } from './direct-channel';
-import { callError } from './grpc-status';
+import { callError, type CallError } from './grpc-status';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
@@ -32,27 +32,32 @@ interface WatchMethod {
 export type CallDeadline = () => number;
 
 export class EtcdClient extends Etcd3 {
-  /** The put on the lease goes on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js. */
-  private readonly direct: DirectChannel;
+  /** The put on the lease and the Watch stream go on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js; undefined: all on grpc-js. */
+  private readonly direct: DirectChannel | undefined;
 
   constructor(
     options: IOptions,
     /** The policy etcd3 runs every unary call in (`faultHandling.global`). */
     private readonly global: IPolicy,
     private readonly deadline: CallDeadline,
+    /** False: every call on grpc-js (it honours an HTTP CONNECT proxy from grpc_proxy/https_proxy/http_proxy; this does not). */
+    direct = true,
   ) {
     super({ ...options, faultHandling: { ...options.faultHandling, global } });
     const { credentials, hosts } = options;
     // TLS exactly when etcd3 uses it: credentials given, or an https:// member.
     const secure = credentials !== undefined || [hosts ?? []].flat().some((h) => h.startsWith('https:'));
-    this.direct = new DirectChannel({
-      secure,
-      tls: credentials && (() => ({ ca: credentials.rootCertificate, cert: credentials.certChain, key: credentials.privateKey })),
-    });
+    this.direct = direct
+      ? new DirectChannel({
+          secure,
+          tls: credentials && (() => ({ ca: credentials.rootCertificate, cert: credentials.certChain, key: credentials.privateKey })),
+          dialTimeoutMs: options.dialTimeout ?? 30_000,
+        })
+      : undefined;
   }
 
   override close(): void {
-    this.direct.close();
+    this.direct?.close();
     super.close();
   }
 
@@ -65,17 +70,14 @@ export class EtcdClient extends Etcd3 {
     return this.pool.withConnection('Watch', ({ resource, client, metadata }) => {
       const method = watchMethod(client);
       const host = memberHost(resource);
-      if (host === undefined) {
+      if (host === undefined || this.direct === undefined) {
         const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
         stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
         return stream as unknown as WatchDuplex;
       }
       const stream = this.direct.stream(host, method.path, metadata, method.requestSerialize, decodeWatchResponse);
-      stream.on('error', (err: Error) => {
-        // As etcd3 marks the member failed (and resets its clients, this session with them).
-        if (isRecoverableError(castGrpcError(err))) this.direct.reset(host);
-        this.pool.markFailed(resource, err);
-      });
+      // As etcd3 marks the member failed; not for a stream this library ended (a silent session given up).
+      stream.on('error', (err: CallError) => err.retired !== true && this.pool.markFailed(resource, err));
       return stream as unknown as WatchDuplex;
     });
   }
@@ -110,15 +112,10 @@ export class EtcdClient extends Etcd3 {
           'KV',
           ({ resource, client, metadata }) => {
             const host = direct ? memberHost(resource) : undefined;
-            return host !== undefined
+            return host !== undefined && this.direct !== undefined
               ? this.direct.call(host, method, encode(req), metadata, this.deadline()).then(
                   (bytes) => decodeAnswer(decode, bytes),
-                  (err: Error) => {
-                    const cast = castGrpcError(err);
-                    // As etcd3 resets the member's grpc-js clients (a stalled connection is not reused).
-                    if (isRecoverableError(cast)) this.direct.reset(host);
-                    throw cast;
-                  },
+                  (err: Error) => Promise.reject(castGrpcError(err)),
                 )
               : new Promise<Res>((resolve, reject) => {
                   client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {

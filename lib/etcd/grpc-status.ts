@@ -40,6 +40,8 @@ const UNAUTHENTICATED = 16;
 export interface CallError extends Error {
   code: number;
   details: string;
+  /** Set when this library ended the call itself, giving up a silent session (lib/etcd/direct-channel.ts). */
+  retired?: boolean;
 }
 
 export function callError(code: number, details: string): CallError {
@@ -100,41 +102,73 @@ export class MessageReader {
  * trailers, or in the headers of a trailers-only answer), its error.
  */
 export class StreamEnd {
+  /** Whether etcd said anything: the answer's headers came (or its status). */
+  answered = false;
   private httpStatus: number | undefined;
   private status: http2.IncomingHttpHeaders | undefined;
   private failure: Error | undefined;
 
   constructor(stream: http2.ClientHttp2Stream) {
     stream.on('response', (headers) => {
+      this.answered = true;
       this.httpStatus = Number(headers[':status']);
       if (headers['grpc-status'] !== undefined) this.status = headers;
     });
-    stream.on('trailers', (trailers) => (this.status = trailers));
+    stream.on('trailers', (trailers) => {
+      this.answered = true;
+      this.status = trailers;
+    });
     stream.on('error', (e: Error) => (this.failure = e));
   }
 
   /**
-   * Once the stream closed: undefined for status OK, else the error grpc-js would give.
-   * `connected` says whether its session ever connected; `sessionError` is the session's own.
+   * Refused before the server saw it: a stream above a GOAWAY's last id, or REFUSED_STREAM.
+   * Safe to send again (grpc-js does, once).
    */
-  error(rstCode: number, connected: boolean, sessionError: Error | undefined): CallError | undefined {
+  refused(rstCode: number): boolean {
+    if (this.answered) return false;
+    const code = (this.failure as { code?: unknown } | undefined)?.code;
+    return rstCode === http2.constants.NGHTTP2_REFUSED_STREAM || code === 'ERR_HTTP2_GOAWAY_SESSION';
+  }
+
+  /**
+   * Once the stream closed: undefined for status OK, else the error grpc-js would give.
+   * `session` says whether it ever connected, whether it is gone, and its own error.
+   */
+  error(rstCode: number, session: SessionState): CallError | undefined {
     if (this.status !== undefined) {
       const code = Number(this.status['grpc-status']);
       if (code === 0) return undefined;
       return callError(Number.isInteger(code) && code > 0 && code < STATUS.length ? code : UNKNOWN, grpcMessage(this.status['grpc-message']));
     }
     if (this.httpStatus !== undefined && this.httpStatus !== 200) return callError(httpStatusCode(this.httpStatus), `Received HTTP status code ${this.httpStatus}`);
+    const error = this.dropped(rstCode, session);
+    if (session.retired) error.retired = true;
+    return error;
+  }
+
+  private dropped(rstCode: number, session: SessionState): CallError {
     // A stream cancelled with its session says why in its cause (a refused connection).
     const cause = this.failure?.cause;
-    const why = sessionError ?? (cause instanceof Error ? cause : this.failure);
-    if (!connected) return callError(UNAVAILABLE, `No connection established. Last error: ${why?.message ?? 'connection closed'}`);
+    const why = session.error ?? (cause instanceof Error ? cause : this.failure);
+    if (!session.connected) return callError(UNAVAILABLE, `No connection established. Last error: ${why?.message ?? 'connection closed'}`);
     const { constants } = http2;
+    const gone = session.session.closed || session.session.destroyed;
     if (rstCode === constants.NGHTTP2_REFUSED_STREAM) return callError(UNAVAILABLE, 'Stream refused by server');
-    if (rstCode === constants.NGHTTP2_CANCEL) return callError(CANCELLED, 'Call cancelled');
+    // Node cancels every stream of a session whose socket closed: that is the connection dropped (as grpc-js says).
+    if (rstCode === constants.NGHTTP2_CANCEL && !gone) return callError(CANCELLED, 'Call cancelled');
     if (rstCode === constants.NGHTTP2_ENHANCE_YOUR_CALM) return callError(RESOURCE_EXHAUSTED, 'Bandwidth exhausted or memory limit exceeded');
     if (rstCode === constants.NGHTTP2_INADEQUATE_SECURITY) return callError(PERMISSION_DENIED, 'Protocol not secure enough');
     return callError(UNAVAILABLE, `Connection dropped${why ? `: ${why.message}` : ''}`);
   }
+}
+
+/** What a stream's error says of its session. */
+export interface SessionState {
+  readonly session: http2.ClientHttp2Session;
+  readonly connected: boolean;
+  readonly retired: boolean;
+  readonly error?: Error;
 }
 
 function grpcMessage(value: string | string[] | undefined): string {

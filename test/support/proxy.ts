@@ -176,6 +176,11 @@ export class TcpProxy {
     for (const p of [...this.pairs]) this.destroyPair(p, true);
   }
 
+  /** Closes every connection with a FIN, not a RST (as a process that exits cleanly leaves them). */
+  closeConnections(): void {
+    for (const p of [...this.pairs]) this.destroyPair(p, false);
+  }
+
   /** Destroy (RST) only the connections that are black-holed. */
   resetBlackholed(): void {
     for (const p of [...this.pairs]) if (p.blackholed) this.destroyPair(p, true);

@@ -42,6 +42,25 @@ afterEach(() => {
 });
 
 describe('resolveConfig defaults', () => {
+  it("notes grpc-js's HTTP proxy variables, read from process.env whatever `env` says (etcd calls then all go on grpc-js)", () => {
+    const saved = { grpc_proxy: process.env.grpc_proxy, https_proxy: process.env.https_proxy, http_proxy: process.env.http_proxy };
+    try {
+      for (const name of Object.keys(saved)) delete process.env[name];
+      expect(resolve({}).grpcProxy).toBe(false);
+      expect(resolve({ https_proxy: 'http://proxy:3128' }).grpcProxy).toBe(false);
+      for (const name of Object.keys(saved)) {
+        process.env[name] = 'http://proxy:3128';
+        expect(resolve({}).grpcProxy).toBe(true);
+        process.env[name] = '';
+        expect(resolve({}).grpcProxy).toBe(false);
+        delete process.env[name];
+      }
+    } finally {
+      for (const [name, value] of Object.entries(saved)) if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  });
+
   it('returns every default for an empty environment', () => {
     expect(resolve({})).toStrictEqual({
       etcdEndpoints: ['http://127.0.0.1:2379'],
@@ -64,6 +83,7 @@ describe('resolveConfig defaults', () => {
       auth: undefined,
       zone: undefined,
       outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
+      grpcProxy: false,
     });
   });
 
@@ -123,6 +143,7 @@ describe('resolveConfig good values from the environment', () => {
       auth: undefined,
       zone: 'eu-west-1a',
       outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
+      grpcProxy: false,
     });
   });
 
@@ -589,6 +610,7 @@ describe('options and environment', () => {
       auth: undefined,
       zone: 'opt-zone',
       outlier: { failures: 5, baseSeconds: 30, maxSeconds: 300, maxEjectedPercent: 50 },
+      grpcProxy: false,
     });
   });
 
