@@ -166,8 +166,9 @@ class MemberHealth {
   }
 
   failed(member: string, e: Error): void {
-    // Cancelled: our own doing (a stream we closed), not the member's.
-    if (e instanceof GRPCCancelledError || !isRecoverableError(e)) return;
+    // Cancelled: our own doing (a stream we closed), not the member's; nor a call ended by a
+    // silent session given up (lib/etcd/direct-channel.ts): the call that found it counted.
+    if (e instanceof GRPCCancelledError || !isRecoverableError(e) || (e as { retired?: unknown }).retired === true) return;
     const count = (this.failures.get(member) ?? 0) + 1;
     this.failures.set(member, count);
     if (!this.down.has(member) && (count >= MEMBER_DOWN_AFTER || isConnectFailure(e))) {

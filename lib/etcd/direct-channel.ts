@@ -49,6 +49,8 @@ interface Member {
   error?: Error;
   /** Given up by retire(): the errors of the calls it ends are this library's doing. */
   retired: boolean;
+  /** A ping after an unanswered call is out (probe()). */
+  probing?: boolean;
 }
 
 export class DirectChannel {
@@ -89,8 +91,9 @@ export class DirectChannel {
           // As grpc-js: the call ends here, the stream is cancelled.
           settle(callError(DEADLINE_EXCEEDED, `Deadline exceeded after ${(timeoutMs / 1000).toFixed(3)}s`));
           stream.close(http2.constants.NGHTTP2_CANCEL);
-          // Not a word from etcd in all that time (not even the answer's headers): the session is silent.
-          if (!end.answered) this.retire(host, member, 'a call had no answer within its deadline');
+          // Not a word from etcd in all that time. etcd sends a unary answer's headers only with
+          // the answer, so a slow commit looks the same: the connection itself is asked (a ping).
+          if (!end.answered && member.connected) this.probe(host, member);
         }, Math.max(0, deadline - Date.now()));
         timer.unref();
       });
@@ -113,7 +116,7 @@ export class DirectChannel {
       });
       stream.on('close', () => {
         if (settled) return;
-        if (again && end.refused(stream.rstCode)) {
+        if (again && end.refused(stream.rstCode) && deadline > Date.now()) {
           settled = true;
           clearTimeout(timer);
           this.attempt(host, path, message, metadata, deadline, false).then(resolve, reject);
@@ -145,7 +148,8 @@ export class DirectChannel {
   /**
    * Closes every session, as grpc-js closes a channel: no call starts on it any more (they fail
    * with UNAVAILABLE), the calls and streams already out end as they end (a put at its answer or
-   * its deadline; a watch stream is cancelled by its owner before a client is closed).
+   * its deadline; a watch stream is cancelled by its owner before a client is closed). A call
+   * still waiting for its session to connect fails (Node ends it with the session).
    */
   close(): void {
     this.closed = true;
@@ -156,8 +160,33 @@ export class DirectChannel {
   }
 
   /**
-   * Gives up `member`'s session (if it is still `host`'s) after a call on it had no answer at
-   * all within its deadline: the next call dials anew. What else is out on it ends with
+   * Asks `member`'s connection whether it is alive (an HTTP/2 ping, answered by etcd's gRPC
+   * server itself, however busy etcd is) after a call on it went unanswered; no answer
+   * within the dial timeout: retire().
+   */
+  private probe(host: string, member: Member): void {
+    if (member.probing || member.retired) return;
+    member.probing = true;
+    const timer = setTimeout(() => {
+      member.probing = false;
+      this.retire(host, member, `a call had no answer within its deadline, and a ping none within ${this.options.dialTimeoutMs} ms`);
+    }, this.options.dialTimeoutMs);
+    timer.unref();
+    const answered = (): void => {
+      clearTimeout(timer);
+      member.probing = false;
+    };
+    try {
+      // An error here means the session is closing or gone: nothing left to give up.
+      if (!member.session.ping(answered)) answered();
+    } catch {
+      answered();
+    }
+  }
+
+  /**
+   * Gives up `member`'s session (if it is still `host`'s) after a call on it had no answer
+   * within its deadline, nor the ping after it (probe()): the next call dials anew. What else is out on it ends with
    * UNAVAILABLE, a watch stream too, which resumes at once on the next session instead of
    * being noticed silent by its own check after 30 s. Errors from that are marked `retired`:
    * the member's health counts the call that had no answer, not them.

@@ -115,7 +115,8 @@ export class EtcdClient extends Etcd3 {
             return host !== undefined && this.direct !== undefined
               ? this.direct.call(host, method, encode(req), metadata, this.deadline()).then(
                   (bytes) => decodeAnswer(decode, bytes),
-                  (err: Error) => Promise.reject(castGrpcError(err)),
+                  // The typed error keeps `retired` (castGrpcError makes a new one; the pool's leaves it be).
+                  (err: CallError) => Promise.reject(err.retired === true ? Object.assign(castGrpcError(err), { retired: true }) : castGrpcError(err)),
                 )
               : new Promise<Res>((resolve, reject) => {
                   client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {

@@ -153,7 +153,8 @@ export class StreamEnd {
     const why = session.error ?? (cause instanceof Error ? cause : this.failure);
     if (!session.connected) return callError(UNAVAILABLE, `No connection established. Last error: ${why?.message ?? 'connection closed'}`);
     const { constants } = http2;
-    const gone = session.session.closed || session.session.destroyed;
+    // Destroyed, not closed: a session closing gracefully (a GOAWAY, close()) may still cancel a stream.
+    const gone = session.session.destroyed;
     if (rstCode === constants.NGHTTP2_REFUSED_STREAM) return callError(UNAVAILABLE, 'Stream refused by server');
     // Node cancels every stream of a session whose socket closed: that is the connection dropped (as grpc-js says).
     if (rstCode === constants.NGHTTP2_CANCEL && !gone) return callError(CANCELLED, 'Call cancelled');

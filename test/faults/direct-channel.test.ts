@@ -70,6 +70,28 @@ describe("calls on the registry's own HTTP/2 sessions (the put on the lease, the
     expect(await node.client.get(key).string()).toBe('after');
   });
 
+  it('keeps a session whose call ran past its deadline while the connection still answers (a slow commit, not a silent connection)', async () => {
+    const proxy = TcpProxy.forUrl(etcd.clientUrl);
+    await proxy.start();
+    try {
+      const c = client(`127.0.0.1:${proxy.port}`, 600);
+      await c.putOnLease({ key: 'direct/slow', value: 'v', lease: '0' });
+      expect(proxy.connectionCount).toBe(1);
+      // etcd's answer, and the ping asked after the deadline, come 800 ms late: the connection lives.
+      proxy.delayDownstream(0, 800);
+      const late = await c.putOnLease({ key: 'direct/slow', value: 'w', lease: '0' }).catch((e: unknown) => e);
+      expect(late).toBeInstanceOf(GRPCDeadlineExceededError);
+      await sleep(1500);
+      // Given up, it would be closed (and the next put on a new connection).
+      expect(proxy.connectionCount).toBe(1);
+      proxy.delayDownstream(0, 0);
+      await c.putOnLease({ key: 'direct/slow', value: 'x', lease: '0' });
+      expect(proxy.connectionCount).toBe(1);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it('opens a new session after the member restarted: at most the call caught by the restart fails, as UNAVAILABLE', async () => {
     const key = `${uniquePrefix('direct')}/restart`;
     const c = client(host(), 2000);
