@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as http2 from 'node:http2';
-import { INTERNAL, MessageReader, StreamEnd, callError, frame, type CallError, type SessionState } from './grpc-status';
+import { INTERNAL, MessageReader, StreamEnd, callError, decodeMessage, frame, type CallError, type SessionState } from './grpc-status';
 
 interface DirectStreamEvents<Res> {
   data: [Res];
@@ -65,9 +65,9 @@ export class DirectStream<Req, Res> extends EventEmitter<DirectStreamEvents<Res>
   private answer(decode: (bytes: Buffer) => Res, bytes: Buffer): void {
     let res: Res;
     try {
-      res = decode(bytes);
+      res = decodeMessage(decode, bytes);
     } catch (e) {
-      this.fail(callError(INTERNAL, `Response message parsing error: ${(e as Error).message}`));
+      this.fail(e as CallError);
       return;
     }
     this.emit('data', res);

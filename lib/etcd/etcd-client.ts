@@ -14,7 +14,7 @@ import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePage
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
 import { DirectChannel } from './direct-channel';
-import { callError, type CallError } from './grpc-status';
+import { decodeMessage, type CallError } from './grpc-status';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
@@ -51,7 +51,7 @@ export class EtcdClient extends Etcd3 {
       ? new DirectChannel({
           secure,
           tls: credentials && (() => ({ ca: credentials.rootCertificate, cert: credentials.certChain, key: credentials.privateKey })),
-          dialTimeoutMs: options.dialTimeout ?? 30_000,
+          dialTimeoutMs: options.dialTimeout ?? 30_000, // etcd3's own default
         })
       : undefined;
   }
@@ -113,11 +113,11 @@ export class EtcdClient extends Etcd3 {
           ({ resource, client, metadata }) => {
             const host = direct ? memberHost(resource) : undefined;
             return host !== undefined && this.direct !== undefined
-              ? this.direct.call(host, method, encode(req), metadata, this.deadline()).then(
-                  (bytes) => decodeAnswer(decode, bytes),
-                  // The typed error keeps `retired` (castGrpcError makes a new one; the pool's leaves it be).
-                  (err: CallError) => Promise.reject(err.retired === true ? Object.assign(castGrpcError(err), { retired: true }) : castGrpcError(err)),
-                )
+              ? this.direct
+                  .call(host, method, encode(req), metadata, this.deadline())
+                  .then((bytes) => decodeMessage(decode, bytes))
+                  // Typed as etcd3 types grpc-js's errors, keeping `retired` (castGrpcError makes a new error; the pool's leaves a typed one be).
+                  .catch((err: CallError) => Promise.reject(err.retired === true ? Object.assign(castGrpcError(err), { retired: true }) : castGrpcError(err)))
               : new Promise<Res>((resolve, reject) => {
                   client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
                     if (err) reject(castGrpcError(err));
@@ -144,15 +144,6 @@ function memberHost(resource: unknown): string | undefined {
 /** The Watch service's method definition, from the generated client's constructor. */
 function watchMethod(client: object): WatchMethod {
   return (client.constructor as unknown as { service: { Watch: WatchMethod } }).service.Watch;
-}
-
-/** An answer that does not decode fails as grpc-js fails it: INTERNAL. */
-function decodeAnswer<Res>(decode: (bytes: Buffer) => Res, bytes: Buffer): Res {
-  try {
-    return decode(bytes);
-  } catch (e) {
-    throw castGrpcError(callError(13, `Response message parsing error: ${(e as Error).message}`));
-  }
 }
 
 function fromResponse(res: IRangeResponse): RangePage {

@@ -49,6 +49,15 @@ export function callError(code: number, details: string): CallError {
   return Object.assign(new Error(`${code} ${STATUS[code] ?? 'UNKNOWN'}: ${details}`), { code, details });
 }
 
+/** An answer's message decoded by `decode`; one that does not decode fails as grpc-js fails it (INTERNAL). */
+export function decodeMessage<Res>(decode: (bytes: Buffer) => Res, bytes: Buffer): Res {
+  try {
+    return decode(bytes);
+  } catch (e) {
+    throw callError(INTERNAL, `Response message parsing error: ${(e as Error).message}`);
+  }
+}
+
 /** A message, length-prefixed (not compressed). */
 export function frame(message: Buffer): Buffer {
   const out = Buffer.allocUnsafe(5 + message.length);
@@ -102,23 +111,22 @@ export class MessageReader {
  * trailers, or in the headers of a trailers-only answer), its error.
  */
 export class StreamEnd {
-  /** Whether etcd said anything: the answer's headers came (or its status). */
-  answered = false;
   private httpStatus: number | undefined;
   private status: http2.IncomingHttpHeaders | undefined;
   private failure: Error | undefined;
 
   constructor(stream: http2.ClientHttp2Stream) {
     stream.on('response', (headers) => {
-      this.answered = true;
       this.httpStatus = Number(headers[':status']);
       if (headers['grpc-status'] !== undefined) this.status = headers;
     });
-    stream.on('trailers', (trailers) => {
-      this.answered = true;
-      this.status = trailers;
-    });
+    stream.on('trailers', (trailers) => (this.status = trailers));
     stream.on('error', (e: Error) => (this.failure = e));
+  }
+
+  /** Whether etcd said anything: the answer's headers came (or its status). */
+  get answered(): boolean {
+    return this.httpStatus !== undefined || this.status !== undefined;
   }
 
   /**

@@ -141,9 +141,7 @@ export class TcpProxy {
    * the lease (lib/etcd/direct-channel.ts), then Lease (etcd3's).
    */
   blackholeAt(index: number): void {
-    const pair = [...this.pairs][index];
-    if (pair === undefined) throw new Error(`no connection ${index}: ${this.pairs.size} live`);
-    this.blackhole(pair);
+    this.blackhole(this.pairAt(index));
   }
 
   /** Black-holes only the newest live connection: a client's last one, for example etcd3's watch connection after a read. */
@@ -160,9 +158,14 @@ export class TcpProxy {
    * session for the watch and the put on the lease (lib/etcd/direct-channel.ts), Lease.
    */
   delayDownstream(index: number, ms: number): void {
+    this.pairAt(index).downstreamDelayMs = ms;
+  }
+
+  /** The `index`-th live connection (0: the oldest). */
+  private pairAt(index: number): Pair {
     const pair = [...this.pairs][index];
     if (pair === undefined) throw new Error(`no connection ${index}: ${this.pairs.size} live`);
-    pair.downstreamDelayMs = ms;
+    return pair;
   }
 
   /** Point NEW connections at another target; existing ones keep theirs (call reset() to move them). */
