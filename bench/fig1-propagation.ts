@@ -15,7 +15,10 @@
  * the put on a lease seen by B's etcd3 watcher). After each
  * sample the endpoint is removed again (untimed for the ratio, recorded as data), so
  * the service keeps 10 + 1 endpoints throughout.
+ * BENCH_FIG1_DUMP=<file> writes every sample (variant, call start, request out, answer, arrival in
+ * B, the writer's CPU in and after the call) as JSON, to take a tail apart.
  */
+import { writeFileSync } from 'node:fs';
 import { KeySpace } from '../lib/keys';
 import { nowMs, nsToMs, roundSummary, shuffle, summarize, fmtP, fmtRatio } from './stats';
 import { Arrivals, address, deletePrefix, rawClient, registry, spawnChild, uniquePrefix, value, type Figure } from './support';
@@ -38,12 +41,13 @@ interface Reply {
   error?: string;
   cpuUs?: number;
   outUs?: number;
+  afterUs?: number;
   closed?: boolean;
   ready?: boolean;
 }
 
 export const fig1: Figure = async (ctx) => {
-  const samples = ctx.quick ? 300 : 2000;
+  const samples = ctx.quick ? 300 : 6000;
   const warmup = ctx.quick ? 50 : 100;
   const service = 'web';
   const prefix = uniquePrefix('fig1');
@@ -85,6 +89,8 @@ export const fig1: Figure = async (ctx) => {
     const removal = none();
     const cpu = none();
     const out = none();
+    const after = none();
+    const dump: Record<string, unknown>[] | undefined = process.env.BENCH_FIG1_DUMP ? [] : undefined;
     let n = 0;
     const rounds = warmup + samples;
     for (let round = 0; round < rounds; round++) {
@@ -106,11 +112,14 @@ export const fig1: Figure = async (ctx) => {
         cpu[variant].push(reply.cpuUs!);
         out[variant].push(reply.outUs!);
         removal[variant].push(removed - nsToMs(delReply.t0!));
+        after[variant].push(delReply.afterUs!);
+        dump?.push({ variant, t0: nsToMs(reply.t0!), outUs: reply.outUs, ack: nsToMs(reply.t1!) - nsToMs(reply.t0!), arrived: arrived - nsToMs(reply.t0!), cpuUs: reply.cpuUs, afterUs: delReply.afterUs });
       }
       if (round % 500 === 499) ctx.log(`fig1: ${round + 1}/${rounds} rounds`);
     }
     await request({ op: 'close' });
     await child.exited;
+    if (dump) writeFileSync(process.env.BENCH_FIG1_DUMP!, JSON.stringify(dump));
 
     const s = {
       ours: summarize(latency.ours),
@@ -161,10 +170,11 @@ export const fig1: Figure = async (ctx) => {
       data: {
         samples,
         warmup,
-        unit: 'ms (latency, callAck, removal); µs (writerCpuMicrosPerCall, requestOutMicros)',
+        unit: 'ms (latency, callAck, removal); µs (writerCpuMicrosPerCall, writerCpuMicrosAfterCall, requestOutMicros)',
         latency: summaries(latency),
         callAck: summaries(ack),
         writerCpuMicrosPerCall: summaries(cpu),
+        writerCpuMicrosAfterCall: summaries(after),
         requestOutMicros: summaries(out),
         removal: summaries(removal),
         ratio: { p50, p99, p50VsTxn: s.ours.p50 / s.rawTxn.p50, p99VsTxn: s.ours.p99 / s.rawTxn.p99 },
