@@ -57,7 +57,7 @@ describe('a wall clock stepped an hour', () => {
     // answered well within this. A create still unanswered would be checked every request timeout.
     await sleep(1500);
     // Silent from here on: the last answer on the stream was timed before the step.
-    proxy.blackholeNewest();
+    proxy.blackholeAt(-1); // the watch's connection
     restoreClock = stepWallClock(-HOUR);
     const started = performance.now();
     await node.client.put(`${prefix}/services/web/10.0.5.9:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.5.9:80', Metadata: null }));

@@ -49,7 +49,7 @@ describe('watches and connections under faults', () => {
     const stopWriting = keepWriting(`${prefix}/services/web`, '10.0.1.9:80', 200);
     try {
       await sleep(1500);
-      proxy.blackholeOldest();
+      proxy.blackholeAt(0); // the KV connection
       const stalled = Date.now();
       // A service not watched yet: a read on the KV connection. It runs into its deadline
       // (1 s), and etcd3 closes the member's connections: the next read goes on a new one.

@@ -126,29 +126,13 @@ export class TcpProxy {
   }
 
   /**
-   * Black-holes only the oldest live connection (the others and new ones pass): a client's
-   * first connection, for example etcd3's KV connection, which the first call opens.
-   */
-  blackholeOldest(): void {
-    const oldest = this.pairs.values().next().value;
-    if (oldest === undefined) throw new Error('no connection to black-hole');
-    this.blackhole(oldest);
-  }
-
-  /**
-   * Black-holes only the `index`-th live connection (0: the oldest). A registry that first lists
-   * a service, then registers, opens KV (etcd3's), its own session for the watch and the put on
-   * the lease (lib/etcd/direct-channel.ts), then Lease (etcd3's).
+   * Black-holes only the `index`-th live connection (0: the oldest, -1: the newest); the others
+   * and new ones pass. A registry that first lists a service, then registers, opens KV
+   * (etcd3's), its own session for the watch and the put on the lease
+   * (lib/etcd/direct-channel.ts), then Lease (etcd3's).
    */
   blackholeAt(index: number): void {
     this.blackhole(this.pairAt(index));
-  }
-
-  /** Black-holes only the newest live connection: a client's last one, for example etcd3's watch connection after a read. */
-  blackholeNewest(): void {
-    const newest = [...this.pairs].at(-1);
-    if (newest === undefined) throw new Error('no connection to black-hole');
-    this.blackhole(newest);
   }
 
   /**
@@ -161,9 +145,9 @@ export class TcpProxy {
     this.pairAt(index).downstreamDelayMs = ms;
   }
 
-  /** The `index`-th live connection (0: the oldest). */
+  /** The `index`-th live connection (0: the oldest; negative: from the newest, -1 the newest). */
   private pairAt(index: number): Pair {
-    const pair = [...this.pairs][index];
+    const pair = [...this.pairs].at(index);
     if (pair === undefined) throw new Error(`no connection ${index}: ${this.pairs.size} live`);
     return pair;
   }
