@@ -73,6 +73,31 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Fisher–Yates shuffle in place. */
+/**
+ * How far noise moves a ratio of two percentiles: the 5th and 95th percentile of
+ * `percentile(a) / percentile(b)` over `rounds` bootstrap resamples of both (each drawn with
+ * replacement, as many as it has), from a fixed seed so that a run's interval can be recomputed.
+ */
+export function bootstrapRatio(a: readonly number[], b: readonly number[], p: number, rounds = 400, seed = 1): { lo: number; hi: number } {
+  let state = seed >>> 0 || 1;
+  // xorshift32: enough for resampling, and the same in every run.
+  const next = (n: number): number => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % n;
+  };
+  const resampled = (x: readonly number[]): number => {
+    const out = new Float64Array(x.length);
+    for (let i = 0; i < x.length; i++) out[i] = x[next(x.length)]!;
+    return percentile(Array.from(out.sort()), p);
+  };
+  const ratios: number[] = [];
+  for (let i = 0; i < rounds; i++) ratios.push(resampled(a) / resampled(b));
+  ratios.sort((x, y) => x - y);
+  return { lo: percentile(ratios, 5), hi: percentile(ratios, 95) };
+}
+
 export function shuffle<T>(items: T[]): T[] {
   for (let i = items.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));
