@@ -1,7 +1,7 @@
 /**
- * gRPC calls made straight on Node's HTTP/2, one session per etcd member, for the two on the
- * path from `register()` to every watcher's event: the put on the lease (unary) and the
- * Watch stream.
+ * gRPC calls made straight on Node's HTTP/2, one session per etcd member, for those on the
+ * path from `register()` or `unregister()` to every watcher's event: the put on the lease and
+ * unregister's transaction (unary), and the Watch stream.
  *
  * grpc-js runs about 110 µs of JavaScript per call before its request reaches the socket
  * (resolving, load-balancing, retrying and subchannel calls, their filters and timers) and

@@ -1,8 +1,9 @@
 /**
- * etcd3's client with two more calls whose answers are decoded by this library instead of
+ * etcd3's client with more calls whose answers are decoded by this library instead of
  * protobufjs: `rangePage()`, a range read (lib/etcd/range-page.ts: the cold read of a big
  * prefix spends most of its CPU decoding), `putOnLease()`, a put on a lease (lib/etcd/put.ts: what
- * `register()` sends, on the path from the call to the watchers' events), and `watchStream()`,
+ * `register()` sends, on the path from the call to the watchers' events), `deleteOnLease()`, the
+ * transaction `unregister()` sends (lib/etcd/delete-on-lease.ts), and `watchStream()`,
  * a Watch stream (lib/etcd/watch-response.ts: every client decodes every change). All go
  * through etcd3's own connection handling (member choice, per-member policy, auth metadata,
  * error types); the unary ones also through the client's failover policy and deadline, as
@@ -13,11 +14,13 @@ import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
+import { decodeDeleteOnLeaseResponse, encodeDeleteOnLease, type DeleteOnLeaseRequest, type DeleteOnLeaseResponse } from './delete-on-lease';
 import { DirectChannel } from './direct-channel';
 import { decodeMessage, type CallError } from './grpc-status';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
+const TXN_METHOD = '/etcdserverpb.KV/Txn';
 
 /** The Watch stream as etcd3's `watchClient.watch()` gives it. */
 export type WatchDuplex = Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
@@ -32,7 +35,7 @@ interface WatchMethod {
 export type CallDeadline = () => number;
 
 export class EtcdClient extends Etcd3 {
-  /** The put on the lease and the Watch stream go on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js; undefined: all on grpc-js. */
+  /** The put on the lease, unregister's transaction and the Watch stream go on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js; undefined: all on grpc-js. */
   private readonly direct: DirectChannel | undefined;
 
   constructor(
@@ -92,6 +95,22 @@ export class EtcdClient extends Etcd3 {
   /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
   putOnLease(req: PutRequest): Promise<PutResponse> {
     return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }), true);
+  }
+
+  /**
+   * Deletes a key if it is on `lease`, else reads it (lib/etcd/delete-on-lease.ts): the
+   * transaction `unregister()` sends. Errors as etcd3's `kv.txn()` gives them.
+   */
+  deleteOnLease(req: DeleteOnLeaseRequest): Promise<DeleteOnLeaseResponse> {
+    return this.unary(TXN_METHOD, encodeDeleteOnLease, decodeDeleteOnLeaseResponse, req, async () => {
+      const key = Buffer.from(req.key);
+      const res = await this.kv.txn({
+        compare: [{ key, target: 'Lease', result: 'Equal', lease: req.lease }],
+        success: [{ request_delete_range: { key } }],
+        failure: [{ request_range: { key } }],
+      });
+      return res.succeeded ? { header: res.header, succeeded: true } : { header: res.header, succeeded: false, kv: res.responses[0]?.response_range?.kvs[0] };
+    }, true);
   }
 
   /**

@@ -1,9 +1,9 @@
 /**
  * Writing protobuf fields (etcdserverpb's rpc.proto) for the requests this library encodes
- * itself (lib/etcd/range-page.ts, lib/etcd/put.ts). Zero values are left out, as protobuf does.
+ * itself (lib/etcd/range-page.ts, lib/etcd/put.ts, lib/etcd/delete-on-lease.ts). Zero values are left out, as protobuf does.
  */
 
-function varintSize(n: number): number {
+export function varintSize(n: number): number {
   let size = 1;
   while (n >= 128) {
     n = Math.floor(n / 128);
@@ -22,7 +22,7 @@ export function varintFieldSize(n: number): number {
   return n === 0 ? 0 : 1 + varintSize(n);
 }
 
-function writeVarint(out: Buffer, at: number, n: number): number {
+export function writeVarint(out: Buffer, at: number, n: number): number {
   while (n >= 128) {
     out[at++] = (n % 128) | 0x80;
     n = Math.floor(n / 128);

@@ -16,10 +16,11 @@
  *   outbox until the state they describe is complete: a listener sees a
  *   consistent keeper, and nothing it does (or throws) can break a write.
  */
-import { EtcdLeaseInvalidError, type IKeyValue, type IRequestOp } from 'etcd3';
+import { EtcdLeaseInvalidError, type IRequestOp } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
 import { cappedBackoff, retryAfterFirst } from '../backoff';
 import { type Connection, isUnreachableError } from '../etcd/connection';
+import type { DeleteOnLeaseRequest } from '../etcd/delete-on-lease';
 import { RegistryClosedError, type RegistryError, quote } from '../errors';
 import type { KeySpace } from '../keys';
 import { logger } from '../log';
@@ -511,27 +512,20 @@ export class LeaseKeeper {
    * a note for the log.
    */
   private async deleteOne(w: Write): Promise<{ note: string; revision: number }> {
-    const key = Buffer.from(w.key);
     // With no current lease (a lost one retired), compared against a retired one: a late put
     // of ours may have landed on any of them while it lives (a failed compare reads the holder).
     let lease: string | undefined = this.session.leaseId ?? [...this.session.known][0];
     if (lease === undefined) return { note: ' (no lease of ours may hold it)', revision: 0 };
     for (let attempt = 0; attempt < 3; attempt++) {
       const floor = this.conn.floor;
-      const res = await this.conn.call((c) =>
-        c.kv.txn({
-          compare: [{ key, target: 'Lease', result: 'Equal', lease }],
-          success: [{ request_delete_range: { key } }],
-          failure: [{ request_range: { key } }],
-        }),
-      );
+      const req: DeleteOnLeaseRequest = { key: w.key, lease };
+      const res = await this.conn.call((c) => c.deleteOnLease(req));
       // As for a put: a header behind what was seen (etcd restored empty) is checked.
       this.conn.checkHeader(res.header, true, floor);
       const revision = Number(res.header.revision);
       if (res.succeeded) return { note: '', revision };
-      const kv: IKeyValue | undefined = res.responses[0]?.response_range?.kvs[0];
-      if (!kv) return { note: ' (it was not in etcd)', revision };
-      const holder = String(kv.lease);
+      if (!res.kv) return { note: ' (it was not in etcd)', revision };
+      const holder: string = res.kv.lease;
       if (!this.session.known.has(holder)) return { note: ` (left alone: it is on lease ${holder}, not ours)`, revision };
       lease = holder;
     }
