@@ -85,7 +85,7 @@ export function decodeDeleteOnLeaseResponse(bytes: Buffer): DeleteOnLeaseRespons
     else if (field === 2 && wire === 0) succeeded = r.varint() !== 0;
     else if (field === 3 && wire === 2) {
       const op = r.sub(); // taken whether or not it is read: it moves the reader past the field
-      kv ??= firstRangeKey(op);
+      kv ??= firstRangeKey(op); // only the failure branch reads: its one response_range is the first there is
     }
     else r.skip(wire);
   }

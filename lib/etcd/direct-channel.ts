@@ -21,7 +21,7 @@ import { DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE, MessageRe
 
 const debug = logger('connection');
 
-/** An answer larger than this is refused (the answers sent here are a put's: a few dozen bytes). */
+/** An answer larger than this is refused (the answers sent here are a put's or unregister's transaction's: a few hundred bytes at most). */
 const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
 /** grpc-timeout takes at most 8 digits. */
 const MAX_TIMEOUT_MS = 99_999_999;

@@ -54,12 +54,9 @@ export function writeVarintField(out: Buffer, at: number, field: number, n: numb
  * for 0. Lease ids pass 2^53, so the number is a BigInt here.
  */
 export function int64Field(field: number, decimal: string, message: string): Buffer {
-  let n: bigint;
-  try {
-    n = BigInt(decimal);
-  } catch {
-    throw new RangeError(`${message} field ${field}: ${JSON.stringify(decimal)} is not an integer`);
-  }
+  // Decimal digits only: BigInt() would also take '' and ' ' (as 0) and '0x10'.
+  if (!/^-?\d+$/.test(decimal)) throw new RangeError(`${message} field ${field}: ${JSON.stringify(decimal)} is not an integer`);
+  let n = BigInt(decimal);
   if (n < -(2n ** 63n) || n >= 2n ** 63n) throw new RangeError(`${message} field ${field}: ${decimal} is not a 64-bit integer`);
   if (n === 0n) return Buffer.alloc(0);
   n = BigInt.asUintN(64, n);

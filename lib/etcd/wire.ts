@@ -1,6 +1,7 @@
 /**
  * Reading etcd's protobuf answers (etcdserverpb's rpc.proto, mvccpb's kv.proto) in one pass
- * over their bytes, for lib/etcd/range-page.ts and lib/etcd/watch-response.ts. etcd3 decodes
+ * over their bytes, for lib/etcd/range-page.ts, lib/etcd/watch-response.ts, lib/etcd/put.ts and
+ * lib/etcd/delete-on-lease.ts. etcd3 decodes
  * through protobufjs, which builds a Long for each 64-bit field, then a string of it, then an
  * object per message; here a key and its value are views of the answer's bytes, and a key's
  * numbers are read only when asked for.

@@ -206,6 +206,20 @@ describe('Registry against a real etcd', () => {
     expect(res.kvs.map((kv) => [kv.key.toString(), kv.lease])).toEqual([[e.key, fresh.leaseId]]);
   });
 
+  it("unregister() deletes its key from its own lease, and leaves alone one a successor took over (the transaction's failure branch)", async () => {
+    const prefix = uniquePrefix('unreg-owner');
+    const old = registry(prefix, { leaseSeconds: 60 });
+    const mine = await old.register({ service: 'web', address: '10.0.0.2:80' });
+    await old.register({ service: 'web', address: '10.0.0.1:80' });
+    const fresh = registry(prefix);
+    const taken = await fresh.register({ service: 'web', address: '10.0.0.1:80' });
+    await old.unregister({ service: 'web', address: '10.0.0.2:80' });
+    await old.unregister({ service: 'web', address: '10.0.0.1:80' });
+    const res = await etcd.getAll().prefix(`${prefix}/`).exec();
+    expect(res.kvs.map((kv) => [kv.key.toString(), kv.lease])).toEqual([[taken.key, fresh.leaseId]]);
+    expect(res.kvs.map((kv) => kv.key.toString())).not.toContain(mine.key);
+  });
+
   it('yields the list on every change through watch(), and stops on abort', async () => {
     const prefix = uniquePrefix('iterator');
     const a = registry(prefix);

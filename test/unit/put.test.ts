@@ -48,6 +48,8 @@ describe('PutRequest encoding', () => {
     const key = Buffer.from('k');
     expect(() => encodePutRequest({ key, value: key, lease: 'abc' })).toThrow(/PutRequest field 3: "abc" is not an integer/);
     expect(() => encodePutRequest({ key, value: key, lease: String(2n ** 63n) })).toThrow(/not a 64-bit integer/);
+    // What BigInt() alone would take: '' and ' ' as 0 (a put on no lease), hexadecimal.
+    for (const lease of ['', ' ', '0x10', '1.0', '+1']) expect(() => encodePutRequest({ key, value: key, lease })).toThrow(`PutRequest field 3: ${JSON.stringify(lease)} is not an integer`);
   });
 });
 
