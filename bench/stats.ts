@@ -12,7 +12,7 @@ export interface Summary {
 }
 
 /** Nearest-rank percentile (p in [0, 100]) of an ascending array. */
-export function percentile(sorted: readonly number[], p: number): number {
+export function percentile(sorted: ArrayLike<number>, p: number): number {
   if (sorted.length === 0) return NaN;
   const rank = Math.ceil((p / 100) * sorted.length);
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))]!;
@@ -72,7 +72,6 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Fisher–Yates shuffle in place. */
 /**
  * How far noise moves a ratio of two percentiles: the 5th and 95th percentile of
  * `percentile(a) / percentile(b)` over `rounds` bootstrap resamples of both (each drawn with
@@ -90,7 +89,7 @@ export function bootstrapRatio(a: readonly number[], b: readonly number[], p: nu
   const resampled = (x: readonly number[]): number => {
     const out = new Float64Array(x.length);
     for (let i = 0; i < x.length; i++) out[i] = x[next(x.length)]!;
-    return percentile(Array.from(out.sort()), p);
+    return percentile(out.sort(), p);
   };
   const ratios: number[] = [];
   for (let i = 0; i < rounds; i++) ratios.push(resampled(a) / resampled(b));
@@ -98,6 +97,7 @@ export function bootstrapRatio(a: readonly number[], b: readonly number[], p: nu
   return { lo: percentile(ratios, 5), hi: percentile(ratios, 95) };
 }
 
+/** Fisher–Yates shuffle in place. */
 export function shuffle<T>(items: T[]): T[] {
   for (let i = items.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));

@@ -86,12 +86,12 @@ export function decodeDeleteOnLeaseResponse(bytes: Buffer): DeleteOnLeaseRespons
     else if (field === 3 && wire === 2) {
       const op = r.sub(); // taken whether or not it is read: it moves the reader past the field
       kv ??= firstRangeKey(op); // only the failure branch reads: its one response_range is the first there is
-    }
-    else r.skip(wire);
+    } else r.skip(wire);
   }
   // etcd always sends one: without its revision the delete cannot be placed.
   if (header === undefined) throw new MalformedResponseError('TxnResponse without a header');
-  return succeeded ? { header, succeeded } : { header, succeeded, kv };
+  // (The success branch's only response is the delete's: no key read, kv undefined.)
+  return { header, succeeded, kv };
 }
 
 /** ResponseOp → response_range (1) → kvs (2): the first key, or undefined. */

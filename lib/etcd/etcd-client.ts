@@ -109,7 +109,8 @@ export class EtcdClient extends Etcd3 {
         success: [{ request_delete_range: { key } }],
         failure: [{ request_range: { key } }],
       });
-      return res.succeeded ? { header: res.header, succeeded: true } : { header: res.header, succeeded: false, kv: res.responses[0]?.response_range?.kvs[0] };
+      // (On success the only response is the delete's: no key read.)
+      return { header: res.header, succeeded: res.succeeded, kv: res.responses[0]?.response_range?.kvs[0] };
     }, true);
   }
 
