@@ -9,7 +9,7 @@
  * error types); the unary ones also through the client's failover policy and deadline, as
  * every other call does.
  */
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IWatchRequest, type IWatchResponse } from 'etcd3';
+import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IResponseHeader, type IWatchRequest, type IWatchResponse } from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
@@ -37,6 +37,8 @@ export type CallDeadline = () => number;
 export class EtcdClient extends Etcd3 {
   /** The put on the lease, unregister's transaction and the Watch stream go on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js; undefined: all on grpc-js. */
   private readonly direct: DirectChannel | undefined;
+  /** The last Watch stream opened, and the member (host:port) it is on: see watchMember. */
+  private watching: { readonly host: string; readonly stream: { readonly writable: boolean } } | undefined;
 
   constructor(
     options: IOptions,
@@ -76,13 +78,43 @@ export class EtcdClient extends Etcd3 {
       if (host === undefined || this.direct === undefined) {
         const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
         stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
+        if (host !== undefined) this.watching = { host, stream };
         return stream as unknown as WatchDuplex;
       }
       const stream = this.direct.stream(host, method.path, metadata, method.requestSerialize, decodeWatchResponse);
       // As etcd3 marks the member failed; not for a stream this library ended (a silent session given up).
       stream.on('error', (err: CallError) => err.retired !== true && this.pool.markFailed(resource, err));
+      this.watching = { host, stream };
       return stream as unknown as WatchDuplex;
     });
+  }
+
+  /**
+   * The member (host:port) the open Watch stream is on; undefined when none is open. etcd3
+   * picks a member at random for each call and stream, so a read that proves "etcd answers"
+   * may go to any member but this one: a watch on a member gone silent (or cut off from its
+   * peers) would hear nothing, unnoticed, for as long as the reads kept landing elsewhere.
+   */
+  get watchMember(): string | undefined {
+    return this.watching?.stream.writable === true ? this.watching.host : undefined;
+  }
+
+  /**
+   * A count-only read of `key` sent to `member` (host:port) first: on this library's own
+   * HTTP/2 session to it, the connection its Watch stream is on (see watchMember), so that an
+   * answer proves that connection; another member only if that one refuses the call at once
+   * (the failover policy's retry). Errors as etcd3's `kv.range()` gives them.
+   */
+  countOn(member: string, key: Buffer, serializable: boolean, deadline: number): Promise<IResponseHeader> {
+    const req: RangePageRequest = { key, rangeEnd: Buffer.alloc(0), limit: 0, revision: 0, serializable, countOnly: true };
+    return this.unary(
+      RANGE_METHOD,
+      encodeRangeRequest,
+      (bytes) => decodeRangeResponse(bytes).header,
+      req,
+      async () => (await this.kv.range({ key, count_only: true, serializable }, { deadline })).header,
+      { direct: true, first: member, deadline: () => deadline },
+    );
   }
 
   /** One page of a range read, as RangePage. */
@@ -94,7 +126,7 @@ export class EtcdClient extends Etcd3 {
 
   /** A put of one key on a lease; errors as etcd3's `kv.put()` gives them (EtcdLeaseInvalidError for a lost lease). */
   putOnLease(req: PutRequest): Promise<PutResponse> {
-    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }), true);
+    return this.unary(PUT_METHOD, encodePutRequest, decodePutResponse, req, () => this.kv.put({ key: Buffer.from(req.key), value: Buffer.from(req.value), lease: req.lease }), { direct: true });
   }
 
   /**
@@ -111,7 +143,7 @@ export class EtcdClient extends Etcd3 {
       });
       // (On success the only response is the delete's: no key read.)
       return { header: res.header, succeeded: res.succeeded, kv: res.responses[0]?.response_range?.kvs[0] };
-    }, true);
+    }, { direct: true });
   }
 
   /**
@@ -120,12 +152,21 @@ export class EtcdClient extends Etcd3 {
    * to etcd3's types. When etcd has forgotten the auth token (it restarted), `viaEtcd3` makes
    * the same call through etcd3, which renews the token and asks again.
    */
-  private async unary<Req, Res>(method: string, encode: (req: Req) => Buffer, decode: (bytes: Buffer) => Res, req: Req, viaEtcd3: () => Promise<Res>, direct = false): Promise<Res> {
+  private async unary<Req, Res>(
+    method: string,
+    encode: (req: Req) => Buffer,
+    decode: (bytes: Buffer) => Res,
+    req: Req,
+    viaEtcd3: () => Promise<Res>,
+    { direct = false, first, deadline = this.deadline }: UnaryOptions = {},
+  ): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
-    type MemberOrder = Parameters<typeof this.pool.withConnection>[2];
-    const pool: { shuffledHosts?: () => MemberOrder } = this.pool as never; // private in etcd3's types
-    const order = pool.shuffledHosts?.();
+    type MemberOrder = NonNullable<Parameters<typeof this.pool.withConnection>[2]>;
+    const pool: { shuffledHosts?: () => MemberOrder; hosts?: unknown[] } = this.pool as never; // private in etcd3's types
+    const shuffled = pool.shuffledHosts?.();
+    const pinned = first === undefined ? undefined : pool.hosts?.find((h) => memberHost(h) === first);
+    const order = shuffled !== undefined && pinned !== undefined ? firstThen(pinned as never, shuffled) : shuffled;
     try {
       return await this.global.execute(() =>
         this.pool.withConnection(
@@ -134,12 +175,12 @@ export class EtcdClient extends Etcd3 {
             const host = direct ? memberHost(resource) : undefined;
             return host !== undefined && this.direct !== undefined
               ? this.direct
-                  .call(host, method, encode(req), metadata, this.deadline())
+                  .call(host, method, encode(req), metadata, deadline())
                   .then((bytes) => decodeMessage(decode, bytes))
                   // Typed as etcd3 types grpc-js's errors, keeping `retired` (castGrpcError makes a new error; the pool's leaves a typed one be).
                   .catch((err: CallError) => Promise.reject(err.retired === true ? Object.assign(castGrpcError(err), { retired: true }) : castGrpcError(err)))
               : new Promise<Res>((resolve, reject) => {
-                  client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: this.deadline() }, (err, res) => {
+                  client.makeUnaryRequest(method, encode, decode, req, metadata, { deadline: deadline() }, (err, res) => {
                     if (err) reject(castGrpcError(err));
                     else resolve(res!);
                   });
@@ -153,6 +194,21 @@ export class EtcdClient extends Etcd3 {
       return await viaEtcd3();
     }
   }
+}
+
+interface UnaryOptions {
+  /** On this library's own HTTP/2 session to the member (lib/etcd/direct-channel.ts), not grpc-js. */
+  readonly direct?: boolean;
+  /** The member (host:port) to try first. */
+  readonly first?: string;
+  /** Each attempt's deadline (a Date.now() time); default: the call's budget (CallBudget). */
+  readonly deadline?: CallDeadline;
+}
+
+/** `first`, then the members in `order`'s order. */
+function* firstThen<T>(first: T, order: Generator<T>): Generator<T> {
+  yield first;
+  yield* order;
 }
 
 /** The member etcd3 picked, as host:port (private in etcd3's types): grpc-js's call is made if it is gone. */

@@ -97,10 +97,25 @@ describe('RangeResponse decoding', () => {
 describe('RangeRequest encoding', () => {
   it('is the request protobufjs reads back', () => {
     fc.assert(
-      fc.property(bytes, bytes, fc.nat(), fc.oneof(fc.constant(0), fc.nat(), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })), (key, rangeEnd, limit, revision) => {
-        const req = range.requestDeserialize(encodeRangeRequest({ key, rangeEnd, limit, revision }));
-        expect([Buffer.from(req.key), Buffer.from(req.range_end), req.limit, req.revision, req.serializable, req.count_only]).toEqual([key, rangeEnd, String(limit), String(revision), false, false]);
-      }),
+      fc.property(
+        bytes,
+        bytes,
+        fc.nat(),
+        fc.oneof(fc.constant(0), fc.nat(), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })),
+        fc.option(fc.boolean(), { nil: undefined }),
+        fc.option(fc.boolean(), { nil: undefined }),
+        (key, rangeEnd, limit, revision, serializable, countOnly) => {
+          const req = range.requestDeserialize(encodeRangeRequest({ key, rangeEnd, limit, revision, serializable, countOnly }));
+          expect([Buffer.from(req.key), Buffer.from(req.range_end), req.limit, req.revision, req.serializable, req.count_only]).toEqual([
+            key,
+            rangeEnd,
+            String(limit),
+            String(revision),
+            serializable === true,
+            countOnly === true,
+          ]);
+        },
+      ),
       { numRuns: 1_000 },
     );
   });
