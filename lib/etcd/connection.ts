@@ -750,11 +750,6 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, this.vouchIntervalMs / 1000);
   }
 
-  /** Whether the server is etcd's gRPC proxy, as far as its answers told (see markThroughProxy). */
-  get isThroughProxy(): boolean {
-    return this.throughProxy;
-  }
-
   /** How often the watchdog's read is linearizable with a single endpoint (or proxies only). */
   private get vouchIntervalMs(): number {
     return this.throughProxy ? PROXY_VOUCH_INTERVAL_MS : VOUCH_INTERVAL_MS;

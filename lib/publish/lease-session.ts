@@ -11,14 +11,13 @@
  *   any ──close()──► closed (current and retired leases revoked, bounded)
  *
  * Keepalive: a request every TTL/4 on one stream; an ack deadline of
- * min(TTL/2, request timeout) per request on members, min(TTL/2, request timeout + TTL/3)
- * through a grpc-proxy (it answers only when its own upstream keepalive, every TTL/3,
- * does); unanswered: the connection is rebuilt, so a second try on a fresh connection
- * fits in the TTL; no ack for a whole TTL (etcd has expired the lease by then), a TTL of
- * 0, or "lease not found" make the lease lost. A member gone silent is noticed at most
- * TTL/4 + min(TTL/2, request timeout) after the last answer: at a 3 s TTL and the default
- * 1 s timeout, 1.25 s is left to rebuild and renew elsewhere (with TTL/4 + TTL/2 it was
- * 0.75 s, and a loaded 2-core machine running 3 members once missed it).
+ * min(TTL/2, request timeout + TTL/3) per request (a grpc-proxy answers only
+ * when its own upstream keepalive, every TTL/3, does; unanswered: the
+ * connection is rebuilt, so a second try on a fresh connection fits in the TTL); no ack for a
+ * whole TTL (etcd has expired the lease by then), a TTL of 0, or "lease not
+ * found" make the lease lost. A member gone silent is noticed at most TTL/4 + TTL/2
+ * after the last answer, which leaves TTL/4 to rebuild and renew elsewhere (TTL/3
+ * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed).
  * The session knows nothing of keys.
  *
  * Close (a SIGTERM's deregistration) is one LeaseRevoke that must be fast: it is
@@ -328,12 +327,11 @@ export class LeaseSession {
     if (this.keepaliveFloors.length < MAX_FLOORS) this.keepaliveFloors.push({ floor, keepalives: 1 });
     else this.keepaliveFloors.at(-1)!.keepalives++;
     if (!this.ackTimer) {
-      // A member answers a keepalive at once (a follower asks the leader): within a request
-      // timeout, as any call. etcd's grpc-proxy answers one only when its own upstream keepalive
-      // (every TTL/3) comes back: allow for that wait there. Either way at most half the TTL, so
-      // that a second attempt on a fresh connection fits before etcd's TTL runs out.
+      // etcd's grpc-proxy answers a keepalive only when its own upstream keepalive (every TTL/3)
+      // comes back: allow for that wait, and still leave half the TTL for a second attempt on a
+      // fresh connection before etcd's TTL runs out.
       const ttlMs = this.ttlSeconds * 1000;
-      const deadline = Math.min(ttlMs / 2, this.conn.requestTimeoutMs + (this.conn.isThroughProxy ? ttlMs / 3 : 0));
+      const deadline = Math.min(ttlMs / 2, this.conn.requestTimeoutMs + ttlMs / 3);
       this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
       this.ackTimer.unref();
     }

@@ -94,10 +94,9 @@ describe('a 3-member cluster under faults', () => {
       proxies.push(p);
     }
     const endpoints = proxies.map((p) => p.url).join(',');
-    // A keepalive unanswered is noticed at most TTL/4 + a request timeout after the last answer
-    // (on members; TTL/4 + TTL/2 through a grpc-proxy): 1.25 s at 3 s is left for the rebuild and a
-    // keepalive on a member that answers. (With TTL/4 + TTL/2, 750 ms: measured gaps between two
-    // answers reached 2.26 s on a loaded machine, and one CI run lost the lease.)
+    // A keepalive unanswered is noticed at most TTL/4 + TTL/2 after the last answer: TTL/4 is left
+    // for the rebuild and a keepalive on a member that answers, 750 ms at 3 s. (With a keepalive
+    // every TTL/3, TTL/6: 500 ms, into which a loaded 2-core machine running 3 members did not always fit.)
     const a = faultRegistry(endpoints, prefix, { leaseSeconds: 3 });
     open.push(a);
     const watcher = reg(endpoints, prefix);
