@@ -658,7 +658,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const key = Buffer.from(this.options.probeKey);
     const member = client.watchMember;
     try {
-      if (member !== undefined) return await client.countOn(member, key, serializable, Date.now() + deadlineMs);
+      if (member !== undefined) return await client.countOn(member, key, serializable, deadlineMs);
       const res = await client.kv.range({ key, count_only: true, serializable }, { deadline: Date.now() + deadlineMs });
       return res.header;
     } catch (e) {

@@ -105,15 +105,19 @@ export class EtcdClient extends Etcd3 {
    * answer proves that connection; another member only if that one refuses the call at once
    * (the failover policy's retry). Errors as etcd3's `kv.range()` gives them.
    */
-  countOn(member: string, key: Buffer, serializable: boolean, deadline: number): Promise<IResponseHeader> {
+  countOn(member: string, key: Buffer, serializable: boolean, timeoutMs: number): Promise<IResponseHeader> {
+    // On performance.now()'s clock, as CallBudget: a wall clock stepped back must not stretch a
+    // retry's deadline, and a retry after a late refusal gets at least 100 ms.
+    const end = performance.now() + timeoutMs;
+    const deadline = (): number => Date.now() + Math.max(100, end - performance.now());
     const req: RangePageRequest = { key, rangeEnd: Buffer.alloc(0), limit: 0, revision: 0, serializable, countOnly: true };
     return this.unary(
       RANGE_METHOD,
       encodeRangeRequest,
       (bytes) => decodeRangeResponse(bytes).header,
       req,
-      async () => (await this.kv.range({ key, count_only: true, serializable }, { deadline })).header,
-      { direct: true, first: member, deadline: () => deadline },
+      async () => (await this.kv.range({ key, count_only: true, serializable }, { deadline: deadline() })).header,
+      { direct: true, first: member, deadline },
     );
   }
 
