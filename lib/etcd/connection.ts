@@ -743,6 +743,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * server chose): the watchdog's linearizable read comes about every PROXY_VOUCH_INTERVAL_MS,
    * the next one at a random point of that interval.
    */
+  /** Whether the server is etcd's gRPC proxy (see markThroughProxy). */
+  get isThroughProxy(): boolean {
+    return this.throughProxy;
+  }
+
   markThroughProxy(why: string): void {
     if (this.throughProxy) return;
     this.throughProxy = true;

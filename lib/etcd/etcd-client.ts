@@ -9,7 +9,19 @@
  * error types); the unary ones also through the client's failover policy and deadline, as
  * every other call does.
  */
-import { Etcd3, EtcdInvalidAuthTokenError, castGrpcError, type IOptions, type IRangeResponse, type IResponseHeader, type IWatchRequest, type IWatchResponse } from 'etcd3';
+import {
+  Etcd3,
+  EtcdInvalidAuthTokenError,
+  castGrpcError,
+  type IDuplexStream,
+  type ILeaseKeepAliveRequest,
+  type ILeaseKeepAliveResponse,
+  type IOptions,
+  type IRangeResponse,
+  type IResponseHeader,
+  type IWatchRequest,
+  type IWatchResponse,
+} from 'etcd3';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
@@ -25,11 +37,24 @@ const TXN_METHOD = '/etcdserverpb.KV/Txn';
 /** The Watch stream as etcd3's `watchClient.watch()` gives it. */
 export type WatchDuplex = Awaited<ReturnType<Etcd3['watchClient']['watch']>>;
 
-/** What grpc-js's generated client keeps of the Watch method (its requests stay protobufjs's). */
-interface WatchMethod {
+/** etcd's LeaseKeepAlive stream, as etcd3's `leaseClient.leaseKeepAlive()` gives it. */
+export type KeepaliveDuplex = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>;
+
+/** What grpc-js's generated client keeps of a method (protobufjs's encoder and decoder). */
+interface ServiceMethod<Req, Res> {
   readonly path: string;
-  readonly requestSerialize: (req: IWatchRequest) => Buffer;
+  readonly requestSerialize: (req: Req) => Buffer;
+  readonly responseDeserialize: (bytes: Buffer) => Res;
 }
+
+/** A stream and the member (host:port) it is on. */
+interface OnMember {
+  readonly host: string;
+  readonly stream: { readonly writable: boolean };
+}
+
+/** etcd3's pool's order of its members for one call (a generator of its private Host objects). */
+type MemberOrder = NonNullable<Parameters<Etcd3['pool']['withConnection']>[2]>;
 
 /** What a call's gRPC options are made of: its deadline (see CallBudget). */
 export type CallDeadline = () => number;
@@ -37,8 +62,10 @@ export type CallDeadline = () => number;
 export class EtcdClient extends Etcd3 {
   /** The put on the lease, unregister's transaction and the Watch stream go on Node's own HTTP/2 (lib/etcd/direct-channel.ts), the rest on grpc-js; undefined: all on grpc-js. */
   private readonly direct: DirectChannel | undefined;
-  /** The last Watch stream opened, and the member (host:port) it is on: see watchMember. */
-  private watching: { readonly host: string; readonly stream: { readonly writable: boolean } } | undefined;
+  /** The last Watch stream opened, and the member it is on: see watchMember. */
+  private watching: OnMember | undefined;
+  /** The last LeaseKeepAlive stream opened, and the member it is on: see keepaliveMember. */
+  private keepingAlive: OnMember | undefined;
 
   constructor(
     options: IOptions,
@@ -73,7 +100,7 @@ export class EtcdClient extends Etcd3 {
    */
   watchStream(): Promise<WatchDuplex> {
     return this.pool.withConnection('Watch', ({ resource, client, metadata }) => {
-      const method = watchMethod(client);
+      const method = serviceMethod<IWatchRequest, IWatchResponse>(client, 'Watch');
       const host = memberHost(resource);
       if (host === undefined || this.direct === undefined) {
         const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
@@ -96,7 +123,60 @@ export class EtcdClient extends Etcd3 {
    * peers) would hear nothing, unnoticed, for as long as the reads kept landing elsewhere.
    */
   get watchMember(): string | undefined {
-    return this.watching?.stream.writable === true ? this.watching.host : undefined;
+    return openOn(this.watching);
+  }
+
+  /**
+   * A LeaseKeepAlive stream, as etcd3's `leaseClient.leaseKeepAlive()` opens it (on grpc-js:
+   * the same member choice, auth metadata and failure marking), the member it is on kept
+   * (keepaliveMember).
+   */
+  keepaliveStream(): Promise<KeepaliveDuplex> {
+    return this.pool.withConnection('Lease', ({ resource, client, metadata }) => {
+      const method = serviceMethod<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(client, 'LeaseKeepAlive');
+      const stream = client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
+      stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
+      const host = memberHost(resource);
+      this.keepingAlive = host === undefined ? undefined : { host, stream };
+      return stream as unknown as KeepaliveDuplex;
+    });
+  }
+
+  /** The member (host:port) the open LeaseKeepAlive stream is on; undefined when none is open. */
+  get keepaliveMember(): string | undefined {
+    return openOn(this.keepingAlive);
+  }
+
+  /**
+   * One keepalive of `leaseId` on a stream of its own, sent to a member other than the one the
+   * open keepalive stream is on, and etcd's answer to it: a lease kept alive while that stream
+   * waits on a member gone silent. With one member, on this library's own HTTP/2 session to
+   * it (another connection than grpc-js's); undefined when there is nowhere else to send it
+   * (one member, everything on grpc-js). Rejects when `signal` aborts first.
+   */
+  async keepaliveOnce(leaseId: string, signal: AbortSignal): Promise<ILeaseKeepAliveResponse | undefined> {
+    const { shuffled, count } = this.memberOrder();
+    if (shuffled === undefined || (count < 2 && this.direct === undefined)) return undefined;
+    const avoid = this.keepaliveMember;
+    return await this.pool.withConnection(
+      'Lease',
+      ({ resource, client, metadata }) => {
+        const method = serviceMethod<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(client, 'LeaseKeepAlive');
+        const host = memberHost(resource);
+        const stream =
+          host !== undefined && this.direct !== undefined
+            ? this.direct.stream(host, method.path, metadata, method.requestSerialize, method.responseDeserialize)
+            : client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
+        return firstAnswer(stream as unknown as KeepaliveDuplex, { ID: leaseId }, signal);
+      },
+      count > 1 && avoid !== undefined ? except(shuffled, avoid) : shuffled,
+    );
+  }
+
+  /** etcd3's member order for one call (each member once, shuffled, and again), and how many members it has: private in etcd3's types. */
+  private memberOrder(): { shuffled: MemberOrder | undefined; count: number } {
+    const pool: { shuffledHosts?: () => MemberOrder; hosts?: unknown[] } = this.pool as never;
+    return { shuffled: pool.shuffledHosts?.(), count: pool.hosts?.length ?? 0 };
   }
 
   /**
@@ -166,9 +246,8 @@ export class EtcdClient extends Etcd3 {
   ): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
-    type MemberOrder = NonNullable<Parameters<typeof this.pool.withConnection>[2]>;
-    const pool: { shuffledHosts?: () => MemberOrder; hosts?: unknown[] } = this.pool as never; // private in etcd3's types
-    const shuffled = pool.shuffledHosts?.();
+    const { shuffled } = this.memberOrder();
+    const pool: { hosts?: unknown[] } = this.pool as never; // private in etcd3's types
     const pinned = first === undefined ? undefined : pool.hosts?.find((h) => memberHost(h) === first);
     const order = shuffled !== undefined && pinned !== undefined ? firstThen(pinned as never, shuffled) : shuffled;
     try {
@@ -221,9 +300,41 @@ function memberHost(resource: unknown): string | undefined {
   return typeof host === 'string' ? host : undefined;
 }
 
-/** The Watch service's method definition, from the generated client's constructor. */
-function watchMethod(client: object): WatchMethod {
-  return (client.constructor as unknown as { service: { Watch: WatchMethod } }).service.Watch;
+/** A method's definition, from the generated client's constructor. */
+function serviceMethod<Req, Res>(client: object, name: string): ServiceMethod<Req, Res> {
+  return (client.constructor as unknown as { service: Record<string, ServiceMethod<Req, Res>> }).service[name]!;
+}
+
+/** The member `on`'s stream is on, while that stream is open. */
+function openOn(on: OnMember | undefined): string | undefined {
+  return on?.stream.writable === true ? on.host : undefined;
+}
+
+/** The members of `order` but `host`, in its order (`order` holds another member). */
+function* except(order: MemberOrder, host: string): MemberOrder {
+  for (const member of order) if (memberHost(member) !== host) yield member;
+}
+
+/** Writes `req` on `stream` and resolves with its first answer; the stream is cancelled after it, after an error, or when `signal` aborts. */
+function firstAnswer<Req, Res>(stream: IDuplexStream<Req, Res>, req: Req, signal: AbortSignal): Promise<Res> {
+  return new Promise<Res>((resolve, reject) => {
+    let settled = false;
+    const settle = (fn: () => void): void => {
+      if (settled) return;
+      settled = true;
+      signal.removeEventListener('abort', aborted);
+      stream.cancel();
+      fn();
+    };
+    const aborted = (): void => settle(() => reject(signal.reason));
+    // (An error after cancel(), as grpc-js may emit one, lands here and is dropped.)
+    stream.on('error', (err: Error) => settle(() => reject(err)));
+    stream.on('end', () => settle(() => reject(new Error('the stream ended without an answer'))));
+    stream.on('data', (res: Res) => settle(() => resolve(res)));
+    if (signal.aborted) return aborted();
+    signal.addEventListener('abort', aborted, { once: true });
+    stream.write(req);
+  });
 }
 
 function fromResponse(res: IRangeResponse): RangePage {

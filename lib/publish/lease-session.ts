@@ -18,6 +18,12 @@
  * found" make the lease lost. A member gone silent is noticed at most TTL/4 + TTL/2
  * after the last answer, which leaves TTL/4 to rebuild and renew elsewhere (TTL/3
  * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed).
+ * An answer not there a request timeout after its keepalive went out (plus TTL/3 through a
+ * grpc-proxy) is late: one keepalive more goes to another member on a stream of its own
+ * (EtcdClient.keepaliveOnce), and its answer renews the lease as any other does. The
+ * stream that is late is left alone (a slow member that still answers is no stall), so the
+ * lease is renewed at most a keepalive interval + a request timeout after the last answer
+ * while the rebuild finds a member that answers (a 3 s TTL: 1.75 s, not 2.25 s and the rebuild).
  * The session knows nothing of keys.
  *
  * Close (a SIGTERM's deregistration) is one LeaseRevoke that must be fast: it is
@@ -64,6 +70,10 @@ export class LeaseSession {
   private lossTimer: NodeJS.Timeout | undefined;
   /** Armed when a keepalive is sent, cleared by its answer. */
   private ackTimer: NodeJS.Timeout | undefined;
+  /** Armed with ackTimer, earlier: the answer is late, one keepalive more goes elsewhere (hedge). */
+  private hedgeTimer: NodeJS.Timeout | undefined;
+  /** A hedge is on its way: one at a time. */
+  private hedging = false;
   /**
    * What was seen when each unanswered keepalive went out, oldest first: etcd answers a stream's
    * keepalives in order, so an answer's header is checked against the oldest. (With one floor
@@ -288,8 +298,8 @@ export class LeaseSession {
     if (this.keepalive || this.keepaliveOpening || !this.isAlive) return;
     this.keepaliveOpening = true;
     const generation = this.conn.generation;
-    this.conn.client.leaseClient
-      .leaseKeepAlive()
+    this.conn.client
+      .keepaliveStream()
       .then((stream) => {
         this.keepaliveOpening = false;
         if (!this.isAlive || generation !== this.conn.generation) {
@@ -334,7 +344,44 @@ export class LeaseSession {
       const deadline = Math.min(ttlMs / 2, this.conn.requestTimeoutMs + ttlMs / 3);
       this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
       this.ackTimer.unref();
+      const late = this.conn.requestTimeoutMs + (this.conn.isThroughProxy ? ttlMs / 3 : 0);
+      if (late < deadline) {
+        this.hedgeTimer = setTimeout(() => this.hedge(late), late);
+        this.hedgeTimer.unref();
+      }
     }
+  }
+
+  /**
+   * The keepalive stream's answer is `lateMs` late: one keepalive more, to another member
+   * (EtcdClient.keepaliveOnce), bounded by a request timeout. Its answer renews the lease as
+   * the stream's would; the stream is left alone (its ack deadline decides whether it stalled).
+   */
+  private hedge(lateMs: number): void {
+    this.hedgeTimer = undefined;
+    const leaseId = this.current;
+    if (!this.isAlive || leaseId === undefined || this.hedging) return;
+    this.hedging = true;
+    const floor = this.conn.floor;
+    const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.conn.requestTimeoutMs)]);
+    debug('keepalive unanswered for %d ms: one more on another member', lateMs);
+    this.conn
+      .call((c) => c.keepaliveOnce(leaseId, signal))
+      .then((res) => {
+        if (res === undefined) debug('no other member to send the keepalive to');
+        if (res === undefined || res.ID !== this.current || !this.isAlive) return;
+        this.conn.checkHeader(res.header, false, floor);
+        if (Number(res.TTL) <= 0) {
+          this.markLost('etcd answered the keepalive with TTL 0');
+          return;
+        }
+        debug('lease %s renewed on another member', leaseId);
+        this.armLossTimer();
+      })
+      .catch((e: Error) => debug('the keepalive on another member got no answer: %s', e.message))
+      .finally(() => {
+        this.hedging = false;
+      });
   }
 
   private keepaliveStalled(deadline: number): void {
@@ -363,7 +410,9 @@ export class LeaseSession {
 
   private clearAckTimer(): void {
     if (this.ackTimer) clearTimeout(this.ackTimer);
+    if (this.hedgeTimer) clearTimeout(this.hedgeTimer);
     this.ackTimer = undefined;
+    this.hedgeTimer = undefined;
   }
 
   private onKeepaliveEnd(stream: KeepaliveStream, err: Error): void {

@@ -5,16 +5,10 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
-import type { Connection } from '../../lib/etcd/connection';
 import { EtcdCluster, type EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { TTL, expectConverged, faultRegistry, keysInEtcd, measured, sleep } from './support';
-
-/** The registry's Connection (private): its generation, skipped members and 'reset' events. */
-function connectionOf(r: Registry): Connection {
-  return (r as unknown as { conn: Connection }).conn;
-}
+import { connectionOf, TTL, expectConverged, faultRegistry, keysInEtcd, measured, sleep } from './support';
 
 describe('members of a 3-member cluster failing', () => {
   const cluster = new EtcdCluster({ size: 3 });

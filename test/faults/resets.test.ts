@@ -11,11 +11,7 @@ import type { Connection, Floor } from '../../lib/etcd/connection';
 import { findFreePort, findOnPath } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { expectConverged, faultRegistry, sleep, timeUntil, useFaultNode } from './support';
-
-function connectionOf(r: Registry): Connection {
-  return (r as unknown as { conn: Connection }).conn;
-}
+import { connectionOf, expectConverged, faultRegistry, sleep, timeUntil, useFaultNode } from './support';
 
 /** What the connection remembers (private): the cluster id and the highest revision seen. */
 function remembered(conn: Connection): { clusterId: string | undefined; maxRevision: number } {

@@ -2,10 +2,16 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { Registry, type Endpoint, type RegistryOptions } from '../../lib';
+import type { Connection } from '../../lib/etcd/connection';
 import { EtcdNode } from '../support/etcd';
 import { eventually } from '../support/env';
 
 export const TTL = 2;
+
+/** The registry's Connection (private): its generation, client, skipped members and 'reset' events. */
+export function connectionOf(r: Registry): Connection {
+  return (r as unknown as { conn: Connection }).conn;
+}
 
 export function faultRegistry(endpoints: string, prefix: string, options: RegistryOptions = {}): Registry {
   return new Registry({
