@@ -63,6 +63,11 @@ export interface ConnectionEvents {
   reset: [reason: string];
   /** A reset is suspected; 'reset' follows only if a linearizable read confirms it. */
   suspected: [reason: string];
+  /**
+   * The watchdog's read went to the Watch stream's member (host:port) and another member
+   * answered it (that one refused it at once): nothing proves the watch; its stream checks itself.
+   */
+  unproven: [member: string];
 }
 
 /**
@@ -652,13 +657,21 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * connection (EtcdClient.watchMember): the watch is what stops hearing when that member goes
    * silent or is cut off from its peers, and a read on any other member would still be answered
    * (measured: a watcher on a black-holed member of 3 went on unnoticed 3–13 s, until a
-   * random pick of the read's member landed on it).
+   * random pick of the read's member landed on it). Answered by another member (that one
+   * refused it at once), the read proves nothing of the watch: 'unproven'.
    */
   private async probeWith(client: EtcdClient, deadlineMs: number, serializable = false): Promise<IResponseHeader | undefined> {
     const key = Buffer.from(this.options.probeKey);
     const member = client.watchMember;
     try {
-      if (member !== undefined) return await client.countOn(member, key, serializable, deadlineMs);
+      if (member !== undefined) {
+        const { header, answeredBy } = await client.countOn(member, key, serializable, deadlineMs);
+        if (answeredBy !== member) {
+          debug("the watchdog's read to the watch stream's member %s was answered by %s", member, answeredBy ?? 'another');
+          this.emit('unproven', member);
+        }
+        return header;
+      }
       const res = await client.kv.range({ key, count_only: true, serializable }, { deadline: Date.now() + deadlineMs });
       return res.header;
     } catch (e) {

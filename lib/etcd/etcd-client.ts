@@ -152,11 +152,11 @@ export class EtcdClient extends Etcd3 {
    * open keepalive stream is on, and etcd's answer to it: a lease kept alive while that stream
    * waits on a member gone silent. With one member, on this library's own HTTP/2 session to
    * it (another connection than grpc-js's); undefined when there is nowhere else to send it
-   * (one member, everything on grpc-js). Rejects when `signal` aborts first.
+   * (see canKeepaliveElsewhere). Rejects when `signal` aborts first.
    */
   async keepaliveOnce(leaseId: string, signal: AbortSignal): Promise<ILeaseKeepAliveResponse | undefined> {
     const { shuffled, count } = this.memberOrder();
-    if (shuffled === undefined || (count < 2 && this.direct === undefined)) return undefined;
+    if (shuffled === undefined || !this.canKeepaliveElsewhere) return undefined;
     const avoid = this.keepaliveMember;
     return await this.pool.withConnection(
       'Lease',
@@ -169,8 +169,13 @@ export class EtcdClient extends Etcd3 {
             : client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
         return firstAnswer(stream as unknown as KeepaliveDuplex, { ID: leaseId }, signal);
       },
-      count > 1 && avoid !== undefined ? except(shuffled, avoid) : shuffled,
+      count > 1 && avoid !== undefined ? except(shuffled, avoid, count) : shuffled,
     );
+  }
+
+  /** Whether keepaliveOnce has somewhere to go but the keepalive stream's connection: not with one member and everything on grpc-js. */
+  get canKeepaliveElsewhere(): boolean {
+    return this.memberOrder().count > 1 || this.direct !== undefined;
   }
 
   /** etcd3's member order for one call (each member once, shuffled, and again), and how many members it has: private in etcd3's types. */
@@ -183,22 +188,25 @@ export class EtcdClient extends Etcd3 {
    * A count-only read of `key` sent to `member` (host:port) first: on this library's own
    * HTTP/2 session to it, the connection its Watch stream is on (see watchMember), so that an
    * answer proves that connection; another member only if that one refuses the call at once
-   * (the failover policy's retry). Errors as etcd3's `kv.range()` gives them.
+   * (the failover policy's retry): `answeredBy` says which member answered (such an answer
+   * proves nothing of the watch). Errors as etcd3's `kv.range()` gives them.
    */
-  countOn(member: string, key: Buffer, serializable: boolean, timeoutMs: number): Promise<IResponseHeader> {
+  async countOn(member: string, key: Buffer, serializable: boolean, timeoutMs: number): Promise<{ header: IResponseHeader; answeredBy: string | undefined }> {
     // On performance.now()'s clock, as CallBudget: a wall clock stepped back must not stretch a
     // retry's deadline, and a retry after a late refusal gets at least 100 ms.
     const end = performance.now() + timeoutMs;
     const deadline = (): number => Date.now() + Math.max(100, end - performance.now());
     const req: RangePageRequest = { key, rangeEnd: Buffer.alloc(0), limit: 0, revision: 0, serializable, countOnly: true };
-    return this.unary(
+    let answeredBy: string | undefined;
+    const header = await this.unary(
       RANGE_METHOD,
       encodeRangeRequest,
       (bytes) => decodeRangeResponse(bytes).header,
       req,
       async () => (await this.kv.range({ key, count_only: true, serializable }, { deadline: deadline() })).header,
-      { direct: true, first: member, deadline },
+      { direct: true, first: member, deadline, answered: (host) => (answeredBy = host) },
     );
+    return { header, answeredBy };
   }
 
   /** One page of a range read, as RangePage. */
@@ -242,21 +250,23 @@ export class EtcdClient extends Etcd3 {
     decode: (bytes: Buffer) => Res,
     req: Req,
     viaEtcd3: () => Promise<Res>,
-    { direct = false, first, deadline = this.deadline }: UnaryOptions = {},
+    { direct = false, first, deadline = this.deadline, answered }: UnaryOptions = {},
   ): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
-    const { shuffled } = this.memberOrder();
+    const { shuffled, count } = this.memberOrder();
     const pool: { hosts?: unknown[] } = this.pool as never; // private in etcd3's types
     const pinned = first === undefined ? undefined : pool.hosts?.find((h) => memberHost(h) === first);
-    const order = shuffled !== undefined && pinned !== undefined ? firstThen(pinned as never, shuffled) : shuffled;
+    // (After `first`, the others: a retry goes to another member, not to the one that refused.)
+    const order = shuffled !== undefined && pinned !== undefined && first !== undefined ? firstThen(pinned as never, count > 1 ? except(shuffled, first, count) : shuffled) : shuffled;
     try {
       return await this.global.execute(() =>
         this.pool.withConnection(
           'KV',
-          ({ resource, client, metadata }) => {
-            const host = direct ? memberHost(resource) : undefined;
-            return host !== undefined && this.direct !== undefined
+          async ({ resource, client, metadata }) => {
+            const member = memberHost(resource);
+            const host = direct ? member : undefined;
+            const res = await (host !== undefined && this.direct !== undefined
               ? this.direct
                   .call(host, method, encode(req), metadata, deadline())
                   .then((bytes) => decodeMessage(decode, bytes))
@@ -267,7 +277,9 @@ export class EtcdClient extends Etcd3 {
                     if (err) reject(castGrpcError(err));
                     else resolve(res!);
                   });
-                });
+                }));
+            answered?.(member);
+            return res;
           },
           order,
         ),
@@ -286,6 +298,8 @@ interface UnaryOptions {
   readonly first?: string;
   /** Each attempt's deadline (a Date.now() time); default: the call's budget (CallBudget). */
   readonly deadline?: CallDeadline;
+  /** Told the member (host:port) whose answer the call resolves with. */
+  readonly answered?: (member: string | undefined) => void;
 }
 
 /** `first`, then the members in `order`'s order. */
@@ -310,9 +324,15 @@ function openOn(on: OnMember | undefined): string | undefined {
   return on?.stream.writable === true ? on.host : undefined;
 }
 
-/** The members of `order` but `host`, in its order (`order` holds another member). */
-function* except(order: MemberOrder, host: string): MemberOrder {
-  for (const member of order) if (memberHost(member) !== host) yield member;
+/** The members of `order` (of `count` members, over and over) but `host`, in its order; ends if it holds no other. */
+function* except(order: MemberOrder, host: string, count: number): MemberOrder {
+  let skipped = 0;
+  for (const member of order) {
+    if (memberHost(member) !== host) {
+      skipped = 0;
+      yield member;
+    } else if (++skipped >= count) return;
+  }
 }
 
 /** Writes `req` on `stream` and resolves with its first answer; the stream is cancelled after it, after an error, or when `signal` aborts. */
@@ -333,7 +353,11 @@ function firstAnswer<Req, Res>(stream: IDuplexStream<Req, Res>, req: Req, signal
     stream.on('data', (res: Res) => settle(() => resolve(res)));
     if (signal.aborted) return aborted();
     signal.addEventListener('abort', aborted, { once: true });
-    stream.write(req);
+    try {
+      stream.write(req);
+    } catch (e) {
+      settle(() => reject(e as Error));
+    }
   });
 }
 

@@ -239,6 +239,7 @@ export class WatchStream {
   ) {
     this.conn = conn;
     conn.on('rebuilt', this.onRebuilt);
+    conn.on('unproven', this.onUnproven);
   }
 
   add(target: WatchTarget): void {
@@ -297,6 +298,13 @@ export class WatchStream {
 
   private onRebuilt = (): void => {
     if (this.stream && this.generation !== this.conn.generation) this.broken(new Error('client rebuilt'), 0);
+  };
+
+  /** The watchdog's read meant to prove this stream's member was answered elsewhere: the stream checks itself now (see tick). */
+  private onUnproven = (member: string): void => {
+    if (!this.stream || this.probe || this.conn.client.watchMember !== member) return;
+    debug("the watchdog's read did not reach this stream's member %s: checking the stream", member);
+    this.sendProbe(performance.now(), false, undefined);
   };
 
   private open(): void {
@@ -778,6 +786,7 @@ export class WatchStream {
     if (this.closed) return;
     this.closed = true;
     this.conn.off('rebuilt', this.onRebuilt);
+    this.conn.off('unproven', this.onUnproven);
     if (this.reopenTimer) clearTimeout(this.reopenTimer);
     this.teardown('closed');
     this.targets.clear();

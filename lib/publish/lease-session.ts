@@ -18,12 +18,15 @@
  * found" make the lease lost. A member gone silent is noticed at most TTL/4 + TTL/2
  * after the last answer, which leaves TTL/4 to rebuild and renew elsewhere (TTL/3
  * would leave TTL/6: half a second at a 3 s TTL, which a loaded machine missed).
- * An answer not there a request timeout after its keepalive went out (plus TTL/3 through a
- * grpc-proxy) is late: one keepalive more goes to another member on a stream of its own
- * (EtcdClient.keepaliveOnce), and its answer renews the lease as any other does. The
- * stream that is late is left alone (a slow member that still answers is no stall), so the
- * lease is renewed at most a keepalive interval + a request timeout after the last answer
- * while the rebuild finds a member that answers (a 3 s TTL: 1.75 s, not 2.25 s and the rebuild).
+ * An answer not there a request timeout after its keepalive went out is late: one keepalive
+ * more goes to another member on a stream of its own (EtcdClient.keepaliveOnce), and its
+ * answer renews the lease as any other does. The stream that is late is left alone (a slow
+ * member that still answers is no stall), so the lease is renewed at most a keepalive
+ * interval + a request timeout after the last answer while the rebuild finds a member that
+ * answers (a 3 s TTL: 1.75 s, not 2.25 s and the rebuild). Not through a grpc-proxy: it
+ * answers only when its own upstream keepalive does, late is how it answers. A hedge says
+ * nothing of reachability (it goes where the stream does not: neither its answer nor its
+ * failure is the stream's).
  * The session knows nothing of keys.
  *
  * Close (a SIGTERM's deregistration) is one LeaseRevoke that must be fast: it is
@@ -74,6 +77,8 @@ export class LeaseSession {
   private hedgeTimer: NodeJS.Timeout | undefined;
   /** A hedge is on its way: one at a time. */
   private hedging = false;
+  /** A hedge was answered since the oldest unanswered keepalive went out: etcd answers, elsewhere. */
+  private answeredElsewhere = false;
   /**
    * What was seen when each unanswered keepalive went out, oldest first: etcd answers a stream's
    * keepalives in order, so an answer's header is checked against the oldest. (With one floor
@@ -344,8 +349,9 @@ export class LeaseSession {
       const deadline = Math.min(ttlMs / 2, this.conn.requestTimeoutMs + ttlMs / 3);
       this.ackTimer = setTimeout(() => this.keepaliveStalled(deadline), deadline);
       this.ackTimer.unref();
-      const late = this.conn.requestTimeoutMs + (this.conn.isThroughProxy ? ttlMs / 3 : 0);
-      if (late < deadline) {
+      this.answeredElsewhere = false;
+      const late = this.conn.requestTimeoutMs;
+      if (late < deadline && !this.conn.isThroughProxy && this.conn.client.canKeepaliveElsewhere) {
         this.hedgeTimer = setTimeout(() => this.hedge(late), late);
         this.hedgeTimer.unref();
       }
@@ -363,12 +369,17 @@ export class LeaseSession {
     if (!this.isAlive || leaseId === undefined || this.hedging) return;
     this.hedging = true;
     const floor = this.conn.floor;
-    const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.conn.requestTimeoutMs)]);
+    // Its own controller: AbortSignal.any() on the session's signal keeps every hedge's signal
+    // for the session's life on Node 20 (nodejs/node#55351).
+    const ended = new AbortController();
+    const timer = setTimeout(() => ended.abort(new Error(`no answer within ${this.conn.requestTimeoutMs} ms`)), this.conn.requestTimeoutMs);
+    timer.unref();
+    const closed = (): void => ended.abort(this.abort.signal.reason);
+    this.abort.signal.addEventListener('abort', closed, { once: true });
     debug('keepalive unanswered for %d ms: one more on another member', lateMs);
-    this.conn
-      .call((c) => c.keepaliveOnce(leaseId, signal))
+    this.conn.client
+      .keepaliveOnce(leaseId, ended.signal)
       .then((res) => {
-        if (res === undefined) debug('no other member to send the keepalive to');
         if (res === undefined || res.ID !== this.current || !this.isAlive) return;
         this.conn.checkHeader(res.header, false, floor);
         if (Number(res.TTL) <= 0) {
@@ -376,10 +387,13 @@ export class LeaseSession {
           return;
         }
         debug('lease %s renewed on another member', leaseId);
+        this.answeredElsewhere = true;
         this.armLossTimer();
       })
       .catch((e: Error) => debug('the keepalive on another member got no answer: %s', e.message))
       .finally(() => {
+        clearTimeout(timer);
+        this.abort.signal.removeEventListener('abort', closed);
         this.hedging = false;
       });
   }
@@ -387,8 +401,8 @@ export class LeaseSession {
   private keepaliveStalled(deadline: number): void {
     this.ackTimer = undefined;
     if (!this.isAlive) return;
-    debug('keepalive unanswered for %d ms: rebuilding the connection', deadline);
-    this.conn.markUnreachable(new Error('lease keepalive unanswered'));
+    debug('keepalive unanswered for %d ms: rebuilding the connection%s', deadline, this.answeredElsewhere ? ' (another member answered)' : '');
+    if (!this.answeredElsewhere) this.conn.markUnreachable(new Error('lease keepalive unanswered'));
     this.dropKeepaliveStream();
     this.conn.rebuild('lease keepalive unanswered');
   }

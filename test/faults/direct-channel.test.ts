@@ -5,7 +5,7 @@
  * deadline kept, a new session after a lost one), and hold the process open only while a
  * call is out.
  */
-import { noop } from 'cockatiel';
+import { handleAll, noop, retry } from 'cockatiel';
 import { ClientClosedError, EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EtcdClient } from '../../lib/etcd/etcd-client';
@@ -168,6 +168,44 @@ describe("calls on the registry's own HTTP/2 sessions (the put on the lease, the
     await sleep(300);
     expect(keys).toHaveLength(300);
     expect(told).toEqual([]);
+  });
+
+  it('countOn says which member answered: the one asked first, or another when that one refused the read at once', async () => {
+    const refusing = `127.0.0.1:${await findFreePort()}`;
+    const c = new EtcdClient({ hosts: [refusing, host()] }, retry(handleAll, { maxAttempts: 1 }), () => Date.now() + 2000);
+    open.push(c);
+    const key = Buffer.from(`${uniquePrefix('count')}/probe`);
+    expect((await c.countOn(host(), key, false, 1000)).answeredBy).toBe(host());
+    const { header, answeredBy } = await c.countOn(refusing, key, true, 1000);
+    expect(answeredBy).toBe(host());
+    expect(Number(header.revision)).toBeGreaterThan(0);
+  });
+
+  it("keepaliveOnce renews a lease on the registry's own session, says TTL 0 for a lease etcd does not know, and gives up when its signal aborts", async () => {
+    const c = client(host());
+    const lease = await node.client.lease(30, { autoKeepAlive: false }).grant();
+    const renewed = await c.keepaliveOnce(lease, AbortSignal.timeout(2000));
+    expect(renewed?.ID).toBe(lease);
+    expect(Number(renewed?.TTL)).toBe(30);
+    expect(Number((await c.keepaliveOnce('12345', AbortSignal.timeout(2000)))?.TTL)).toBe(0);
+    // One member and everything on grpc-js: nowhere but the keepalive stream's own connection.
+    const grpcOnly = new EtcdClient({ hosts: [host()] }, noop, () => Date.now() + 5000, false);
+    open.push(grpcOnly);
+    expect(await grpcOnly.keepaliveOnce(lease, AbortSignal.timeout(2000))).toBeUndefined();
+    // A member that answers nothing: the signal ends it, with its reason.
+    etcd.pause();
+    try {
+      const { result, ms } = await timed(() => c.keepaliveOnce(lease, AbortSignal.timeout(500)).catch((e: unknown) => e));
+      expect((result as Error).name).toBe('TimeoutError');
+      expect(ms).toBeGreaterThanOrEqual(450);
+      expect(ms).toBeLessThan(2000);
+      const aborted = new AbortController();
+      aborted.abort(new Error('closed'));
+      expect(((await c.keepaliveOnce(lease, aborted.signal).catch((e: unknown) => e)) as Error).message).toBe('closed');
+    } finally {
+      etcd.resume();
+    }
+    await node.client.leaseClient.leaseRevoke({ ID: lease });
   });
 
   it('holds the process open while a call is out (to its deadline), and not a moment longer', async () => {
