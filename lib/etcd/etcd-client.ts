@@ -105,7 +105,7 @@ export class EtcdClient extends Etcd3 {
       if (host === undefined || this.direct === undefined) {
         const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
         stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
-        if (host !== undefined) this.watching = { host, stream };
+        if (host !== undefined) this.watching = onMember(host, stream);
         return stream as unknown as WatchDuplex;
       }
       const stream = this.direct.stream(host, method.path, metadata, method.requestSerialize, decodeWatchResponse);
@@ -137,7 +137,7 @@ export class EtcdClient extends Etcd3 {
       const stream = client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
       stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
       const host = memberHost(resource);
-      this.keepingAlive = host === undefined ? undefined : { host, stream };
+      this.keepingAlive = host === undefined ? undefined : onMember(host, stream);
       return stream as unknown as KeepaliveDuplex;
     });
   }
@@ -317,6 +317,21 @@ function memberHost(resource: unknown): string | undefined {
 /** A method's definition, from the generated client's constructor. */
 function serviceMethod<Req, Res>(client: object, name: string): ServiceMethod<Req, Res> {
   return (client.constructor as unknown as { service: Record<string, ServiceMethod<Req, Res>> }).service[name]!;
+}
+
+/**
+ * A grpc-js stream and its member, open until it ends or fails: grpc-js's `writable` stays
+ * true after `cancel()` (or etcd's end), which would keep a member nobody listens on.
+ */
+function onMember(host: string, stream: NodeJS.EventEmitter): OnMember {
+  const state = { writable: true };
+  const ended = (): void => {
+    state.writable = false;
+  };
+  stream.once('error', ended);
+  stream.once('end', ended);
+  stream.once('close', ended);
+  return { host, stream: state };
 }
 
 /** The member `on`'s stream is on, while that stream is open. */

@@ -170,6 +170,21 @@ describe("calls on the registry's own HTTP/2 sessions (the put on the lease, the
     expect(told).toEqual([]);
   });
 
+  it('knows the member of an open watch or keepalive stream, on either transport, and forgets it once the stream is cancelled', async () => {
+    for (const direct of [true, false]) {
+      const c = new EtcdClient({ hosts: [host()] }, noop, () => Date.now() + 5000, direct);
+      open.push(c);
+      const watch = await c.watchStream();
+      const keepalive = await c.keepaliveStream();
+      expect([c.watchMember, c.keepaliveMember]).toEqual([host(), host()]);
+      watch.on('error', () => undefined);
+      keepalive.on('error', () => undefined);
+      watch.cancel();
+      keepalive.cancel();
+      await eventually(() => expect([c.watchMember, c.keepaliveMember]).toEqual([undefined, undefined]), { timeout: 2000 });
+    }
+  });
+
   it('countOn says which member answered: the one asked first, or another when that one refused the read at once', async () => {
     const refusing = `127.0.0.1:${await findFreePort()}`;
     const c = new EtcdClient({ hosts: [refusing, host()] }, retry(handleAll, { maxAttempts: 1 }), () => Date.now() + 2000);
