@@ -376,7 +376,7 @@ export class LeaseSession {
     timer.unref();
     const closed = (): void => ended.abort(this.abort.signal.reason);
     this.abort.signal.addEventListener('abort', closed, { once: true });
-    debug('keepalive unanswered for %d ms: one more on another member', lateMs);
+    debug('keepalive unanswered for %d ms: one more on another connection', lateMs);
     this.conn.client
       .keepaliveOnce(leaseId, ended.signal)
       .then((res) => {
@@ -386,11 +386,11 @@ export class LeaseSession {
           this.markLost('etcd answered the keepalive with TTL 0');
           return;
         }
-        debug('lease %s renewed on another member', leaseId);
+        debug('lease %s renewed on another connection', leaseId);
         this.answeredElsewhere = true;
         this.armLossTimer();
       })
-      .catch((e: Error) => debug('the keepalive on another member got no answer: %s', e.message))
+      .catch((e: Error) => debug('the keepalive on another connection got no answer: %s', e.message))
       .finally(() => {
         clearTimeout(timer);
         this.abort.signal.removeEventListener('abort', closed);
@@ -401,7 +401,7 @@ export class LeaseSession {
   private keepaliveStalled(deadline: number): void {
     this.ackTimer = undefined;
     if (!this.isAlive) return;
-    debug('keepalive unanswered for %d ms: rebuilding the connection%s', deadline, this.answeredElsewhere ? ' (another member answered)' : '');
+    debug('keepalive unanswered for %d ms: rebuilding the connection%s', deadline, this.answeredElsewhere ? ' (answered on another connection)' : '');
     if (!this.answeredElsewhere) this.conn.markUnreachable(new Error('lease keepalive unanswered'));
     this.dropKeepaliveStream();
     this.conn.rebuild('lease keepalive unanswered');

@@ -81,20 +81,25 @@ describe('members of a 3-member cluster failing', () => {
       await p.start();
       proxies.push(p);
     }
-    const [pa, , pc] = proxies as [TcpProxy, TcpProxy, TcpProxy];
-    const b = cluster.members[1]!;
     const a = reg(prefix, proxies.map((p) => p.url).join(','));
     const watcher = reg(prefix);
     const conn = connectionOf(a);
     const owned = [await a.register({ service: 'web', address: '10.0.9.1:80' })];
     await expectConverged(client, prefix, owned, [watcher]);
-    // Members 1 and 3 go silent: the client is rebuilt and only member 2 answers its probe.
-    pa.setMode('blackhole');
-    pc.setMode('blackhole');
+    // Two members go silent, the keepalive stream's among them (a registry that only registers
+    // talks to no other: with it on the third, nothing would go silent for it); the client is
+    // rebuilt and only the third answers its probe.
+    await eventually(() => expect(conn.client.keepaliveMember).toBeDefined(), { timeout: 5000 });
+    const keptOn = proxies.findIndex((p) => new URL(p.url).host === conn.client.keepaliveMember);
+    expect(keptOn).toBeGreaterThanOrEqual(0);
+    const left = (keptOn + 1 + Math.floor(Math.random() * 2)) % 3;
+    const silent = proxies.filter((_, i) => i !== left);
+    const b = cluster.members[left]!;
+    for (const p of silent) p.setMode('blackhole');
     await eventually(() => expect(conn.generation).toBeGreaterThan(0), { timeout: 20_000, interval: 100 });
     await sleep(500);
     // They come back, and the member the client was left on dies.
-    for (const p of [pa, pc]) {
+    for (const p of silent) {
       p.setMode('pass');
       p.resetBlackholed();
     }

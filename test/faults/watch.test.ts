@@ -99,7 +99,10 @@ describe('watches and connections under faults', () => {
     try {
       await sleep(500);
       const unreachable = timeUntil(r, 'etcd-unreachable');
-      proxy.blackholeAt(2); // only the keepalive's connection goes silent
+      // The keepalive's connection and the registry's own session go silent (with that session
+      // answering, a keepalive sent on it renews the lease, and etcd is not unreachable: below).
+      proxy.blackholeAt(2);
+      proxy.blackholeAt(1);
       await unreachable;
       const at = performance.now();
       // Before: not until the next linearizable read (up to 5 min through a proxy), 'recovering' meanwhile.
@@ -110,6 +113,31 @@ describe('watches and connections under faults', () => {
     } finally {
       await stopWriting();
     }
+  });
+
+  it("a stalled keepalive connection, with the registry's own session answering: the lease renewed there, the client rebuilt, etcd never unreachable", async () => {
+    const prefix = uniquePrefix('stall-hedged');
+    await startProxy();
+    const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
+    await r.endpoints('web');
+    await r.register({ service: 'api', address: '10.9.0.2:80' });
+    const conn = (r as unknown as { conn: { generation: number } }).conn;
+    const generation = conn.generation;
+    const events: string[] = [];
+    for (const event of ['etcd-unreachable', 'lease-lost'] as const) r.on(event, () => events.push(event));
+    const statuses = new Set<string>();
+    const seen = setInterval(() => statuses.add(r.status), 20);
+    try {
+      await sleep(500); // (the warm-up's revoke on the keepalive's connection answered)
+      proxy.blackholeAt(2); // only the keepalive's connection
+      // Its answer due within min(TTL/2, 1 s + TTL/3) = 3 s; the rebuild comes then.
+      await eventually(() => expect(conn.generation).toBeGreaterThan(generation), { timeout: 6000 });
+      await sleep(1000);
+    } finally {
+      clearInterval(seen);
+    }
+    expect(events).toEqual([]);
+    expect([...statuses]).toEqual(['registered']);
   });
 
   it('re-reads after the revision it would resume from was compacted, and reports exactly what changed meanwhile', async () => {
