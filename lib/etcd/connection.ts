@@ -666,8 +666,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     try {
       if (member !== undefined) {
         const { header, answeredBy } = await client.countOn(member, key, serializable, deadlineMs);
-        if (answeredBy !== member) {
-          debug("the watchdog's read to the watch stream's member %s was answered by %s", member, answeredBy ?? 'another');
+        // (Unknown after a renewed auth token: etcd3 made the call again, on a member of its choice.)
+        if (answeredBy !== undefined && answeredBy !== member) {
+          debug("the watchdog's read to the watch stream's member %s was answered by %s", member, answeredBy);
           this.emit('unproven', member);
         }
         return header;

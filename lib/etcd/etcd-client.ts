@@ -28,6 +28,7 @@ import { decodeWatchResponse } from './watch-response';
 import { decodePutResponse, encodePutRequest, type PutRequest, type PutResponse } from './put';
 import { decodeDeleteOnLeaseResponse, encodeDeleteOnLease, type DeleteOnLeaseRequest, type DeleteOnLeaseResponse } from './delete-on-lease';
 import { DirectChannel } from './direct-channel';
+import { except, firstThen, memberHost, othersFirst, type MemberOrder } from './member-order';
 import { decodeMessage, type CallError } from './grpc-status';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
@@ -52,9 +53,6 @@ interface OnMember {
   readonly host: string;
   readonly stream: { readonly writable: boolean };
 }
-
-/** etcd3's pool's order of its members for one call (a generator of its private Host objects). */
-type MemberOrder = NonNullable<Parameters<Etcd3['pool']['withConnection']>[2]>;
 
 /** What a call's gRPC options are made of: its deadline (see CallBudget). */
 export type CallDeadline = () => number;
@@ -155,9 +153,12 @@ export class EtcdClient extends Etcd3 {
    * (see canKeepaliveElsewhere). Rejects when `signal` aborts first.
    */
   async keepaliveOnce(leaseId: string, signal: AbortSignal): Promise<ILeaseKeepAliveResponse | undefined> {
-    const { shuffled, count } = this.memberOrder();
-    if (shuffled === undefined || !this.canKeepaliveElsewhere) return undefined;
+    if (!this.canKeepaliveElsewhere) return undefined;
+    const { shuffled, hosts } = this.memberOrder();
+    if (shuffled === undefined) return undefined;
     const avoid = this.keepaliveMember;
+    // (Another member there is: only those; with one, its own session.)
+    const elsewhere = avoid !== undefined && hosts.some((h) => memberHost(h) !== avoid);
     return await this.pool.withConnection(
       'Lease',
       ({ resource, client, metadata }) => {
@@ -169,19 +170,19 @@ export class EtcdClient extends Etcd3 {
             : client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
         return firstAnswer(stream as unknown as KeepaliveDuplex, { ID: leaseId }, signal);
       },
-      count > 1 && avoid !== undefined ? except(shuffled, avoid, count) : shuffled,
+      elsewhere ? except(shuffled, avoid) : shuffled,
     );
   }
 
   /** Whether keepaliveOnce has somewhere to go but the keepalive stream's connection: not with one member and everything on grpc-js. */
   get canKeepaliveElsewhere(): boolean {
-    return this.memberOrder().count > 1 || this.direct !== undefined;
+    return this.direct !== undefined || this.memberOrder(false).hosts.length > 1;
   }
 
-  /** etcd3's member order for one call (each member once, shuffled, and again), and how many members it has: private in etcd3's types. */
-  private memberOrder(): { shuffled: MemberOrder | undefined; count: number } {
+  /** etcd3's members, and (`order`) its member order for one call (each member once, shuffled, and again): private in etcd3's types. */
+  private memberOrder(order = true): { shuffled: MemberOrder | undefined; hosts: readonly unknown[] } {
     const pool: { shuffledHosts?: () => MemberOrder; hosts?: unknown[] } = this.pool as never;
-    return { shuffled: pool.shuffledHosts?.(), count: pool.hosts?.length ?? 0 };
+    return { shuffled: order ? pool.shuffledHosts?.() : undefined, hosts: pool.hosts ?? [] };
   }
 
   /**
@@ -254,11 +255,10 @@ export class EtcdClient extends Etcd3 {
   ): Promise<Res> {
     // One order of the members for every attempt of this call, as etcd3's own calls have:
     // each retry goes to the next member, not to a fresh random pick.
-    const { shuffled, count } = this.memberOrder();
-    const pool: { hosts?: unknown[] } = this.pool as never; // private in etcd3's types
-    const pinned = first === undefined ? undefined : pool.hosts?.find((h) => memberHost(h) === first);
-    // (After `first`, the others: a retry goes to another member, not to the one that refused.)
-    const order = shuffled !== undefined && pinned !== undefined && first !== undefined ? firstThen(pinned as never, count > 1 ? except(shuffled, first, count) : shuffled) : shuffled;
+    const { shuffled, hosts } = this.memberOrder();
+    const pinned = first === undefined ? undefined : hosts.find((h) => memberHost(h) === first);
+    // (After `first`, the others first: a retry goes to another member, not to the one that refused.)
+    const order = shuffled !== undefined && pinned !== undefined && first !== undefined ? firstThen(pinned as never, othersFirst(shuffled, first, hosts.length)) : shuffled;
     try {
       return await this.global.execute(() =>
         this.pool.withConnection(
@@ -302,18 +302,6 @@ interface UnaryOptions {
   readonly answered?: (member: string | undefined) => void;
 }
 
-/** `first`, then the members in `order`'s order. */
-function* firstThen<T>(first: T, order: Generator<T>): Generator<T> {
-  yield first;
-  yield* order;
-}
-
-/** The member etcd3 picked, as host:port (private in etcd3's types): grpc-js's call is made if it is gone. */
-function memberHost(resource: unknown): string | undefined {
-  const host = (resource as { host?: unknown }).host;
-  return typeof host === 'string' ? host : undefined;
-}
-
 /** A method's definition, from the generated client's constructor. */
 function serviceMethod<Req, Res>(client: object, name: string): ServiceMethod<Req, Res> {
   return (client.constructor as unknown as { service: Record<string, ServiceMethod<Req, Res>> }).service[name]!;
@@ -337,17 +325,6 @@ function onMember(host: string, stream: NodeJS.EventEmitter): OnMember {
 /** The member `on`'s stream is on, while that stream is open. */
 function openOn(on: OnMember | undefined): string | undefined {
   return on?.stream.writable === true ? on.host : undefined;
-}
-
-/** The members of `order` (of `count` members, over and over) but `host`, in its order; ends if it holds no other. */
-function* except(order: MemberOrder, host: string, count: number): MemberOrder {
-  let skipped = 0;
-  for (const member of order) {
-    if (memberHost(member) !== host) {
-      skipped = 0;
-      yield member;
-    } else if (++skipped >= count) return;
-  }
 }
 
 /** Writes `req` on `stream` and resolves with its first answer; the stream is cancelled after it, after an error, or when `signal` aborts. */

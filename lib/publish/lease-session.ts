@@ -75,8 +75,8 @@ export class LeaseSession {
   private ackTimer: NodeJS.Timeout | undefined;
   /** Armed with ackTimer, earlier: the answer is late, one keepalive more goes elsewhere (hedge). */
   private hedgeTimer: NodeJS.Timeout | undefined;
-  /** A hedge is on its way: one at a time. */
-  private hedging = false;
+  /** A hedge on its way (one at a time): whether it was answered. */
+  private hedging: Promise<boolean> | undefined;
   /** A hedge was answered since the oldest unanswered keepalive went out: etcd answers, elsewhere. */
   private answeredElsewhere = false;
   /**
@@ -367,7 +367,6 @@ export class LeaseSession {
     this.hedgeTimer = undefined;
     const leaseId = this.current;
     if (!this.isAlive || leaseId === undefined || this.hedging) return;
-    this.hedging = true;
     const floor = this.conn.floor;
     // Its own controller: AbortSignal.any() on the session's signal keeps every hedge's signal
     // for the session's life on Node 20 (nodejs/node#55351).
@@ -377,24 +376,29 @@ export class LeaseSession {
     const closed = (): void => ended.abort(this.abort.signal.reason);
     this.abort.signal.addEventListener('abort', closed, { once: true });
     debug('keepalive unanswered for %d ms: one more on another connection', lateMs);
-    this.conn.client
+    this.hedging = this.conn.client
       .keepaliveOnce(leaseId, ended.signal)
       .then((res) => {
-        if (res === undefined || res.ID !== this.current || !this.isAlive) return;
+        if (res === undefined) return false;
+        if (res.ID !== this.current || !this.isAlive) return true;
         this.conn.checkHeader(res.header, false, floor);
         if (Number(res.TTL) <= 0) {
           this.markLost('etcd answered the keepalive with TTL 0');
-          return;
+          return true;
         }
         debug('lease %s renewed on another connection', leaseId);
         this.answeredElsewhere = true;
         this.armLossTimer();
+        return true;
       })
-      .catch((e: Error) => debug('the keepalive on another connection got no answer: %s', e.message))
+      .catch((e: Error) => {
+        debug('the keepalive on another connection got no answer: %s', e.message);
+        return false;
+      })
       .finally(() => {
         clearTimeout(timer);
         this.abort.signal.removeEventListener('abort', closed);
-        this.hedging = false;
+        this.hedging = undefined;
       });
   }
 
@@ -402,7 +406,10 @@ export class LeaseSession {
     this.ackTimer = undefined;
     if (!this.isAlive) return;
     debug('keepalive unanswered for %d ms: rebuilding the connection%s', deadline, this.answeredElsewhere ? ' (answered on another connection)' : '');
-    if (!this.answeredElsewhere) this.conn.markUnreachable(new Error('lease keepalive unanswered'));
+    // etcd is unreachable unless the hedge is answered (now or, on its way, later).
+    const unreachable = (): void => this.conn.markUnreachable(new Error('lease keepalive unanswered'));
+    if (this.hedging) void this.hedging.then((answered) => !answered && this.isAlive && unreachable());
+    else if (!this.answeredElsewhere) unreachable();
     this.dropKeepaliveStream();
     this.conn.rebuild('lease keepalive unanswered');
   }

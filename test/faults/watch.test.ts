@@ -9,7 +9,7 @@ import { Connection } from '../../lib/etcd/connection';
 import { WatchStream } from '../../lib/etcd/watch-stream';
 import { eventually, uniquePrefix } from '../support/env';
 import { TcpProxy } from '../support/proxy';
-import { etcdMetric, expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
+import { connectionOf, etcdMetric, expectConverged, measured, sleep, timeUntil, useFaultNode } from './support';
 
 describe('watches and connections under faults', () => {
   let proxy: TcpProxy;
@@ -98,12 +98,13 @@ describe('watches and connections under faults', () => {
     const stopWriting = keepWriting(`${prefix}/services/web`, '10.9.0.9:80', 150);
     try {
       await sleep(500);
-      const unreachable = timeUntil(r, 'etcd-unreachable');
-      // The keepalive's connection and the registry's own session go silent (with that session
-      // answering, a keepalive sent on it renews the lease, and etcd is not unreachable: below).
-      proxy.blackholeAt(2);
-      proxy.blackholeAt(1);
-      await unreachable;
+      // No keepalive on another connection (as with one member and everything on grpc-js): with
+      // one, the lease is renewed on the registry's own session and etcd is not unreachable (below).
+      Object.defineProperty(connectionOf(r).client, 'canKeepaliveElsewhere', { value: false });
+      const unreachable = new Promise<Error>((resolve) => r.once('etcd-unreachable', ({ error }) => resolve(error)));
+      expect(proxy.connectionCount).toBe(3);
+      proxy.blackholeAt(2); // only the keepalive's connection goes silent
+      expect((await unreachable).message).toMatch(/lease keepalive unanswered/);
       const at = performance.now();
       // Before: not until the next linearizable read (up to 5 min through a proxy), 'recovering' meanwhile.
       const reachable = await Promise.race([timeUntil(r, 'etcd-reachable').then(() => performance.now()), sleep(6000).then(() => Number.POSITIVE_INFINITY)]);
@@ -121,7 +122,7 @@ describe('watches and connections under faults', () => {
     const r = reg(proxy.url, prefix, { leaseSeconds: 6 });
     await r.endpoints('web');
     await r.register({ service: 'api', address: '10.9.0.2:80' });
-    const conn = (r as unknown as { conn: { generation: number } }).conn;
+    const conn = connectionOf(r);
     const generation = conn.generation;
     const events: string[] = [];
     for (const event of ['etcd-unreachable', 'lease-lost'] as const) r.on(event, () => events.push(event));
@@ -129,9 +130,10 @@ describe('watches and connections under faults', () => {
     const seen = setInterval(() => statuses.add(r.status), 20);
     try {
       await sleep(500); // (the warm-up's revoke on the keepalive's connection answered)
+      expect(proxy.connectionCount).toBe(3);
       proxy.blackholeAt(2); // only the keepalive's connection
       // Its answer due within min(TTL/2, 1 s + TTL/3) = 3 s; the rebuild comes then.
-      await eventually(() => expect(conn.generation).toBeGreaterThan(generation), { timeout: 6000 });
+      await eventually(() => expect(conn.generation).toBeGreaterThan(generation), { timeout: 10_000 });
       await sleep(1000);
     } finally {
       clearInterval(seen);
