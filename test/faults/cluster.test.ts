@@ -34,6 +34,16 @@ describe('a 3-member cluster under faults', () => {
     await cluster.stop();
   });
 
+  /** A TcpProxy in front of each member (in `proxies`, in the members' order): their URLs, as endpoints. */
+  async function proxyEachMember(): Promise<string> {
+    for (const url of cluster.clientUrls) {
+      const p = TcpProxy.forUrl(url);
+      await p.start();
+      proxies.push(p);
+    }
+    return proxies.map((p) => p.url).join(',');
+  }
+
   /** Counts deletes of `keys` seen by an independent watch: a lost registration shows up here. */
   async function deleteCounter(prefix: string): Promise<{ deletes: () => number; stop: () => Promise<void> }> {
     let deletes = 0;
@@ -91,13 +101,7 @@ describe('a 3-member cluster under faults', () => {
     // loaded runs: 0.74 s from expiry); a keepalive to another member once the answer is a
     // request timeout (1 s) late renews it within 1.75 s and a round trip.
     const prefix = uniquePrefix('hedge');
-    for (const url of cluster.clientUrls) {
-      const u = new URL(url);
-      const p = new TcpProxy(u.hostname, Number(u.port));
-      await p.start();
-      proxies.push(p);
-    }
-    const a = faultRegistry(proxies.map((p) => p.url).join(','), prefix, { leaseSeconds: 3 });
+    const a = faultRegistry(await proxyEachMember(), prefix, { leaseSeconds: 3 });
     open.push(a);
     const owned = await a.register({ service: 'web', address: '10.0.6.1:80' });
     const lease = (await client.get(owned.key).exec()).kvs[0]!.lease;
@@ -121,13 +125,7 @@ describe('a 3-member cluster under faults', () => {
 
   it('moves off a member that went silent (half-open connection) without losing the lease', async () => {
     const prefix = uniquePrefix('halfopen');
-    for (const url of cluster.clientUrls) {
-      const u = new URL(url);
-      const p = new TcpProxy(u.hostname, Number(u.port));
-      await p.start();
-      proxies.push(p);
-    }
-    const endpoints = proxies.map((p) => p.url).join(',');
+    const endpoints = await proxyEachMember();
     // A keepalive a request timeout late sends one more to another member (the test above); one
     // unanswered at TTL/2 rebuilds the client. Before the first, the stall at TTL/4 + TTL/2 after
     // the last answer left TTL/4 (750 ms at 3 s) for the rebuild, which one loaded CI run missed.
