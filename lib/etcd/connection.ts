@@ -666,9 +666,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     try {
       if (member !== undefined) {
         const { header, answeredBy } = await client.countOn(member, key, serializable, deadlineMs);
-        // (Unknown after a renewed auth token: etcd3 made the call again, on a member of its choice.)
-        if (answeredBy !== undefined && answeredBy !== member) {
-          debug("the watchdog's read to the watch stream's member %s was answered by %s", member, answeredBy);
+        // (Unknown after a renewed auth token: etcd3 made the call again, on a member of its
+        // choice. Unproven too: right after etcd restarted, when the watch is most in doubt.)
+        if (answeredBy !== member) {
+          debug("the watchdog's read to the watch stream's member %s was answered by %s", member, answeredBy ?? 'a member etcd3 chose');
           this.emit('unproven', member);
         }
         return header;
@@ -757,6 +758,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * server chose): the watchdog's linearizable read comes about every PROXY_VOUCH_INTERVAL_MS,
    * the next one at a random point of that interval.
    */
+  /** Whether the current client got an answer (see answeredAt) after `at` (performance.now()). */
+  answeredSince(at: number): boolean {
+    return this.answeredAt > at;
+  }
+
   /** Whether the server is etcd's gRPC proxy (see markThroughProxy). */
   get isThroughProxy(): boolean {
     return this.throughProxy;

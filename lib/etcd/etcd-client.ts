@@ -170,7 +170,7 @@ export class EtcdClient extends Etcd3 {
             : client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
         return firstAnswer(stream as unknown as KeepaliveDuplex, { ID: leaseId }, signal);
       },
-      elsewhere ? except(shuffled, avoid) : shuffled,
+      elsewhere ? except(shuffled, avoid, hosts.length) : shuffled,
     );
   }
 
@@ -242,8 +242,9 @@ export class EtcdClient extends Etcd3 {
   /**
    * A unary call as etcd3 makes its own: in the failover policy, through the pool's member
    * choice, per-member policy and auth metadata, with the call's deadline; gRPC errors cast
-   * to etcd3's types. When etcd has forgotten the auth token (it restarted), `viaEtcd3` makes
-   * the same call through etcd3, which renews the token and asks again.
+   * to etcd3's types. When etcd has forgotten the auth token (it restarted), or the token is
+   * older than the last change of users or roles, `viaEtcd3` makes the same call through
+   * etcd3, which renews the token and asks again.
    */
   private async unary<Req, Res>(
     method: string,
@@ -285,10 +286,21 @@ export class EtcdClient extends Etcd3 {
         ),
       );
     } catch (e) {
+      if (isOldAuthRevision(e)) {
+        // The token predates a change of users or roles (etcd refused the call without applying
+        // it): a fresh one, as etcd's Go client asks for, then the call again.
+        (this.pool as unknown as { authenticator?: { invalidateMetadata?: () => void } }).authenticator?.invalidateMetadata?.();
+        return await viaEtcd3();
+      }
       if (!(e instanceof EtcdInvalidAuthTokenError)) throw e;
       return await viaEtcd3();
     }
   }
+}
+
+/** etcd's ErrAuthOldRevision: the call's token was issued before the auth store last changed. */
+function isOldAuthRevision(e: unknown): boolean {
+  return e instanceof Error && /etcdserver: revision of auth store is old/.test(e.message);
 }
 
 interface UnaryOptions {

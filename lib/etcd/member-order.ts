@@ -21,9 +21,19 @@ export function* firstThen<T>(first: T, order: Generator<T>): Generator<T> {
   yield* order;
 }
 
-/** The members of `order` but `host`, in its order (it must hold another: it never ends). */
-export function* except(order: MemberOrder, host: string): MemberOrder {
-  for (const member of order) if (memberHost(member) !== host) yield member;
+/**
+ * The members of `order` (of `count` members, each once a pass) but `host`, in its order. It
+ * must hold another; if not, it ends after two passes without one (any 2 × count pulls in a
+ * row hold a whole pass) rather than spin.
+ */
+export function* except(order: MemberOrder, host: string, count: number): MemberOrder {
+  let skipped = 0;
+  for (const member of order) {
+    if (memberHost(member) !== host) {
+      skipped = 0;
+      yield member;
+    } else if (++skipped >= 2 * count) return;
+  }
 }
 
 /** `order` (of `count` members, each once a pass) without `host` in its first pass, then all of it: `host` was just tried. */

@@ -406,9 +406,11 @@ export class LeaseSession {
     this.ackTimer = undefined;
     if (!this.isAlive) return;
     debug('keepalive unanswered for %d ms: rebuilding the connection%s', deadline, this.answeredElsewhere ? ' (answered on another connection)' : '');
-    // etcd is unreachable unless the hedge is answered (now or, on its way, later).
+    // etcd is unreachable unless the hedge is answered (now or, on its way, later: then only if
+    // nothing answered meanwhile, the rebuilt client included, and the lease is the same).
     const unreachable = (): void => this.conn.markUnreachable(new Error('lease keepalive unanswered'));
-    if (this.hedging) void this.hedging.then((answered) => !answered && this.isAlive && unreachable());
+    const [leaseId, stalledAt] = [this.current, performance.now()];
+    if (this.hedging) void this.hedging.then((answered) => !answered && this.isAlive && this.current === leaseId && !this.conn.answeredSince(stalledAt) && unreachable());
     else if (!this.answeredElsewhere) unreachable();
     this.dropKeepaliveStream();
     this.conn.rebuild('lease keepalive unanswered');

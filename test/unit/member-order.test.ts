@@ -41,7 +41,7 @@ describe('member orders', () => {
         const hosts = members(n);
         const first = hosts[pick % n]!;
         let state = seed;
-        const random = (): number => ((state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+        const random = (): number => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
         const order = take(firstThen(first, othersFirst(shuffled(hosts, random) as unknown as MemberOrder, first.host, n) as unknown as Generator<Host>), 1 + (n - 1) + 3 * n);
         expect(order[0]).toBe(first.host);
         // The rest of the first pass: each other member once.
@@ -65,10 +65,13 @@ describe('member orders', () => {
   it('except: never the member left out, endlessly, while another is there', () => {
     const hosts = members(3);
     let state = 7;
-    const random = (): number => ((state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-    const order = take(except(shuffled(hosts, random) as unknown as MemberOrder, hosts[1]!.host), 30);
+    const random = (): number => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const order = take(except(shuffled(hosts, random) as unknown as MemberOrder, hosts[1]!.host, 3), 30);
     expect(order).not.toContain(hosts[1]!.host);
     expect(order).not.toContain(undefined);
     expect(new Set(order)).toEqual(new Set([hosts[0]!.host, hosts[2]!.host]));
+    // With no other member it ends (two passes of it alone) instead of spinning.
+    const alone = members(1);
+    expect(take(except(shuffled(alone, random) as unknown as MemberOrder, alone[0]!.host, 1), 2)).toEqual([undefined, undefined]);
   });
 });
