@@ -758,21 +758,21 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * server chose): the watchdog's linearizable read comes about every PROXY_VOUCH_INTERVAL_MS,
    * the next one at a random point of that interval.
    */
-  /** Whether the current client got an answer (see answeredAt) after `at` (performance.now()). */
-  answeredSince(at: number): boolean {
-    return this.answeredAt > at;
-  }
-
-  /** Whether the server is etcd's gRPC proxy (see markThroughProxy). */
-  get isThroughProxy(): boolean {
-    return this.throughProxy;
-  }
-
   markThroughProxy(why: string): void {
     if (this.throughProxy) return;
     this.throughProxy = true;
     this.nextVouchAt = performance.now() + Math.random() * this.vouchIntervalMs;
     debug('%s: through a grpc-proxy (a linearizable read about every %d s)', why, this.vouchIntervalMs / 1000);
+  }
+
+  /** Whether the server is etcd's gRPC proxy, as far as its answers told (see markThroughProxy). */
+  get isThroughProxy(): boolean {
+    return this.throughProxy;
+  }
+
+  /** Whether the current client got an answer (see answeredAt) after `at` (performance.now()). */
+  answeredSince(at: number): boolean {
+    return this.answeredAt > at;
   }
 
   /** How often the watchdog's read is linearizable with a single endpoint (or proxies only). */
