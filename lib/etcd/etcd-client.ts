@@ -22,6 +22,7 @@ import {
   type IWatchRequest,
   type IWatchResponse,
 } from 'etcd3';
+import type { Client, ClientDuplexStream, Metadata } from '@grpc/grpc-js';
 import type { IPolicy } from 'cockatiel';
 import { decodeRangeResponse, encodeRangeRequest, type RangePage, type RangePageRequest } from './range-page';
 import { decodeWatchResponse } from './watch-response';
@@ -131,8 +132,7 @@ export class EtcdClient extends Etcd3 {
    */
   keepaliveStream(): Promise<KeepaliveDuplex> {
     return this.pool.withConnection('Lease', ({ resource, client, metadata }) => {
-      const method = serviceMethod<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(client, 'LeaseKeepAlive');
-      const stream = client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
+      const stream = grpcKeepalive(client, metadata);
       stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
       const host = memberHost(resource);
       this.keepingAlive = host === undefined ? undefined : onMember(host, stream);
@@ -162,13 +162,13 @@ export class EtcdClient extends Etcd3 {
     return await this.pool.withConnection(
       'Lease',
       ({ resource, client, metadata }) => {
-        const method = serviceMethod<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>(client, 'LeaseKeepAlive');
         const host = memberHost(resource);
+        const method = keepaliveMethod(client);
         const stream =
           host !== undefined && this.direct !== undefined
-            ? this.direct.stream(host, method.path, metadata, method.requestSerialize, method.responseDeserialize)
-            : client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
-        return firstAnswer(stream as unknown as KeepaliveDuplex, { ID: leaseId }, signal);
+            ? (this.direct.stream(host, method.path, metadata, method.requestSerialize, method.responseDeserialize) as unknown as KeepaliveDuplex)
+            : (grpcKeepalive(client, metadata) as unknown as KeepaliveDuplex);
+        return firstAnswer(stream, { ID: leaseId }, signal);
       },
       elsewhere ? except(shuffled, avoid, hosts.length) : shuffled,
     );
@@ -317,6 +317,17 @@ interface UnaryOptions {
 /** A method's definition, from the generated client's constructor. */
 function serviceMethod<Req, Res>(client: object, name: string): ServiceMethod<Req, Res> {
   return (client.constructor as unknown as { service: Record<string, ServiceMethod<Req, Res>> }).service[name]!;
+}
+
+/** The LeaseKeepAlive method's definition. */
+function keepaliveMethod(client: object): ServiceMethod<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse> {
+  return serviceMethod(client, 'LeaseKeepAlive');
+}
+
+/** A LeaseKeepAlive stream on grpc-js, as etcd3's generated `leaseKeepAlive()` opens it (no call options: a stream has no deadline). */
+function grpcKeepalive(client: Client, metadata: Metadata): ClientDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse> {
+  const method = keepaliveMethod(client);
+  return client.makeBidiStreamRequest(method.path, method.requestSerialize, method.responseDeserialize, metadata, {});
 }
 
 /**
