@@ -76,7 +76,24 @@ export class CallBudget {
   deadline(): number {
     const end = this.current;
     this.current = undefined;
-    const floor = Math.min(MIN_ATTEMPT_MS, this.budgetMs / 4);
-    return Date.now() + (end === undefined ? this.budgetMs : Math.max(floor, end - performance.now()));
+    return end === undefined ? Date.now() + this.budgetMs : attemptDeadline(end, this.budgetMs);
   }
+}
+
+/**
+ * Each attempt's deadline for one call of its own budget (`budgetMs` from now), made outside
+ * the client's CallBudget: what is left of it when the attempt starts, with the same floor.
+ */
+export function ownBudget(budgetMs: number): () => number {
+  const end = performance.now() + budgetMs;
+  return () => attemptDeadline(end, budgetMs);
+}
+
+/**
+ * The Date.now() deadline of an attempt of a call whose budget ends at `end` (performance.now()'s
+ * clock, which a wall clock stepped back does not stretch): never less than MIN_ATTEMPT_MS (or a
+ * quarter of the budget) from now.
+ */
+function attemptDeadline(end: number, budgetMs: number): number {
+  return Date.now() + Math.max(Math.min(MIN_ATTEMPT_MS, budgetMs / 4), end - performance.now());
 }

@@ -31,6 +31,7 @@ import { decodeDeleteOnLeaseResponse, encodeDeleteOnLease, type DeleteOnLeaseReq
 import { DirectChannel } from './direct-channel';
 import { except, firstThen, memberHost, othersFirst, type MemberOrder } from './member-order';
 import { decodeMessage, type CallError } from './grpc-status';
+import { ownBudget } from './call-budget';
 
 const RANGE_METHOD = '/etcdserverpb.KV/Range';
 const PUT_METHOD = '/etcdserverpb.KV/Put';
@@ -193,10 +194,8 @@ export class EtcdClient extends Etcd3 {
    * proves nothing of the watch). Errors as etcd3's `kv.range()` gives them.
    */
   async countOn(member: string, key: Buffer, serializable: boolean, timeoutMs: number): Promise<{ header: IResponseHeader; answeredBy: string | undefined }> {
-    // On performance.now()'s clock, as CallBudget: a wall clock stepped back must not stretch a
-    // retry's deadline, and a retry after a late refusal gets at least 100 ms.
-    const end = performance.now() + timeoutMs;
-    const deadline = (): number => Date.now() + Math.max(100, end - performance.now());
+    // (A budget of its own: the pinned first attempt is not one of the client's member orders.)
+    const deadline = ownBudget(timeoutMs);
     const req: RangePageRequest = { key, rangeEnd: Buffer.alloc(0), limit: 0, revision: 0, serializable, countOnly: true };
     let answeredBy: string | undefined;
     const header = await this.unary(

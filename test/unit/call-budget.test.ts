@@ -6,7 +6,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Etcd3, GRPCUnavailableError } from 'etcd3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { CallBudget } from '../../lib/etcd/call-budget';
+import { CallBudget, ownBudget } from '../../lib/etcd/call-budget';
 import { Connection } from '../../lib/etcd/connection';
 
 type Attempt = (conn: { resource: { host: string } }) => Promise<unknown>;
@@ -138,6 +138,20 @@ describe('CallBudget', () => {
     const d = budget.deadline() - Date.now();
     expect(d).toBeGreaterThan(990);
     expect(d).toBeLessThanOrEqual(1000);
+  });
+
+  it("gives each attempt of a call with a budget of its own what is left of it, with the same floor", async () => {
+    const started = Date.now();
+    const deadline = ownBudget(400);
+    expect(deadline() - started).toBeGreaterThan(390);
+    await sleep(200);
+    // ~200 ms left, not a whole budget from now (~600 ms from the start).
+    expect(deadline() - started).toBeLessThan(480);
+    await sleep(300);
+    // Spent: a quarter of the budget (100 ms) from now, to be sent and answered.
+    const late = deadline() - Date.now();
+    expect(late).toBeGreaterThan(90);
+    expect(late).toBeLessThanOrEqual(100);
   });
 
   it('a call failing over between members uses no AsyncLocalStorage (it would slow every await of the process)', async () => {
