@@ -142,6 +142,37 @@ describe('watches and connections under faults', () => {
     expect([...statuses]).toEqual(['registered']);
   });
 
+  it("a keepalive on another connection still on its way when the stream's answer is overdue: answered later, it keeps etcd reachable and the lease alive", async () => {
+    const prefix = uniquePrefix('stall-hedge-late');
+    await startProxy();
+    // TTL 3 s, request timeout 1.2 s: the stream's answer is overdue after min(TTL/2, 1.2 s + TTL/3)
+    // = 1.5 s; the keepalive elsewhere goes out at 1.2 s and may take until 2.4 s.
+    const r = reg(proxy.url, prefix, { leaseSeconds: 3, requestTimeoutSeconds: 1.2 });
+    await r.endpoints('web');
+    await r.register({ service: 'api', address: '10.9.0.3:80' });
+    const conn = connectionOf(r);
+    const generation = conn.generation;
+    const events: string[] = [];
+    for (const event of ['etcd-unreachable', 'lease-lost', 'reregistered'] as const) r.on(event, () => events.push(event));
+    const statuses = new Set<string>();
+    const seen = setInterval(() => statuses.add(r.status), 20);
+    try {
+      await sleep(500);
+      expect(proxy.connectionCount).toBe(3);
+      // The registry's own session answers 0.6 s late: the keepalive sent there at 1.2 s is
+      // answered at ~1.8 s, after the stream's answer was overdue (1.5 s) and the client rebuilt.
+      proxy.delayDownstream(1, 600);
+      proxy.blackholeAt(2); // the keepalive stream's connection
+      await eventually(() => expect(conn.generation).toBeGreaterThan(generation), { timeout: 10_000 });
+      await sleep(3000); // more than a TTL: a lease not renewed would be gone
+    } finally {
+      clearInterval(seen);
+    }
+    expect(events).toEqual([]);
+    expect([...statuses]).toEqual(['registered']);
+    expect(await node.client.get(`${prefix}/services/api/10.9.0.3:80`).string()).not.toBeNull();
+  });
+
   it('re-reads after the revision it would resume from was compacted, and reports exactly what changed meanwhile', async () => {
     const prefix = uniquePrefix('compact');
     await startProxy();
