@@ -10,6 +10,7 @@ import { HEALTH_DEFAULTS, hostInPath, type HealthDefaults } from './publish/heal
 import { REDACTED, Secret, isSecret } from './secret';
 import { OUTLIER_DEFAULTS, resolveOutlierOptions, type OutlierOptions, type ResolvedOutlierOptions } from './choose/outlier';
 import { CredentialFileError, checkKeyPair, parseCertificates, readCredentialFile } from './tls';
+import { tunnelledByGrpcJs } from './etcd/http-proxy';
 
 export interface RegistryOptions {
   /** REGISTRY_ETCD_ENDPOINTS: a comma-separated string or a list. */
@@ -124,9 +125,11 @@ export interface RegistryConfig {
   /** Outlier ejection settings; false: disabled. */
   readonly outlier: ResolvedOutlierOptions | false;
   /**
-   * grpc_proxy, https_proxy or http_proxy is set in process.env (grpc-js reads them there,
-   * whatever `env` says, and tunnels through that HTTP proxy): every etcd call then goes on
-   * grpc-js, none on the registry's own HTTP/2 sessions (lib/etcd/direct-channel.ts).
+   * grpc-js tunnels its connection to a member through an HTTP proxy: grpc_proxy, https_proxy
+   * or http_proxy is set in process.env (grpc-js reads them there, whatever `env` says) and
+   * no_grpc_proxy or no_proxy does not exempt every member (lib/etcd/http-proxy.ts). Every
+   * etcd call then goes on grpc-js, none on the registry's own HTTP/2 sessions
+   * (lib/etcd/direct-channel.ts).
    */
   readonly grpcProxy: boolean;
 }
@@ -259,7 +262,7 @@ export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
     auth: resolveAuth(options, read),
     zone: field('zone', zone, undefined),
     outlier: resolveOutlier(options.outlier),
-    grpcProxy: ['grpc_proxy', 'https_proxy', 'http_proxy'].some((name) => (process.env[name] ?? '') !== ''),
+    grpcProxy: tunnelledByGrpcJs(etcdEndpoints, process.env),
   });
 }
 

@@ -42,15 +42,19 @@ afterEach(() => {
 });
 
 describe('resolveConfig defaults', () => {
-  it("notes grpc-js's HTTP proxy variables, read from process.env whatever `env` says (etcd calls then all go on grpc-js)", () => {
-    const saved = { grpc_proxy: process.env.grpc_proxy, https_proxy: process.env.https_proxy, http_proxy: process.env.http_proxy };
+  it("notes grpc-js's HTTP proxy variables, read from process.env whatever `env` says (etcd calls then all go on grpc-js, unless no_proxy exempts every member)", () => {
+    const saved = { grpc_proxy: process.env.grpc_proxy, https_proxy: process.env.https_proxy, http_proxy: process.env.http_proxy, no_grpc_proxy: process.env.no_grpc_proxy, no_proxy: process.env.no_proxy };
     try {
       for (const name of Object.keys(saved)) delete process.env[name];
       expect(resolve({}).grpcProxy).toBe(false);
       expect(resolve({ https_proxy: 'http://proxy:3128' }).grpcProxy).toBe(false);
-      for (const name of Object.keys(saved)) {
+      for (const name of ['grpc_proxy', 'https_proxy', 'http_proxy']) {
         process.env[name] = 'http://proxy:3128';
         expect(resolve({}).grpcProxy).toBe(true);
+        process.env.no_proxy = '127.0.0.1';
+        expect(resolve({}).grpcProxy).toBe(false);
+        expect(resolve({ REGISTRY_ETCD_ENDPOINTS: 'http://127.0.0.1:2379,http://etcd-1:2379' }).grpcProxy).toBe(true);
+        delete process.env.no_proxy;
         process.env[name] = '';
         expect(resolve({}).grpcProxy).toBe(false);
         delete process.env[name];
