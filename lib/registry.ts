@@ -659,7 +659,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
     const latency = (list?.existingPicker('least-latency') as LeastLoadedPicker | undefined)?.load(key);
     const target: Endpoint = typeof endpoint.key === 'string' && 'metadata' in endpoint ? (endpoint as Endpoint) : Object.freeze({ service, address: endpoint.address, metadata: {}, key });
     return new EndpointCall(request, latency, (ok) => {
-      if (outlier !== false && !this.closed) this.outliers.record(target, ok, outlier);
+      // Only for an endpoint still listed: one that left while the call was out (its calls
+      // failing as it goes) has nothing left to eject, and its state would outlive it.
+      if (outlier !== false && !this.closed && this.discovery.lists.get(service)?.get(key) !== undefined) this.outliers.record(target, ok, outlier);
     });
   }
 

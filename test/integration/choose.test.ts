@@ -111,6 +111,29 @@ describe('choosing endpoints against a real etcd: ejection, least-latency, zones
     expect(() => client.begin(busy).end({ ok: 1 } as never)).toThrow('call.end() expects { ok: boolean } or nothing');
   });
 
+  it("calls that fail after their endpoint left the list count for nothing: no ejection of what is gone, no state kept, the service's ejection budget untouched", async () => {
+    const prefix = uniquePrefix('choose-gone');
+    const owner = registry(prefix);
+    const eps = [];
+    for (let i = 1; i <= 4; i++) eps.push(await owner.register({ service: 'db', address: `10.0.8.${i}:5432` })); // stored, never dialled
+    const client = registry(prefix);
+    await client.waitFor('db', { min: 4, timeout: 10_000 });
+    const ejected: string[] = [];
+    client.on('ejected', ({ endpoint }) => ejected.push(endpoint.address));
+    // Two endpoints die with 5 calls out each: the watch removes them, then their calls fail.
+    const listed = await client.endpoints('db');
+    const out = eps.slice(0, 2).map((e) => Array.from({ length: 5 }, () => client.begin(listed.find((x) => x.key === e.key)!)));
+    await owner.unregister(eps[0]!);
+    await owner.unregister(eps[1]!);
+    await eventually(async () => expect(await client.endpoints('db')).toHaveLength(2));
+    for (const call of out.flat()) call.end({ ok: false });
+    expect(ejected).toEqual([]);
+    expect((client as unknown as { outliers: { states: Map<string, unknown> } }).outliers.states.size).toBe(0);
+    // The budget (half of 2 endpoints: one) is still there for a listed endpoint that fails.
+    for (let i = 0; i < 5; i++) client.begin(eps[2]!).end({ ok: false });
+    expect(ejected).toEqual(['10.0.8.3:5432']);
+  });
+
   it('a mark-down ends with its endpoint: one that leaves the list, or expires unseen, leaves no mark behind', async () => {
     const prefix = uniquePrefix('choose-down');
     const owner = registry(prefix);
