@@ -27,6 +27,7 @@ import { DelegateBackoff, handleWhen, retry } from 'cockatiel';
 import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
+import { firstAbort } from './time';
 import type { FetchOutcome } from './observe/metrics';
 import { isStrategy, STRATEGY_LIST, ZONE_MODES, type Strategy, type ZoneMode } from './pickers';
 import type { Endpoint } from './types';
@@ -175,8 +176,8 @@ export async function fetchWithFailover(
     total.abort(new RegistryTimeoutError(message, { cause: lastFailure?.cause }));
   }, options.totalTimeout);
   /** Aborts on the caller's signal (with its reason) or the total timeout (with a RegistryTimeoutError). */
-  const stops = [callerSignal, closing, total.signal].filter((x): x is AbortSignal => x !== undefined);
-  const stop = stops.length === 1 ? total.signal : AbortSignal.any(stops);
+  const stops = firstAbort([callerSignal, closing, total.signal].filter((x): x is AbortSignal => x !== undefined));
+  const stop = stops.signal;
   let onStop: (() => void) | undefined;
   const stopped = new Promise<never>((_, reject) => {
     onStop = () => reject(stop.reason);
@@ -213,6 +214,7 @@ export async function fetchWithFailover(
       () => timeout.abort(new RegistryTimeoutError(`${endpoint.address} did not answer within ${options.attemptTimeout} ms`)),
       options.attemptTimeout,
     );
+    const attemptStop = firstAbort([stop, timeout.signal]);
     const started = performance.now();
     const record = (outcome: FetchOutcome): void => {
       // A failure for load and ejection: no answer, a timeout, a 5xx; other errors and aborts give no verdict.
@@ -222,7 +224,7 @@ export async function fetchWithFailover(
       source.recordFetchAttempt?.(service, outcome, (performance.now() - started) / 1000);
     };
     try {
-      const response = await fetch(url, { ...request, signal: AbortSignal.any([stop, timeout.signal]) });
+      const response = await fetch(url, { ...request, signal: attemptStop.signal });
       debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Math.round(performance.now() - started));
       record(response.status >= 500 ? 'http_5xx' : 'ok');
       return response;
@@ -264,6 +266,7 @@ export async function fetchWithFailover(
       throw failure;
     } finally {
       clearTimeout(timer);
+      attemptStop.release();
     }
   };
 
@@ -289,6 +292,7 @@ export async function fetchWithFailover(
   } finally {
     clearTimeout(totalTimer);
     if (onStop) stop.removeEventListener('abort', onStop);
+    stops.release();
   }
 }
 

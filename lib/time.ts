@@ -91,3 +91,31 @@ export async function abortable<T>(work: Promise<T>, options: { timeout?: number
     if (onAbort) signal?.removeEventListener('abort', onAbort);
   }
 }
+
+/**
+ * A signal that aborts with the first of `signals` to abort (with its reason), until
+ * `release()`. AbortSignal.any() does the same, but on Node 20 each signal it makes stays
+ * referenced by every one of its sources for as long as the source lives (nodejs/node#55351):
+ * one per call on a signal the application keeps for its whole life.
+ */
+export function firstAbort(signals: readonly AbortSignal[]): { readonly signal: AbortSignal; release(): void } {
+  const controller = new AbortController();
+  const listeners: [AbortSignal, () => void][] = [];
+  const release = (): void => {
+    for (const [source, listener] of listeners.splice(0)) source.removeEventListener('abort', listener);
+  };
+  for (const source of signals) {
+    if (source.aborted) {
+      controller.abort(source.reason);
+      break;
+    }
+    const listener = (): void => {
+      release();
+      controller.abort(source.reason);
+    };
+    source.addEventListener('abort', listener, { once: true });
+    listeners.push([source, listener]);
+  }
+  if (controller.signal.aborted) release();
+  return { signal: controller.signal, release };
+}

@@ -389,6 +389,26 @@ describe('fetchWithFailover: retries', () => {
 
 
 describe('registry.fetch(): memory', () => {
+  it("leaves nothing on the caller's signal once a call settled, however many calls it was given to (an application's shutdown signal)", async () => {
+    const { getEventListeners } = await import('node:events');
+    const a = await ok('a');
+    const refusing = await refused();
+    const source = fakeSource([refusing, a.address]);
+    const app = new AbortController();
+    for (let i = 0; i < 200; i++) expect(await (await fetchWithFailover(source, 'svc', '/', { signal: app.signal, markDownSeconds: 0 })).text()).toBe('a');
+    await expect(fetchWithFailover({ ...source, pickAsync: () => Promise.reject(new RegistryError('ERR_NO_ENDPOINTS', 'none')) }, 'svc', '/', { signal: app.signal })).rejects.toThrow('none');
+    expect(getEventListeners(app.signal, 'abort')).toHaveLength(0);
+    // AbortSignal.any() would have made it hold two signals a call (Node 20 never lets them go).
+    const dependants = Object.getOwnPropertySymbols(app.signal).find((sym) => sym.description === 'kDependantSignals');
+    expect(dependants === undefined ? 0 : (app.signal as unknown as Record<symbol, Set<unknown>>)[dependants]!.size).toBe(0);
+    // And it still stops a call in flight.
+    const slow = await hanging();
+    const call = fetchWithFailover(fakeSource([slow.address]), 'svc', '/', { signal: app.signal });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    app.abort(new Error('shutting down'));
+    await expect(call).rejects.toThrow('shutting down');
+  });
+
   it('keeps nothing per call once it settled (20,000 calls: heap flat, no signal left behind)', async () => {
     const { Registry } = await import('../../lib/index.js');
     const { setFlagsFromString } = await import('node:v8');
