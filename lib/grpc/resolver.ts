@@ -159,6 +159,12 @@ class Resolver implements ResolverLike {
   private reported: readonly Endpoint[] | undefined;
   /** A failure was reported since the last destroy(). */
   private failedOnce = false;
+  /**
+   * The list last handed to grpc-js, kept across destroy(): after unregister(), what the
+   * channel resolves to again once it leaves idle (grpc-js destroys an idle channel's
+   * resolver, then asks it again).
+   */
+  private last: readonly Endpoint[] | undefined;
 
   constructor(
     private readonly registration: Registration,
@@ -225,6 +231,7 @@ class Resolver implements ResolverLike {
     if (list === undefined) return;
     this.wanted = false;
     this.reported = list;
+    this.last = list;
     const { endpoints, skipped } = grpcEndpoints(list);
     if (skipped.length > 0) debug('%s: skipping %d address(es) gRPC cannot dial: %s', this.shown, skipped.length, skipped.map((a) => quote(a)).join(', '));
     const note =
@@ -249,8 +256,11 @@ class Resolver implements ResolverLike {
   updateResolution(): void {
     this.destroyed = false;
     this.wanted = true;
-    if (!this.attached && !this.registration.open) this.badTarget ??= `the resolver of scheme ${quote(this.registration.scheme)} was unregistered`;
-    if (this.badTarget === undefined && !this.attached) {
+    const unregistered = !this.attached && !this.registration.open;
+    // After unregister(), a channel that had a list keeps it; one that never had one fails.
+    if (unregistered && this.last !== undefined && this.badTarget === undefined) this.list ??= this.last;
+    else if (unregistered) this.badTarget ??= `the resolver of scheme ${quote(this.registration.scheme)} was unregistered`;
+    if (this.badTarget === undefined && !this.attached && !unregistered) {
       this.attach();
       return;
     }

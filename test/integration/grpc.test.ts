@@ -248,6 +248,19 @@ describe.each(VERSIONS)('grpc-js %s through the registry resolver', (version, gr
     }
   });
 
+  it('a channel made before unregister() keeps its last list, also once it went idle and grpc-js asks its resolver again', async () => {
+    const prefix = uniquePrefix('grpc-idle');
+    const a = await server();
+    await registry(prefix).register({ service: 'echo', address: a.address });
+    const registration = resolver(registry(prefix), scheme('idle'));
+    // Idle after 1 s without a call (grpc-js's least): its resolver destroyed, made to resolve again by the next call.
+    const call = client(`${registration.scheme}:///echo`, { 'grpc.client_idle_timeout_ms': 1000 });
+    expect((await call()).server).toBe(a.address);
+    registration.unregister();
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect((await call()).server).toBe(a.address);
+  });
+
   it('unregister() lets no new channel resolve; a scheme is held by one registration at a time', async () => {
     const prefix = uniquePrefix('grpc-unreg');
     const r = registry(prefix);

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -390,7 +391,6 @@ describe('fetchWithFailover: retries', () => {
 
 describe('registry.fetch(): memory', () => {
   it("leaves nothing on the caller's signal once a call settled, however many calls it was given to (an application's shutdown signal)", async () => {
-    const { getEventListeners } = await import('node:events');
     const a = await ok('a');
     const refusing = await refused();
     const source = fakeSource([refusing, a.address]);
