@@ -839,7 +839,9 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
   }
 
   private enrollSignals(): void {
-    if (this.unenroll || this.config.shutdownSignals.length === 0) return;
+    // Also with no signal of its own: when the library ends the process on another registry's
+    // signal, this one is deregistered first rather than left listed for a TTL.
+    if (this.unenroll) return;
     this.unenroll = enroll({
       signals: this.config.shutdownSignals,
       shutdown: (signal) => this.shutdown(signal),

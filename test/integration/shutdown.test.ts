@@ -128,9 +128,9 @@ describe('shutdown on a signal, in a child process', () => {
     expect(exit, child.output()).toMatchObject({ code: null, signal: 'SIGINT' });
   });
 
-  it('two registries in one process, the second listening for SIGINT only: SIGTERM deregisters both before the process dies', async () => {
-    const { child, prefix, keys } = await start('two-registries', { CHILD_SECOND_REGISTRY: '1' });
-    expect(keys).toHaveLength(2);
+  it('three registries in one process, the second listening for SIGINT only, the third for no signal: SIGTERM deregisters all three before the process dies', async () => {
+    const { child, prefix, keys } = await start('three-registries', { CHILD_SECOND_REGISTRY: '1' });
+    expect(keys).toHaveLength(3);
     const exit = await stop(child, prefix);
     expect(exit, child.output()).toMatchObject({ code: null, signal: 'SIGTERM' });
   });
