@@ -407,11 +407,7 @@ function zone(input: Input): string {
 }
 
 function resolveOutlier(value: unknown): ResolvedOutlierOptions | false {
-  try {
-    return resolveOutlierOptions(value as OutlierOptions | false | undefined, OUTLIER_DEFAULTS, 'options.outlier');
-  } catch (e) {
-    throw new RegistryConfigError('options.outlier', value, (e as Error).message, { cause: e });
-  }
+  return resolveOutlierOptions(value as OutlierOptions | false | undefined, OUTLIER_DEFAULTS, 'options.outlier', (name, bad, expected) => new RegistryConfigError(name, bad, `expected ${expected}`));
 }
 
 function keyPrefix(input: Input): string {

@@ -34,24 +34,26 @@ export const OUTLIER_DEFAULTS: ResolvedOutlierOptions = Object.freeze({
   maxEjectedPercent: 50,
 });
 
+/** The error for a bad option: `name` (say `outlier.failures`), the value given, what was expected. */
+export type InvalidOption = (name: string, value: unknown, expected: string) => Error;
+
+const invalidArgument: InvalidOption = (name, value, expected) => new RegistryError('ERR_INVALID_ARGUMENT', `${name} ${quote(value)} is invalid: expected ${expected}`);
+
 /** Validates `outlier` options (`false` disables ejection); `name` prefixes the messages. */
 export function resolveOutlierOptions(
   value: OutlierOptions | false | undefined,
   base: ResolvedOutlierOptions | false = OUTLIER_DEFAULTS,
   name = 'outlier',
+  invalid: InvalidOption = invalidArgument,
 ): ResolvedOutlierOptions | false {
   if (value === undefined) return base;
   if (value === false) return false;
-  if (typeof value !== 'object' || value === null) {
-    throw new RegistryError('ERR_INVALID_ARGUMENT', `${name} ${quote(value)} is invalid: expected false or an object { failures, baseSeconds, maxSeconds, maxEjectedPercent }`);
-  }
+  if (typeof value !== 'object' || value === null) throw invalid(name, value, 'false or an object { failures, baseSeconds, maxSeconds, maxEjectedPercent }');
   const from = base === false ? OUTLIER_DEFAULTS : base;
   const check = (field: keyof OutlierOptions, ok: (n: number) => boolean, expected: string): number => {
     const v = value[field];
     if (v === undefined) return from[field];
-    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) {
-      throw new RegistryError('ERR_INVALID_ARGUMENT', `${name}.${field} ${quote(v)} is invalid: expected ${expected}`);
-    }
+    if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw invalid(`${name}.${field}`, v, expected);
     return v;
   };
   return Object.freeze({

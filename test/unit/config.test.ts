@@ -156,8 +156,10 @@ describe('resolveConfig good values from the environment', () => {
     expect(() => resolve({ REGISTRY_ZONE: 'x'.repeat(129) })).toThrow('REGISTRY_ZONE="xxx');
     expect(() => resolve({}, { zone: 42 as unknown as string })).toThrow('options.zone=42 is invalid');
     expect(() => resolve({}, { zone: '' })).toThrow('options.zone="" is invalid');
-    expect(() => resolve({}, { outlier: { failures: 0 } })).toThrow('options.outlier.failures 0 is invalid: expected an integer ≥ 1');
-    expect(() => resolve({}, { outlier: 'off' as unknown as false })).toThrow('options.outlier="off" is invalid');
+    expect(() => resolve({}, { outlier: { failures: 0 } })).toThrow(RegistryConfigError);
+    expect(() => resolve({}, { outlier: { failures: 0 } })).toThrow(/^options\.outlier\.failures=0 is invalid: expected an integer ≥ 1$/);
+    // Said once: not "options.outlier="off" is invalid: options.outlier "off" is invalid: …".
+    expect(() => resolve({}, { outlier: 'off' as unknown as false })).toThrow(/^options\.outlier="off" is invalid: expected false or an object \{ failures, baseSeconds, maxSeconds, maxEjectedPercent \}$/);
     expect(resolve({}, { outlier: false }).outlier).toBe(false);
     expect(resolve({}, { outlier: { baseSeconds: 1 } }).outlier).toStrictEqual({ failures: 5, baseSeconds: 1, maxSeconds: 300, maxEjectedPercent: 50 });
   });
