@@ -187,6 +187,46 @@ export const ENV_VARIABLES = {
 
 type Key = keyof typeof ENV_VARIABLES;
 
+/** Every option a Registry takes. */
+const OPTION_NAMES: ReadonlySet<string> = new Set([...Object.keys(ENV_VARIABLES), 'outlier', 'env']);
+
+/**
+ * `options` is an object of known options: a name mistyped (`leaseSecond`) would otherwise be
+ * ignored without a word. An option set to undefined counts as not given.
+ */
+function checkOptionNames(options: unknown): void {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new RegistryConfigError('options', options, 'expected an object such as { keyPrefix: "apps/prod" }');
+  }
+  for (const [name, value] of Object.entries(options)) {
+    if (OPTION_NAMES.has(name) || value === undefined) continue;
+    const near = closestName(name);
+    throw new RegistryConfigError(`options.${name}`, value, `no such option${near === undefined ? '' : ` (did you mean options.${near}?)`}`);
+  }
+}
+
+/** The known option nearest to `name` (by edits, case aside), if it is near enough to be a typo. */
+function closestName(name: string): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(name.length / 4)) + 1;
+  for (const known of OPTION_NAMES) {
+    const d = editDistance(name.toLowerCase(), known.toLowerCase());
+    if (d < bestDistance) [best, bestDistance] = [known, d];
+  }
+  return best;
+}
+
+/** Levenshtein distance. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next.push(Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    row = next;
+  }
+  return row[b.length]!;
+}
+
 /** One setting as received: from a typed option (`options.<name>`) or from the environment. */
 interface Input {
   readonly variable: string;
@@ -222,6 +262,7 @@ const CONTROL_OR_SPACE = /[\u0000-\u001f\u007f-\u009f\s]/;
  * quoting the value at the first bad setting.
  */
 export function resolveConfig(options: RegistryOptions = {}): RegistryConfig {
+  checkOptionNames(options);
   const env = options.env ?? process.env;
   const read = (key: Key): Input | undefined => {
     if (options[key] !== undefined) return { variable: `options.${key}`, value: options[key], typed: true };

@@ -164,6 +164,17 @@ describe('resolveConfig good values from the environment', () => {
     expect(resolve({}, { outlier: { baseSeconds: 1 } }).outlier).toStrictEqual({ failures: 5, baseSeconds: 1, maxSeconds: 300, maxEjectedPercent: 50 });
   });
 
+  it('rejects an option of no such name (a typo would be ignored otherwise), naming the nearest one; and options that are not an object', () => {
+    expect(() => resolve({}, { leaseSecond: 5 } as never)).toThrow(RegistryConfigError);
+    expect(() => resolve({}, { leaseSecond: 5 } as never)).toThrow(/^options\.leaseSecond=5 is invalid: no such option \(did you mean options\.leaseSeconds\?\)$/);
+    expect(() => resolve({}, { keyprefix: 'a' } as never)).toThrow('options.keyprefix="a" is invalid: no such option (did you mean options.keyPrefix?)');
+    expect(() => resolve({}, { outliers: false } as never)).toThrow('(did you mean options.outlier?)');
+    expect(() => resolve({}, { bogusOption: 1 } as never)).toThrow(/^options\.bogusOption=1 is invalid: no such option$/);
+    // Set to undefined: not given (what a spread of optional settings leaves).
+    expect(resolve({}, { timeout: undefined } as never).leaseSeconds).toBe(10);
+    for (const bad of [null, 'x', ['a']]) expect(() => resolveConfig(bad as never)).toThrow(/^options=.* is invalid: expected an object such as \{ keyPrefix: "apps\/prod" \}$/);
+  });
+
   it('rejects bad health settings naming the variable and quoting the value', () => {
     expect(() => resolve({ REGISTRY_HEALTH_URL: 'ftp://x/' })).toThrow('REGISTRY_HEALTH_URL="ftp://x/" is invalid: expected an http(s) URL or a path such as /healthz');
     expect(() => resolve({ REGISTRY_HEALTH_FAILURES: '0' })).toThrow('REGISTRY_HEALTH_FAILURES="0" is invalid: expected an integer from 1 to 1000');
