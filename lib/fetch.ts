@@ -27,7 +27,7 @@ import { DelegateBackoff, handleWhen, retry } from 'cockatiel';
 import { RegistryError, RegistryTimeoutError, quote } from './errors';
 import { validateServiceName } from './keys';
 import { logger } from './log';
-import { firstAbort } from './time';
+import { abortWhileHeld, firstAbort } from './time';
 import type { FetchOutcome } from './observe/metrics';
 import { isStrategy, STRATEGY_LIST, ZONE_MODES, type Strategy, type ZoneMode } from './pickers';
 import type { Endpoint } from './types';
@@ -227,6 +227,8 @@ export async function fetchWithFailover(
       const response = await fetch(url, { ...request, signal: attemptStop.signal });
       debug('%s: %s answered %d in %d ms', what, endpoint.address, response.status, Math.round(performance.now() - started));
       record(response.status >= 500 ? 'http_5xx' : 'ok');
+      // The body is read after the call returned: the caller's signal still ends it.
+      if (callerSignal !== undefined && response.body !== null) abortWhileHeld(callerSignal, attemptStop, response.body);
       return response;
     } catch (e) {
       if (stop.aborted) {

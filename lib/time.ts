@@ -96,26 +96,83 @@ export async function abortable<T>(work: Promise<T>, options: { timeout?: number
  * A signal that aborts with the first of `signals` to abort (with its reason), until
  * `release()`. AbortSignal.any() does the same, but on Node 20 each signal it makes stays
  * referenced by every one of its sources for as long as the source lives (nodejs/node#55351):
- * one per call on a signal the application keeps for its whole life.
+ * one per call on a signal the application keeps for its whole life. Each source gets one
+ * 'abort' listener however many links follow it (no MaxListenersExceededWarning for a signal
+ * given to many calls at once).
  */
-export function firstAbort(signals: readonly AbortSignal[]): { readonly signal: AbortSignal; release(): void } {
+export function firstAbort(signals: readonly AbortSignal[]): AbortLink {
   const controller = new AbortController();
-  const listeners: [AbortSignal, () => void][] = [];
+  const unfollows: (() => void)[] = [];
   const release = (): void => {
-    for (const [source, listener] of listeners.splice(0)) source.removeEventListener('abort', listener);
+    for (const unfollow of unfollows.splice(0)) unfollow();
+  };
+  const link: AbortLink = {
+    signal: controller.signal,
+    abort: (reason) => {
+      release();
+      controller.abort(reason);
+    },
+    release,
   };
   for (const source of signals) {
     if (source.aborted) {
-      controller.abort(source.reason);
+      link.abort(source.reason);
       break;
     }
+    unfollows.push(follow(source, link));
+  }
+  return link;
+}
+
+/** firstAbort()'s signal, its own abort (which also releases it), and the end of its links to its sources. */
+export interface AbortLink {
+  readonly signal: AbortSignal;
+  abort(reason: unknown): void;
+  release(): void;
+}
+
+/**
+ * `link` aborts when `source` does, for as long as `holder` lives (a response's body stream,
+ * read after the call that made it returned). `source` holds `link` only weakly, and lets it go
+ * once `holder` is collected: a `source` the application keeps for its whole life keeps nothing
+ * of the calls it was given to.
+ */
+export function abortWhileHeld(source: AbortSignal, link: AbortLink, holder: object): void {
+  if (source.aborted) {
+    link.abort(source.reason);
+    return;
+  }
+  heldLinks.set(holder, link);
+  unfollowWhenCollected.register(holder, follow(source, new WeakRef(link)));
+}
+
+/** What abortWhileHeld() keeps alive: each holder's link. */
+const heldLinks = new WeakMap<object, AbortLink>();
+const unfollowWhenCollected = new FinalizationRegistry<() => void>((unfollow) => unfollow());
+
+type Follower = AbortLink | WeakRef<AbortLink>;
+
+/** Each source's followers and its one 'abort' listener, while it has followers. */
+const followersOf = new WeakMap<AbortSignal, { readonly followers: Set<Follower>; readonly listener: () => void }>();
+
+/** `follower` aborts with `source`; the function returned ends that. */
+function follow(source: AbortSignal, follower: Follower): () => void {
+  let entry = followersOf.get(source);
+  if (entry === undefined) {
+    const followers = new Set<Follower>();
     const listener = (): void => {
-      release();
-      controller.abort(source.reason);
+      followersOf.delete(source);
+      for (const f of [...followers]) (f instanceof WeakRef ? f.deref() : f)?.abort(source.reason);
+      followers.clear();
     };
     source.addEventListener('abort', listener, { once: true });
-    listeners.push([source, listener]);
+    followersOf.set(source, (entry = { followers, listener }));
   }
-  if (controller.signal.aborted) release();
-  return { signal: controller.signal, release };
+  const { followers, listener } = entry;
+  followers.add(follower);
+  return () => {
+    if (!followers.delete(follower) || followers.size > 0 || followersOf.get(source)?.followers !== followers) return;
+    followersOf.delete(source);
+    source.removeEventListener('abort', listener);
+  };
 }
