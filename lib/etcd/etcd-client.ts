@@ -99,9 +99,10 @@ export class EtcdClient extends Etcd3 {
    * decodeWatchResponse.
    */
   watchStream(): Promise<WatchDuplex> {
-    return this.pool.withConnection('Watch', ({ resource, client, metadata }) => {
+    return this.pool.withConnection('Watch', ({ resource, client, metadata: shared }) => {
       const method = serviceMethod<IWatchRequest, IWatchResponse>(client, 'Watch');
       const host = memberHost(resource);
+      const metadata = requireLeader(shared);
       if (host === undefined || this.direct === undefined) {
         const stream = client.makeBidiStreamRequest<IWatchRequest, IWatchResponse>(method.path, method.requestSerialize, decodeWatchResponse, metadata, {});
         stream.on('error', (err: Error) => stream.writable && this.pool.markFailed(resource, err));
@@ -311,6 +312,19 @@ interface UnaryOptions {
   readonly deadline?: CallDeadline;
   /** Told the member (host:port) whose answer the call resolves with. */
   readonly answered?: (member: string | undefined) => void;
+}
+
+/**
+ * The call's metadata (etcd3's, shared by its calls: copied) with etcd's require-leader flag, as
+ * etcd's Go client sets it for a watch (`clientv3.WithRequireLeader`): a member that has no
+ * leader refuses the stream, and ends it once it has had none for three election timeouts. Cut
+ * off from its peers, a member answers a watch's progress requests and canaries with its own
+ * revision, and hears of no write: the watch then moves to another member instead.
+ */
+function requireLeader(metadata: Metadata): Metadata {
+  const copy = metadata.clone();
+  copy.set('hasleader', 'true');
+  return copy;
 }
 
 /** A method's definition, from the generated client's constructor. */

@@ -17,6 +17,7 @@ import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { PeerProxy } from './peer-proxy';
 
 // ---------------------------------------------------------------------------------------------
 // Ports
@@ -397,6 +398,8 @@ export interface EtcdNodeOptions {
   startTimeoutMs?: number;
   /** Serve clients over TLS (https:// client URL); peers stay on http://. */
   tls?: EtcdNodeTls;
+  /** The peer URL told to the other members (default: the one it listens on), e.g. a PeerProxy's. */
+  advertisePeerUrl?: string;
 }
 
 /** PEM file paths for an etcd member that serves its clients over TLS. */
@@ -481,6 +484,11 @@ export class EtcdNode {
     };
   }
 
+  /** The peer URL the other members dial: `advertisePeerUrl`, else peerUrl. */
+  get advertisedPeerUrl(): string {
+    return this.options.advertisePeerUrl ?? this.peerUrl;
+  }
+
   /** `http://127.0.0.1:<peerPort>` */
   get peerUrl(): string {
     return `http://127.0.0.1:${this.peerPort}`;
@@ -561,8 +569,8 @@ export class EtcdNode {
       '--listen-client-urls', this.clientUrl,
       '--advertise-client-urls', this.clientUrl,
       '--listen-peer-urls', this.peerUrl,
-      '--initial-advertise-peer-urls', this.peerUrl,
-      '--initial-cluster', this.initialCluster ?? `${this.name}=${this.peerUrl}`,
+      '--initial-advertise-peer-urls', this.advertisedPeerUrl,
+      '--initial-cluster', this.initialCluster ?? `${this.name}=${this.advertisedPeerUrl}`,
       '--initial-cluster-token', this.token,
       '--initial-cluster-state', this.initialClusterState,
       '--heartbeat-interval', String(this.options.heartbeatIntervalMs ?? 20),
@@ -706,12 +714,16 @@ function tlsArgs(tls: EtcdNodeTls | undefined): string[] {
 export interface EtcdClusterOptions extends Omit<EtcdNodeOptions, 'name' | 'clientPort' | 'peerPort' | 'initialCluster'> {
   /** Number of members (default 3). */
   size?: number;
+  /** Each member's peers reach it through a PeerProxy, so that partition() can cut one off. */
+  partitionable?: boolean;
 }
 
 /** n members on loopback forming one cluster. */
 export class EtcdCluster {
   private _members: EtcdNode[] = [];
   private readonly options: EtcdClusterOptions;
+  /** With `partitionable`: the proxy in front of each member's peer port, in the members' order. */
+  private peerProxies: PeerProxy[] = [];
 
   constructor(options: EtcdClusterOptions = {}) {
     this.options = options;
@@ -743,6 +755,10 @@ export class EtcdCluster {
     const tag = `${process.pid}-${++nodeCounter}`;
     for (let attempt = 1; ; attempt++) {
       const ports = await findFreePorts(size * 2);
+      if (this.options.partitionable === true) {
+        this.peerProxies = Array.from({ length: size }, (_, i) => new PeerProxy(ports[2 * i + 1]!));
+        await Promise.all(this.peerProxies.map((p) => p.start()));
+      }
       this._members = Array.from(
         { length: size },
         (_, i) =>
@@ -751,13 +767,14 @@ export class EtcdCluster {
             name: `m${i + 1}-${tag}`,
             clientPort: ports[2 * i],
             peerPort: ports[2 * i + 1],
+            ...(this.peerProxies[i] !== undefined && { advertisePeerUrl: this.peerProxies[i]!.url }),
             initialClusterToken: token,
             // membership changes right after start (restartMember wipe) would otherwise be refused
             // for 5 s ("unhealthy cluster") until every member has been connected that long
             extraArgs: ['--strict-reconfig-check=false', ...(this.options.extraArgs ?? [])],
           }),
       );
-      const initialCluster = this._members.map((m) => `${m.name}=${m.peerUrl}`).join(',');
+      const initialCluster = this._members.map((m) => `${m.name}=${m.advertisedPeerUrl}`).join(',');
       for (const m of this._members) m.initialCluster = initialCluster;
       try {
         await Promise.all(this._members.map((m) => m.launch()));
@@ -839,16 +856,34 @@ export class EtcdCluster {
       '/v3/cluster/member/list',
       {},
     );
-    const entry = list.members?.find((m) => m.name === member.name || (m.peerURLs ?? []).includes(member.peerUrl));
+    const entry = list.members?.find((m) => m.name === member.name || (m.peerURLs ?? []).includes(member.advertisedPeerUrl));
     if (entry?.ID !== undefined) await api('/v3/cluster/member/remove', { ID: entry.ID });
-    await api('/v3/cluster/member/add', { peerURLs: [member.peerUrl] });
+    await api('/v3/cluster/member/add', { peerURLs: [member.advertisedPeerUrl] });
     member.initialClusterState = 'existing';
     await member.restart({ wipe: true });
+  }
+
+  /**
+   * Cuts `member` off from its peers (needs `partitionable`): no connection between it and
+   * another member, until heal(); its clients still reach it.
+   */
+  async partition(member: EtcdNode): Promise<void> {
+    const i = this._members.indexOf(member);
+    if (i === -1 || this.peerProxies[i] === undefined) throw new Error(`${member.name}: not a member of a partitionable cluster`);
+    const id = BigInt((await member.status()).memberId).toString(16);
+    this.peerProxies[i]!.memberId = id;
+    PeerProxy.cutOff(id);
+  }
+
+  /** Ends every partition(). */
+  heal(): void {
+    PeerProxy.heal();
   }
 
   /** Kill every member and remove all data dirs. */
   async stop(): Promise<void> {
     await Promise.all(this._members.map((m) => m.stop()));
+    await Promise.all(this.peerProxies.splice(0).map((p) => p.close()));
   }
 }
 
