@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import { inspect } from 'node:util';
 import { resolveConfig, type RegistryConfig, type RegistryOptions } from './config';
 import { checkOptions, checkPickOptions, checkSignal, checkTimeout } from './arguments';
-import { etcdClientOptions } from './etcd/client-options';
+import { connectionOptions } from './etcd/client-options';
 import { Connection } from './etcd/connection';
 import { RegistryClosedError, RegistryError, isRegistryError, quote } from './errors';
 import { KeySpace, encodeValue } from './keys';
@@ -97,15 +97,7 @@ export class Registry extends EventEmitter<RegistryEvents> implements AsyncDispo
       lists: () => this.discovery.lists.values(),
       ownEndpoints: () => this.keeper.endpoints.length,
     });
-    this.conn = new Connection({
-      endpoints: this.config.etcdEndpoints,
-      dialTimeoutMs: this.config.dialTimeoutMs,
-      requestTimeoutMs: this.config.requestTimeoutMs,
-      connectTimeoutMs: this.config.connectTimeoutMs,
-      probeKey: this.keys.root,
-      clientOptions: etcdClientOptions(this.config),
-      direct: !this.config.grpcProxy,
-    });
+    this.conn = new Connection(connectionOptions(this.config, this.keys.root));
     this.stream = new WatchStream(this.conn, (e) => this.reportError(e), this.config.watchSilenceMs);
     this.keeper = new LeaseKeeper(this.conn, this.stream, this.keys, this.config.leaseSeconds, {
       registered: (endpoint) => this.emit('registered', endpoint),

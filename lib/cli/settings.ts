@@ -4,7 +4,7 @@
  * directly; TLS and credentials included), and the translation of what etcd
  * answered into one line that says what to fix.
  */
-import { etcdClientOptions } from '../etcd/client-options';
+import { connectionOptions } from '../etcd/client-options';
 import { resolveConfig, type RegistryConfig, type RegistryOptions } from '../config';
 import { Connection, toRegistryError } from '../etcd/connection';
 import { isRegistryError, quote } from '../errors';
@@ -30,14 +30,7 @@ export function loadConfig(options: RegistryOptions = {}): RegistryConfig {
  * deadlines and TLS, and the credentials unless `withAuth` is false.
  */
 export function connection(config: RegistryConfig, endpoints: readonly string[] = config.etcdEndpoints, withAuth = true): Connection {
-  return new Connection({
-    endpoints,
-    dialTimeoutMs: config.dialTimeoutMs,
-    requestTimeoutMs: config.requestTimeoutMs,
-    connectTimeoutMs: config.connectTimeoutMs,
-    probeKey: new KeySpace(config.keyPrefix).root,
-    clientOptions: etcdClientOptions({ tls: config.tls, auth: withAuth ? config.auth : undefined }),
-  });
+  return new Connection(connectionOptions(config, new KeySpace(config.keyPrefix).root, { endpoints, withAuth }));
 }
 
 /** A Connection that has reached etcd (retried up to the connect timeout), or a one-line CommandFailed. */

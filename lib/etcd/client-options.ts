@@ -6,6 +6,7 @@
  */
 import type { IOptions } from 'etcd3';
 import type { RegistryConfig } from '../config';
+import type { ConnectionOptions } from './connection';
 import { quote } from '../errors';
 import { logger } from '../log';
 import type { Secret } from '../secret';
@@ -33,4 +34,26 @@ export function etcdClientOptions(config: Pick<RegistryConfig, 'tls' | 'auth'>):
     if (!tls) debug('warning: etcd user %s without TLS: the password and the auth token cross the network in clear text', quote(auth.username));
   }
   return options;
+}
+
+/**
+ * A Connection's options from a resolved configuration, for every Connection made of one (the
+ * registry's, the command line's): the members (all configured ones by default), the deadlines,
+ * TLS, the credentials unless `withAuth` is false, and whether the registry's own HTTP/2
+ * sessions may be used (not where grpc-js goes through an HTTP proxy).
+ */
+export function connectionOptions(
+  config: RegistryConfig,
+  probeKey: string,
+  { endpoints = config.etcdEndpoints, withAuth = true }: { endpoints?: readonly string[]; withAuth?: boolean } = {},
+): ConnectionOptions {
+  return {
+    endpoints,
+    dialTimeoutMs: config.dialTimeoutMs,
+    requestTimeoutMs: config.requestTimeoutMs,
+    connectTimeoutMs: config.connectTimeoutMs,
+    probeKey,
+    clientOptions: etcdClientOptions({ tls: config.tls, auth: withAuth ? config.auth : undefined }),
+    direct: !config.grpcProxy,
+  };
 }

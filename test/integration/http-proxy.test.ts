@@ -7,6 +7,7 @@
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { spawnFixture, type Child } from '../support/child';
+import { spawnCli } from '../support/cli';
 import { ConnectProxy } from '../support/connect-proxy';
 import { etcdEndpoints, eventually, uniquePrefix } from '../support/env';
 
@@ -57,6 +58,31 @@ describe('through an HTTP CONNECT proxy', () => {
     // Revoked through the proxy (the TTL is 30 s).
     await eventually(async () => expect(await etcd.get(key).string()).toBeNull(), { timeout: 5000 });
     expect(Date.now() - sent).toBeLessThan(10_000);
+  });
+
+  it('the command line goes through it too: ui (its watch stream) lists a service with etcd known only to the proxy', async () => {
+    const prefix = uniquePrefix('proxy-ui');
+    await etcd.put(`${prefix}/services/web/10.0.5.1:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.5.1:80', Metadata: {} }));
+    const before = proxy.tunnels.length;
+    const ui = spawnCli(['ui', '--port', '0'], {
+      ...PROXY_VARIABLES,
+      http_proxy: proxyUrl,
+      REGISTRY_ETCD_ENDPOINTS: `http://etcd.proxy.invalid:${member.split(':').at(-1)}`,
+      REGISTRY_KEY_PREFIX: prefix,
+    });
+    try {
+      const [, url] = (await ui.waitFor('stdout', /^serving (http:\/\/\S+\/) /m, 20_000)) as RegExpMatchArray as [string, string];
+      // The page's state, served on loopback by the ui itself.
+      await eventually(async () => expect(JSON.stringify(await (await fetch(new URL('/state.json', url))).json())).toContain('10.0.5.1:80'), { timeout: 10_000 });
+      await etcd.put(`${prefix}/services/web/10.0.5.2:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.5.2:80', Metadata: {} }));
+      // A change: through the watch stream, tunnelled like the rest.
+      await eventually(async () => expect(JSON.stringify(await (await fetch(new URL('/state.json', url))).json())).toContain('10.0.5.2:80'), { timeout: 10_000 });
+      expect(proxy.tunnels.length).toBeGreaterThan(before);
+      expect(ui.stderr()).toBe('');
+    } finally {
+      ui.process.kill('SIGINT');
+      await ui.exited();
+    }
   });
 
   it('with no_proxy naming the member, nothing goes through the proxy (the registry\'s own sessions included)', async () => {
