@@ -1,16 +1,19 @@
 /**
- * A 3-member cluster in which one member is cut off from its peers (every connection between
- * it and them closed, new ones refused; test/support/peer-proxy.ts), its clients still
+ * A 3-member cluster in which one member is cut off from its peers (every raft connection
+ * between it and them closed, new ones refused; test/support/peer-proxy.ts), its clients still
  * reaching it: the member answers a watch's progress requests and canaries with its own,
  * stale, revision, and hears of no write. A registry whose watch is on it must still see every
- * change, and one whose connections are on it must keep its registration.
+ * change, and keep its registration.
  */
 import { Etcd3 } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Registry } from '../../lib';
 import { EtcdCluster, type EtcdNode } from '../support/etcd';
 import { eventually, uniquePrefix } from '../support/env';
-import { connectionOf, faultRegistry, measured, sleep } from './support';
+import { connectionOf, etcdMetric, faultRegistry, measured, sleep } from './support';
+
+/** Watch streams a member ended because it had no leader (etcd's require-leader: 'etcdserver: no leader'). */
+const WATCHES_ENDED_UNAVAILABLE = 'grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Watch",grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}';
 
 describe('a member cut off from its peers', () => {
   const cluster = new EtcdCluster({ size: 3, partitionable: true });
@@ -61,14 +64,21 @@ describe('a member cut off from its peers', () => {
     independent.on('delete', () => deletes++);
     independent.on('error', () => undefined);
 
+    const endedBefore = (await etcdMetric(cut.clientUrl, WATCHES_ENDED_UNAVAILABLE)) || 0;
     await cluster.partition(cut);
     const at = performance.now();
     // Through the two members that keep a quorum (an election first, if the cut one led).
-    await eventually(() => writer.put(`${prefix}/services/web/10.0.6.2:80`).value(JSON.stringify({ Op: 0, Addr: '10.0.6.2:80', Metadata: {} })), { timeout: 10_000, interval: 100 });
+    // (A deadline of 1 s a try: a put that reached a follower forwarding to the cut-off leader
+    // would otherwise wait for etcd's own 5 s request timeout.)
+    const put = { key: Buffer.from(`${prefix}/services/web/10.0.6.2:80`), value: Buffer.from(JSON.stringify({ Op: 0, Addr: '10.0.6.2:80', Metadata: {} })) };
+    await eventually(() => writer.kv.put(put, { deadline: Date.now() + 1000 }), { timeout: 15_000, interval: 100 });
     const written = performance.now();
     await eventually(async () => expect((await r.endpoints('web')).map((e) => e.address)).toEqual(['10.0.6.2:80']), { timeout: 15_000, interval: 50 });
     measured('watch on a member cut off from its peers → a change written through the others seen', Math.round(performance.now() - written));
     measured('  (from the cut)', Math.round(performance.now() - at));
+    // The cut-off member itself ended the stream, for want of a leader (not only the watchdog's
+    // read timing out there, which moves the watch too, later).
+    expect(((await etcdMetric(cut.clientUrl, WATCHES_ENDED_UNAVAILABLE)) || 0) - endedBefore).toBeGreaterThanOrEqual(1);
     // More than a TTL: the registration was kept alive through the others.
     await sleep(3000);
     expect(await writer.get(own.key).string()).not.toBeNull();

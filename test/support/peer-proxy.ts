@@ -4,9 +4,12 @@
  * through the proxy of the one dialled. etcd's peers speak HTTP/1.1 and name themselves on every
  * raft request (`X-Server-From: <member id in hex>`), which is how a connection's dialler is told.
  *
- * `cut(id)`: the member of that id is cut off from its peers (its client port untouched): every
- * connection to it or from it is closed and new ones are closed as soon as they are made,
- * until `heal()`.
+ * `cutOff(id)`: the member of that id is cut off from its peers (its client port untouched):
+ * every connection to it is closed, and so is every connection on which it names itself (on any
+ * request, not only the first: etcd reuses a connection its prober opened for raft messages),
+ * now and as soon as one is made, until `heal()`. Requests that name no member still pass from
+ * it: etcd's prober (`/raft/probing`), version checks, and a follower's lease renewals forwarded
+ * to the leader (`/leases`), so keepalives sent to the cut-off member may still be answered.
  */
 import * as net from 'node:net';
 
@@ -17,12 +20,14 @@ interface Pair {
   from: string | undefined;
 }
 
-/** Most a connection's first request head may take before the dialler is told. */
-const MAX_HEAD = 16 * 1024;
+/** Longer than any `\r\nX-Server-From: <id>\r\n`: what of a chunk is kept to find one split across two. */
+const MAX_NAME = 64;
 
 export class PeerProxy {
   private server: net.Server | undefined;
   private readonly pairs = new Set<Pair>();
+  /** Each pair's upstream socket, connecting or connected. */
+  private readonly upstreams = new Map<Pair, net.Socket>();
   private _port: number | undefined;
   /** The member this proxy stands in front of (hex id), once known. */
   memberId: string | undefined;
@@ -76,35 +81,44 @@ export class PeerProxy {
     this.pairs.add(pair);
     client.on('error', () => this.drop(pair));
     client.on('close', () => this.drop(pair));
-    let head = Buffer.alloc(0);
-    const onHead = (chunk: Buffer): void => {
-      head = Buffer.concat([head, chunk]);
-      const text = head.toString('latin1');
-      const end = text.indexOf('\r\n\r\n');
-      if (end === -1 && head.length < MAX_HEAD) return;
-      client.off('data', onHead);
-      pair.from = /\r\nX-Server-From: *([0-9a-f]+)\r\n/i.exec(text)?.[1]?.toLowerCase();
+    if (this.blocked(pair)) {
+      this.drop(pair);
+      return;
+    }
+    // Every chunk is looked at before it is passed on (with the end of the one before, for a
+    // header split between two): the dialler names itself on each raft request.
+    let tail = '';
+    const held: Buffer[] = [];
+    client.on('data', (chunk: Buffer) => {
+      const text = tail + chunk.toString('latin1');
+      tail = text.slice(-MAX_NAME);
+      const named = /\r\nX-Server-From: *([0-9a-f]+)\r\n/i.exec(text)?.[1]?.toLowerCase();
+      if (named !== undefined) pair.from = named;
       if (this.blocked(pair)) {
         this.drop(pair);
         return;
       }
-      client.pause();
-      const upstream = net.connect({ host: '127.0.0.1', port: this.targetPort }, () => {
-        upstream.write(head);
-        client.pipe(upstream);
-        upstream.pipe(client);
-        client.resume();
-      });
+      if (pair.upstream === undefined) held.push(chunk);
+      else if (!pair.upstream.write(chunk)) {
+        client.pause();
+        pair.upstream.once('drain', () => client.resume());
+      }
+    });
+    const upstream = net.connect({ host: '127.0.0.1', port: this.targetPort }, () => {
+      if (!this.pairs.has(pair)) return;
       pair.upstream = upstream;
-      upstream.on('error', () => this.drop(pair));
-      upstream.on('close', () => this.drop(pair));
-    };
-    client.on('data', onHead);
+      for (const chunk of held.splice(0)) upstream.write(chunk);
+      upstream.pipe(client);
+    });
+    upstream.on('error', () => this.drop(pair));
+    upstream.on('close', () => this.drop(pair));
+    this.upstreams.set(pair, upstream);
   }
 
   private drop(pair: Pair): void {
     if (!this.pairs.delete(pair)) return;
     pair.client.destroy();
-    pair.upstream?.destroy();
+    this.upstreams.get(pair)?.destroy();
+    this.upstreams.delete(pair);
   }
 }
