@@ -65,8 +65,11 @@ interface Entry {
   applied: number;
   /** The registration last confirmed in etcd (or accepted while paused) for a call that stands. */
   registered: Registration | undefined;
-  /** A put of this key was sent at least once (it may be in etcd, on some lease of ours). */
-  sent: boolean;
+  /**
+   * Puts of this key that may be in etcd, on some lease of ours: those sent and not refused by
+   * etcd before it applied them (a permission it checks first), and those seen there late.
+   */
+  sent: number;
   /** A delete of this key is in flight: delete events are ours until it is answered. */
   deleting: number;
   /** Revision of our last confirmed put: deletes older than it are not news. */
@@ -234,7 +237,7 @@ export class Intents {
         token: 0,
         applied: 0,
         registered: undefined,
-        sent: false,
+        sent: 0,
         deleting: 0,
         putRevision: 0,
         deleteRevision: 0,
@@ -386,8 +389,19 @@ export class Intents {
     for (const w of writes) {
       const entry = this.entries.get(w.key);
       if (!entry) continue;
-      if (w.want) entry.sent = true;
+      if (w.want) entry.sent++;
       else entry.deleting++;
+    }
+  }
+
+  /**
+   * etcd refused these puts, sent with sending(), before applying them: they are not in etcd (a
+   * key no other put of ours may have reached needs no delete).
+   */
+  unapplied(writes: readonly Write[]): void {
+    for (const w of writes) {
+      const entry = this.entries.get(w.key);
+      if (entry && w.want && entry.sent > 0) entry.sent--;
     }
   }
 
@@ -443,9 +457,10 @@ export class Intents {
    * etcd refused `write` (not a matter of reachability): the calls that asked for
    * it fail with `error`, and the key falls back as in withdraw().
    */
-  refuse(write: Write, error: Error): void {
+  refuse(write: Write, error: Error, unapplied: boolean): void {
     const entry = this.entries.get(write.key);
     if (!entry) return;
+    if (unapplied) this.unapplied([write]);
     if (write.token > entry.call) {
       // A listing change (pause, resume, health): its callers fail; the write stays owed,
       // retried with backoff (and reported) while etcd refuses it.
@@ -512,7 +527,7 @@ export class Intents {
     // A key we no longer track is deleted again.
     const entry = known ?? this.entry(key);
     if (!known) entry.token = entry.call = ++this.clock;
-    entry.sent = true;
+    entry.sent++;
     entry.applied = 0;
     entry.lateRevision = Math.max(entry.lateRevision, revision);
     // A delete in flight may have run before the late put: it does not count (a put's revision tells).
@@ -590,7 +605,7 @@ export class Intents {
   private update(entry: Entry): void {
     const { key } = entry;
     // A delete of a key never sent anywhere has nothing to do in etcd.
-    if (!target(entry) && !entry.sent && entry.applied < entry.token) {
+    if (!target(entry) && entry.sent === 0 && entry.applied < entry.token) {
       entry.applied = entry.token;
       if (!entry.want) entry.registered = undefined;
       this.release(entry, entry.token, 'delete');

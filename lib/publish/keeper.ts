@@ -16,7 +16,7 @@
  *   outbox until the state they describe is complete: a listener sees a
  *   consistent keeper, and nothing it does (or throws) can break a write.
  */
-import { EtcdLeaseInvalidError, type IRequestOp } from 'etcd3';
+import { EtcdLeaseInvalidError, EtcdPermissionDeniedError, type IRequestOp } from 'etcd3';
 import { handleWhen, retry } from 'cockatiel';
 import { cappedBackoff, retryAfterFirst } from '../backoff';
 import { type Connection, isUnreachableError } from '../etcd/connection';
@@ -389,12 +389,13 @@ export class LeaseKeeper {
         // etcd refuses a transaction as a whole (too large, one key outside a role's prefix):
         // halves are tried on their own, so only the key it refuses fails its caller.
         debug('%s refused (%s): splitting the transaction', describeWrites(writes, leaseId), (e as Error).message);
+        if (refusedUnapplied(e)) this.intents.unapplied(writes); // (the halves are sent again)
         const half = Math.ceil(writes.length / 2);
         const first = await this.put(writes.slice(0, half), resets);
         const second = this.closed ? undefined : await this.put(writes.slice(half), resets);
         return first ?? second;
       } else if (isUnreachableError(e)) this.doubt(writes, leaseId);
-      else this.refused(e, writes, describeWrites(writes, leaseId));
+      else this.refused(e, writes, describeWrites(writes, leaseId), true);
       return e;
     }
     if (this.closed) return undefined;
@@ -532,12 +533,16 @@ export class LeaseKeeper {
     throw new Error(`the key ${quote(w.key)} kept moving between leases of ours`);
   }
 
-  /** etcd refused these writes (not a matter of reachability): the calls that asked for them fail. */
-  private refused(e: unknown, writes: readonly Write[], doing: string): void {
+  /**
+   * etcd refused these writes (not a matter of reachability): the calls that asked for them
+   * fail. `sent`: the refusal answered these very writes (not a step before them).
+   */
+  private refused(e: unknown, writes: readonly Write[], doing: string, sent = false): void {
     if (isUnreachableError(e) || e instanceof RegistryClosedError) return;
     const error = this.conn.error(e, doing);
+    const unapplied = sent && refusedUnapplied(e);
     for (const w of writes) {
-      this.intents.refuse(w, error);
+      this.intents.refuse(w, error, unapplied);
       this.alignChecks(w.key);
       this.announceFallback(w.key);
     }
@@ -728,4 +733,12 @@ function byteLimited(writes: Write[]): Write[] {
     if (bytes > MAX_TXN_BYTES && i > 0) return writes.slice(0, i);
   }
   return writes;
+}
+
+/**
+ * etcd refused the write before applying it: a permission, which it checks first. (Other
+ * refusals are not taken for proof: a put whose answer was an error may still be in etcd.)
+ */
+function refusedUnapplied(e: unknown): boolean {
+  return e instanceof EtcdPermissionDeniedError;
 }

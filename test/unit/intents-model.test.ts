@@ -215,7 +215,8 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
       // etcd refuses the round (a permission, a size): the calls it answers fail; the key falls back.
       for (const s of round) {
         if (!s.write.want) intents.deleteAnswered(s.write);
-        intents.refuse(s.write, new RegistryError('ERR_ETCD_REQUEST', 'refused'));
+        // Not applied, and said so (a permission, which etcd checks first), or not said.
+        intents.refuse(s.write, new RegistryError('ERR_ETCD_REQUEST', 'refused'), !s.applied && rand() < 0.5);
         log.push(`refused: ${what(s.write)}`);
       }
       round = [];
