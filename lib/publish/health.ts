@@ -162,6 +162,8 @@ export class HealthCheck {
   private running: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The interval came while a check was still out: the next one starts as soon as it ends. */
+  private due = false;
   /** Aborts the check in flight. */
   private abort: AbortController | undefined;
   /** Checks started, for logs and tests. */
@@ -203,7 +205,15 @@ export class HealthCheck {
     if (this.stopped) return;
     this.timer = setTimeout(() => this.tick(), this.spec.intervalMs);
     this.timer.unref();
-    if (this.running) return; // the previous check is still within its timeout
+    // The previous check is still within its timeout: this one follows it, rather than wait a
+    // whole interval more (with a timeout as long as the interval, its end and this tick come
+    // in the same millisecond, this tick first).
+    if (this.running) this.due = true;
+    else this.check();
+  }
+
+  private check(): void {
+    this.due = false;
     this.checks++;
     const abort = new AbortController();
     this.abort = abort;
@@ -211,6 +221,7 @@ export class HealthCheck {
       this.running = undefined;
       abort.abort(new Error('health check timed out'));
       this.record(false, `${this.spec.what} did not answer within ${this.spec.timeoutMs} ms`);
+      this.followUp();
     }, this.spec.timeoutMs);
     deadline.unref();
     let run: Promise<void>;
@@ -232,6 +243,12 @@ export class HealthCheck {
     clearTimeout(deadline);
     this.running = undefined;
     this.record(ok, reason);
+    this.followUp();
+  }
+
+  /** A check ended: the one that came due meanwhile starts now. */
+  private followUp(): void {
+    if (this.due && !this.stopped && !this.running) this.check();
   }
 
   private record(ok: boolean, reason = ''): void {
