@@ -152,6 +152,9 @@ export class Discovery {
           this.assertOpen(method);
           // Closed meanwhile because the whole-registry view took over: go round again.
           if (view.isClosed) continue;
+          // Refused (a role that may not read the service): nothing of it is kept, so that
+          // ready() does not wait on it; the next read asks etcd again.
+          if (!view.isSynced && isRegistryError(e) && e.code === 'ERR_PERMISSION_DENIED') this.dropRefused(service, view);
           throw e;
         }
         // Never answer a list that was not read: the registry closed during the read.
@@ -265,6 +268,15 @@ export class Discovery {
   private release(subscription: Subscription): void {
     this.holds.get(subscription.service)?.subscriptions.delete(subscription);
     this.maybeRelease(subscription.service);
+  }
+
+  /** A view whose first read etcd refused: closed, and the service's implicit hold with it. */
+  private dropRefused(service: string, view: PrefixView): void {
+    view.close();
+    if (this.views.get(service) === view) this.views.delete(service);
+    const hold = this.holds.get(service);
+    if (hold) hold.implicit = false;
+    debug('service %s refused: not watched', service);
   }
 
   /** A service no longer held: its watch is cancelled, its list (unless the whole-registry view feeds it) freed. */

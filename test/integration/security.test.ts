@@ -321,6 +321,11 @@ describe('authentication and a role limited to one prefix', () => {
     const r = registry(as('watcher', WATCHER_PASSWORD));
     expect(addresses(await r.endpoints('web'))).toEqual(['10.0.4.1:80']);
     await expectFailure(r.endpoints('api'), 'ERR_PERMISSION_DENIED', 5_000, /user "watcher"/, /read the prefix "sec\/services\/api\/"/);
+    // A refused lookup leaves nothing watched behind: ready() (every watched service synced) still resolves.
+    await r.ready({ timeout: 5000 });
+    await expectFailure(r.endpoints('api'), 'ERR_PERMISSION_DENIED', 5_000, /read the prefix "sec\/services\/api\/"/);
+    await r.ready({ timeout: 5000 });
+    expect(addresses(await r.endpoints('web'))).toEqual(['10.0.4.1:80']);
   });
 
   it('a wrong password fails fast with ERR_AUTHENTICATION_FAILED naming the user, not the password', async () => {

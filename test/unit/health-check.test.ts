@@ -8,7 +8,7 @@ import { HealthCheck, type HealthSpec } from '../../lib/publish/health';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-function schedule(spec: Omit<HealthSpec, 'failures' | 'passes' | 'what'>, runMs: number): Promise<{ starts: number[]; unhealthyAt: number | undefined }> {
+function schedule(spec: Pick<HealthSpec, 'intervalMs' | 'timeoutMs'>, runMs: number): Promise<{ starts: number[]; unhealthyAt: number | undefined }> {
   const starts: number[] = [];
   let unhealthyAt: number | undefined;
   const t0 = performance.now();
