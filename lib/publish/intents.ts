@@ -362,6 +362,9 @@ export class Intents {
       for (const w of entry.waiters) if (w.kind !== 'list' && (!standing || w.token > standing.token)) standing = w;
       entry.want = standing ? standing.want : entry.settled;
       entry.source = standing ? standing.token : entry.settledToken;
+      // Back to a registration whose call succeeded, while paused: accepted, as it was then
+      // (written on resume), not a registration pending for ever.
+      if (!standing && entry.paused && entry.want) entry.registered = entry.want;
       entry.call = entry.token = ++this.clock;
       entry.recovering = false;
     }

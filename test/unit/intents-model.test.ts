@@ -269,8 +269,8 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
 describe('Intents against a simulated etcd: withdrawn calls, lost answers, late applies, pauses, health (seeded)', () => {
   it('etcd and the registry end as the last call standing asked; every call settles; nothing is left behind', { timeout: 600_000 }, async () => {
     const one = process.env.INTENTS_SEED;
-    const seeds = one ? [Number(one)] : Array.from({ length: Number(process.env.INTENTS_SEEDS ?? 2000) }, (_, i) => i + 1);
-    const steps = Number(process.env.INTENTS_STEPS ?? 50);
+    const seeds = one ? [Number(one)] : Array.from({ length: Number(process.env.INTENTS_SEEDS ?? 3000) }, (_, i) => i + 1);
+    const steps = Number(process.env.INTENTS_STEPS ?? 80);
     for (const seed of seeds) {
       const { log, problems } = await run(seed, steps);
       if (one) console.log(log.join('\n'));

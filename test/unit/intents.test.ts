@@ -31,6 +31,28 @@ describe('Intents', () => {
     expect(await settle(last.done)).toBe('resolved');
   });
 
+  it('a registration answered while paused, then the newer one times out: back to it, accepted, not pending for ever (model seed 6859 at 80 steps)', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, reg(0));
+    const [w0] = intents.owed(128).puts;
+    intents.sending([w0!]);
+    intents.confirm(w0!, 10);
+    await first.done;
+    intents.setHealthy(KEY, false); // its health check fails: out of etcd
+    const v1 = intents.intend(KEY, reg(1)); // waits for the check
+    const [del] = intents.owed(128).deletes;
+    intents.sending([del!]);
+    const v2 = intents.intend(KEY, reg(2));
+    void intents.setPaused(KEY, true);
+    intents.deleteAnswered(del!);
+    intents.confirm(del!, 11); // answers v1: accepted while paused
+    expect(await settle(v1.done)).toBe('resolved');
+    intents.withdraw(KEY, v2.token, 'put', new RegistryError('ERR_TIMEOUT', 'timed out'));
+    expect(await settle(v2.done)).toBe('ERR_TIMEOUT');
+    // Back to v1, whose call succeeded: registered (written on resume), nothing pending.
+    expect(intents.pending).toBe(false);
+  });
+
   it('pending, putsOwed, recovering and callsOwed follow every key through a call, a confirm, a recovery and a delete', async () => {
     const intents = new Intents();
     const flags = (): string[] => (['pending', 'putsOwed', 'recovering', 'callsOwed', 'dirty'] as const).filter((f) => intents[f]);
