@@ -23,7 +23,7 @@
  * - no `registered` event was emitted for a register() that was rejected.
  *
  * INTENTS_SEED=n replays one seed and prints its log; INTENTS_SEEDS=n runs seeds
- * 1..n (2,000 by default); INTENTS_STEPS sets the length (50).
+ * 1..n (3,000 by default); INTENTS_STEPS sets the length (80).
  */
 import { describe, expect, it } from 'vitest';
 import { RegistryError } from '../../lib/errors';
