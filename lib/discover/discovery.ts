@@ -178,7 +178,13 @@ export class Discovery {
     try {
       this.root ??= this.newView(undefined);
       const root = this.root;
-      await this.syncView(root, 'services');
+      try {
+        await this.syncView(root, 'services');
+      } catch (e) {
+        // Refused (a role limited to some services): nothing of it is kept, as for one service.
+        if (!root.isSynced && isRegistryError(e) && e.code === 'ERR_PERMISSION_DENIED') this.rootHold.implicit = false;
+        throw e;
+      }
       this.assertOpen('services');
       // The whole-registry watch covers every service: the per-service ones are redundant now.
       if (root.isSynced && this.root === root) {

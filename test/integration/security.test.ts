@@ -325,6 +325,8 @@ describe('authentication and a role limited to one prefix', () => {
     await r.ready({ timeout: 5000 });
     await expectFailure(r.endpoints('api'), 'ERR_PERMISSION_DENIED', 5_000, /read the prefix "sec\/services\/api\/"/);
     await r.ready({ timeout: 5000 });
+    await expectFailure(r.services(), 'ERR_PERMISSION_DENIED', 5_000, /read the prefix "sec\/services\/"/);
+    await r.ready({ timeout: 5000 });
     expect(addresses(await r.endpoints('web'))).toEqual(['10.0.4.1:80']);
   });
 
