@@ -246,9 +246,13 @@ export class HealthCheck {
     this.followUp();
   }
 
-  /** A check ended: the one that came due meanwhile starts now. */
+  /** A check ended: the one that came due meanwhile starts now, and the next an interval after it. */
   private followUp(): void {
-    if (this.due && !this.stopped && !this.running) this.check();
+    if (!this.due || this.stopped || this.running) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.tick(), this.spec.intervalMs);
+    this.timer.unref();
+    this.check();
   }
 
   private record(ok: boolean, reason = ''): void {

@@ -48,4 +48,11 @@ describe('HealthCheck schedule', () => {
     expect(starts.length).toBeGreaterThanOrEqual(4);
     for (let i = 1; i < starts.length; i++) expect(starts[i]! - starts[i - 1]!).toBeGreaterThanOrEqual(180);
   });
+
+  it('a timeout longer than the interval: a check that hangs is followed at once, and the next is an interval after that one, never sooner', async () => {
+    const { starts } = await schedule({ intervalMs: 150, timeoutMs: 250 }, 1100);
+    // 0, 250, 500, 750, 1000: each as the previous one times out.
+    expect(starts.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < starts.length; i++) expect(starts[i]! - starts[i - 1]!).toBeGreaterThanOrEqual(140);
+  });
 });
