@@ -203,8 +203,7 @@ export class HealthCheck {
 
   private tick(): void {
     if (this.stopped) return;
-    this.timer = setTimeout(() => this.tick(), this.spec.intervalMs);
-    this.timer.unref();
+    this.scheduleNext();
     // The previous check is still within its timeout: this one follows it, rather than wait a
     // whole interval more (with a timeout as long as the interval, its end and this tick come
     // in the same millisecond, this tick first).
@@ -249,10 +248,15 @@ export class HealthCheck {
   /** A check ended: the one that came due meanwhile starts now, and the next an interval after it. */
   private followUp(): void {
     if (!this.due || this.stopped || this.running) return;
+    this.scheduleNext();
+    this.check();
+  }
+
+  /** The next tick, an interval from now (in place of one already set). */
+  private scheduleNext(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.tick(), this.spec.intervalMs);
     this.timer.unref();
-    this.check();
   }
 
   private record(ok: boolean, reason = ''): void {
