@@ -154,7 +154,7 @@ export class Discovery {
           if (view.isClosed) continue;
           // Refused (a role that may not read the service): nothing of it is kept, so that
           // ready() does not wait on it; the next read asks etcd again.
-          if (!view.isSynced && isRegistryError(e) && e.code === 'ERR_PERMISSION_DENIED') this.dropRefused(service, view);
+          if (refusedFirstRead(view, e)) this.dropRefused(service, view);
           throw e;
         }
         // Never answer a list that was not read: the registry closed during the read.
@@ -182,7 +182,7 @@ export class Discovery {
         await this.syncView(root, 'services');
       } catch (e) {
         // Refused (a role limited to some services): nothing of it is kept, as for one service.
-        if (!root.isSynced && isRegistryError(e) && e.code === 'ERR_PERMISSION_DENIED') this.rootHold.implicit = false;
+        if (refusedFirstRead(root, e)) this.rootHold.implicit = false;
         throw e;
       }
       this.assertOpen('services');
@@ -400,4 +400,9 @@ export class Discovery {
       onError: (e) => this.options.hooks.onError(e),
     };
   }
+}
+
+/** etcd refused a view's first read for permission: nothing of it is to be kept (ready() would wait on it). */
+function refusedFirstRead(view: PrefixView, e: unknown): boolean {
+  return !view.isSynced && isRegistryError(e) && e.code === 'ERR_PERMISSION_DENIED';
 }
