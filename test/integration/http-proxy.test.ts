@@ -18,11 +18,13 @@ describe('through an HTTP CONNECT proxy', () => {
   let proxy: ConnectProxy;
   let proxyUrl: string;
   const member = new URL(etcdEndpoints().split(',')[0]!.replace(/^(?!https?:\/\/)/, 'http://')).host;
+  /** etcd, by a name only the proxy knows. */
+  const hidden = `http://etcd.proxy.invalid:${member.split(':').at(-1)}`;
   const children: Child[] = [];
 
   beforeAll(async () => {
     etcd = new Etcd3({ hosts: etcdEndpoints().split(',') });
-    proxy = new ConnectProxy(new Map([[`etcd.proxy.invalid:${member.split(':').at(-1)}`, member]]));
+    proxy = new ConnectProxy(new Map([[new URL(hidden).host, member]]));
     proxyUrl = await proxy.start();
   });
   afterEach(() => {
@@ -44,7 +46,7 @@ describe('through an HTTP CONNECT proxy', () => {
     const before = proxy.tunnels.length;
     const c = child({
       http_proxy: proxyUrl,
-      REGISTRY_ETCD_ENDPOINTS: `http://etcd.proxy.invalid:${member.split(':').at(-1)}`,
+      REGISTRY_ETCD_ENDPOINTS: hidden,
       REGISTRY_KEY_PREFIX: prefix,
       REGISTRY_SERVICE_ADDRESS: '127.0.0.1:9996',
     });
@@ -67,7 +69,7 @@ describe('through an HTTP CONNECT proxy', () => {
     const ui = spawnCli(['ui', '--port', '0'], {
       ...PROXY_VARIABLES,
       http_proxy: proxyUrl,
-      REGISTRY_ETCD_ENDPOINTS: `http://etcd.proxy.invalid:${member.split(':').at(-1)}`,
+      REGISTRY_ETCD_ENDPOINTS: hidden,
       REGISTRY_KEY_PREFIX: prefix,
     });
     try {
