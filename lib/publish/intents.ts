@@ -428,6 +428,10 @@ export class Intents {
       if (entry.putRevision > revision) entry.putRevision = 0;
       if (entry.deleteRevision > revision) entry.deleteRevision = 0;
     }
+    // A confirmed delete leaves none of our puts there (one round at a time: none is on its way),
+    // unless one landed late after it (its event may come before the delete's answer; one that
+    // comes after is counted again by latePut()).
+    if (!write.want && revision >= entry.lateRevision) entry.sent = 0;
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten
     // by an older put of ours that landed late (see latePut): the calls it answers are

@@ -44,6 +44,8 @@ describe('Intents', () => {
     intents.sending([del!]);
     const v2 = intents.intend(KEY, reg(2));
     void intents.setPaused(KEY, true);
+    // An older put of ours lands after the delete, its event before the delete's answer: a delete is owed still.
+    expect(intents.latePut(KEY, Buffer.from(reg(0).value), 12)).toBe(true);
     intents.deleteAnswered(del!);
     intents.confirm(del!, 11); // answers v1: accepted while paused
     expect(await settle(v1.done)).toBe('resolved');
@@ -51,6 +53,7 @@ describe('Intents', () => {
     expect(await settle(v2.done)).toBe('ERR_TIMEOUT');
     // Back to v1, whose call succeeded: registered (written on resume), nothing pending.
     expect(intents.pending).toBe(false);
+    expect(intents.owed(128).deletes.map((w) => w.key)).toEqual([KEY]); // the late put goes
   });
 
   it('pending, putsOwed, recovering and callsOwed follow every key through a call, a confirm, a recovery and a delete', async () => {
@@ -357,6 +360,29 @@ describe('Intents: a failed register() falls back to what the calls before it as
     expect(await settle(removed.done)).toBe('resolved');
     intents.withdraw(KEY, again.token, 'put', timeout());
     expect(intents.endpoint(KEY)).toBeUndefined();
+  });
+
+  it('a put etcd refuses unapplied after our delete was confirmed owes no delete: nothing of ours is left there', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents);
+    await first.done;
+    const removed = intents.intend(KEY, undefined);
+    const { deletes } = intents.owed(128);
+    intents.sending(deletes);
+    // A register() comes while the delete is on its way; the delete is confirmed; the role loses write access.
+    const again = intents.intend(KEY, regN(2));
+    again.done.catch(() => undefined);
+    intents.deleteAnswered(deletes[0]!);
+    intents.confirm(deletes[0]!, 20);
+    expect(await settle(removed.done)).toBe('resolved');
+    const { puts } = intents.owed(128);
+    intents.sending(puts);
+    intents.refuse(puts[0]!, new RegistryError('ERR_PERMISSION_DENIED', 'refused'), true);
+    expect(await settle(again.done)).toBe('ERR_PERMISSION_DENIED');
+    // The key is absent in etcd: a delete would be refused again, every second, for nothing.
+    expect(intents.owed(128)).toEqual({ puts: [], deletes: [] });
+    expect(intents.dirty).toBe(false);
   });
 
   // Seed 1363 of the same model.
