@@ -50,19 +50,21 @@ describe('calls racing listing changes and the writer', () => {
     const ep = await a.register({ service: 'web', address: '10.0.0.2:80' });
     await sleep(500); // the self-watch is up
     const times: number[] = [];
+    // Not awaited in turn, each settled by the end (none may reject unobserved once close() runs).
+    const overtaken: Promise<void>[] = [];
     for (let i = 0; i < 6; i++) {
       const t = Date.now();
-      void a.pause(ep);
+      overtaken.push(a.pause(ep));
       await a.resume(ep);
       times.push(Date.now() - t);
     }
     // One more cycle, and an unrelated register() right after it: it waits behind the recovery pacing too.
-    void a.pause(ep);
-    void a.resume(ep);
+    overtaken.push(a.pause(ep), a.resume(ep));
     await sleep(20);
     const t = Date.now();
     await a.register({ service: 'web', address: '10.0.0.3:80' });
     const unrelated = Date.now() - t;
+    await Promise.all(overtaken);
     expect(restored).toEqual([]);
     expect(Math.max(...times)).toBeLessThan(500);
     expect(unrelated).toBeLessThan(500);
@@ -73,7 +75,7 @@ describe('calls racing listing changes and the writer', () => {
     const a = reg(prefix, { connectTimeoutSeconds: 2 });
     await a.register({ service: 'other', address: '10.0.0.9:80' });
     const ep = { service: 'web', address: '10.0.0.4:80' };
-    void a.register({ service: 'other', address: '10.0.0.8:80' }); // keeps the writer busy for one round trip
+    const busy = a.register({ service: 'other', address: '10.0.0.8:80' }); // keeps the writer busy for one round trip
     const registering = a.register(ep).then(
       () => 'resolved',
       (e: { code?: string }) => `rejected ${e.code}`,
@@ -90,6 +92,8 @@ describe('calls racing listing changes and the writer', () => {
     expect(await node.client.get(`${prefix}/services/web/10.0.0.4:80`).string()).toBeNull();
     await a.resume(ep);
     expect(await node.client.get(`${prefix}/services/web/10.0.0.4:80`).string()).not.toBeNull();
+    // (Awaited: a test that ended first would leave it to close(), which rejects it unobserved.)
+    await busy;
   });
 
   it('resume() overtaken by pause() resolves at once', async () => {
@@ -97,7 +101,7 @@ describe('calls racing listing changes and the writer', () => {
     const a = reg(prefix, { connectTimeoutSeconds: 2 });
     const ep = await a.register({ service: 'web', address: '10.0.0.5:80' });
     await a.pause(ep);
-    void a.register({ service: 'other', address: '10.0.0.8:80' }); // keeps the writer busy for one round trip
+    const busy = a.register({ service: 'other', address: '10.0.0.8:80' }); // keeps the writer busy for one round trip
     const started = Date.now();
     const resumed = a.resume(ep).then(
       () => 'resolved',
@@ -108,6 +112,7 @@ describe('calls racing listing changes and the writer', () => {
     expect(outcome).toBe('resolved');
     expect(Date.now() - started).toBeLessThan(1000);
     expect(await node.client.get(ep.key).string()).toBeNull();
+    await busy;
   });
 
   describe('batched writes', () => {
