@@ -40,6 +40,13 @@ step() {
   else
     summary+=("FAILED  $name (exit $status${counts:+, $counts}, $((SECONDS - started)) s)")
     failed=1
+    # What vitest reports besides failed tests (an unhandled rejection fails the run with every
+    # test passed), repeated by the summary: a CI log may keep only its end.
+    if [ -f "$reports/$name.log" ]; then
+      while IFS= read -r line; do summary+=("          $line"); done < <(sed 's/\x1b\[[0-9;]*m//g' "$reports/$name.log" |
+        grep -a -E -A1 -e '^⎯+ Unhandled (Rejection|Error) ⎯+$' -e '^This error originated in' | grep -a -v -E '^(--)?$|^⎯' |
+        sed -E 's/ test file\. It doesn.t mean.*/ test file/' | head -n 12)
+    fi
   fi
 }
 
@@ -47,7 +54,7 @@ step() {
 run_vitest() {
   local report=$1
   shift
-  npx vitest run --reporter=default --reporter=json --outputFile.json="$reports/$report.json" "$@" "${filters[@]}"
+  npx vitest run --reporter=default --reporter=json --outputFile.json="$reports/$report.json" "$@" "${filters[@]}" 2>&1 | tee "$reports/$report.log"
 }
 
 # The integration files keep the 2 cores about 90 % busy, 2 files at a time (vitest.config.ts). The
