@@ -67,16 +67,22 @@ interface Entry {
   registered: Registration | undefined;
   /**
    * Puts of this key that may be in etcd, on some lease of ours: those sent and not refused by
-   * etcd before it applied them (a permission it checks first), and those seen there late.
+   * etcd before it applied them (a permission it checks first), and those seen there late,
+   * since the last confirmed delete of ours in the history etcd has now.
    */
   sent: number;
+  /** As `sent`, in any history: a data loss may bring back one a confirmed delete had removed (a restored backup). */
+  ever: number;
   /** A delete of this key is in flight: delete events are ours until it is answered. */
   deleting: number;
   /** Revision of our last confirmed put: deletes older than it are not news. */
   putRevision: number;
   /** Revision of our last confirmed delete: a delete event at or below it is ours. */
   deleteRevision: number;
-  /** Revision of the latest put of ours that was not what the key should be: a confirmed put older than it does not count. */
+  /**
+   * Revision of the latest change that was not what the key should be (a put of ours, or a delete
+   * before the key's first confirmed put): a confirmed put older than it does not count.
+   */
   lateRevision: number;
   /** Someone else deleted the key: the next confirmed put of the latest state is a restore. */
   restoring: boolean;
@@ -238,6 +244,7 @@ export class Intents {
         applied: 0,
         registered: undefined,
         sent: 0,
+        ever: 0,
         deleting: 0,
         putRevision: 0,
         deleteRevision: 0,
@@ -392,8 +399,10 @@ export class Intents {
     for (const w of writes) {
       const entry = this.entries.get(w.key);
       if (!entry) continue;
-      if (w.want) entry.sent++;
-      else entry.deleting++;
+      if (w.want) {
+        entry.sent++;
+        entry.ever++;
+      } else entry.deleting++;
     }
   }
 
@@ -404,14 +413,18 @@ export class Intents {
   unapplied(writes: readonly Write[]): void {
     for (const w of writes) {
       const entry = this.entries.get(w.key);
-      if (entry && w.want && entry.sent > 0) entry.sent--;
+      if (!entry || !w.want) continue;
+      if (entry.sent > 0) entry.sent--;
+      if (entry.ever > 0) entry.ever--;
     }
   }
 
   /** A delete sent with sending() was answered (confirmed or not). */
   deleteAnswered(write: Write): void {
     const entry = this.entries.get(write.key);
-    if (entry && entry.deleting > 0) entry.deleting--;
+    if (!entry || entry.deleting === 0) return;
+    // The last one out: an entry given up meanwhile (unregistered, nothing owed) is forgotten now.
+    if (--entry.deleting === 0) this.update(entry);
   }
 
   /** etcd confirmed `write` at `revision`. Undefined if the write was already superseded as applied. */
@@ -430,8 +443,9 @@ export class Intents {
     }
     // A confirmed delete leaves none of our puts there (one round at a time: none is on its way),
     // unless one landed late after it (its event may come before the delete's answer; one that
-    // comes after is counted again by latePut()).
-    if (!write.want && revision >= entry.lateRevision) entry.sent = 0;
+    // comes after is counted again by latePut()). One answered from a lost history removed
+    // nothing from the history etcd has now.
+    if (!write.want && write.issued >= this.revisionsFrom && revision >= entry.lateRevision) entry.sent = 0;
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten
     // by an older put of ours that landed late (see latePut): the calls it answers are
@@ -509,8 +523,14 @@ export class Intents {
       if (last !== undefined && revision >= last) this.forgotten.delete(key);
       return false;
     }
-    if (!target(entry) || !entry.registered) return false;
+    if (!target(entry)) return false;
     if (revision <= entry.putRevision || revision <= entry.deleteRevision || entry.deleting > 0) return false;
+    if (!entry.registered) {
+      // Its put not confirmed yet (the event may come first): if it lands below this delete (a
+      // late one of ours, or someone else's), it is gone, and stays owed (see confirm()).
+      entry.lateRevision = Math.max(entry.lateRevision, revision);
+      return false;
+    }
     entry.restoring = true;
     entry.recovering = true;
     entry.applied = 0;
@@ -529,12 +549,20 @@ export class Intents {
     const known = this.entries.get(key);
     // At or below a confirmed write of ours the put is history: that write came after it.
     const latest = known ? Math.max(known.putRevision, known.deleteRevision) : (this.forgotten.get(key) ?? 0);
+    if (revision <= latest) return false;
     const ours = target(known)?.value;
-    if (revision <= latest || (ours !== undefined && value.equals(Buffer.from(ours)))) return false;
+    if (ours !== undefined && value.equals(Buffer.from(ours))) {
+      // What the key should hold: nothing to write, but a put of ours is there (a pause or an
+      // unregister() later must delete it, though a delete of ours was confirmed before it).
+      known!.sent++;
+      known!.ever++;
+      return false;
+    }
     // A key we no longer track is deleted again.
     const entry = known ?? this.entry(key);
     if (!known) entry.token = entry.call = ++this.clock;
     entry.sent++;
+    entry.ever++;
     entry.applied = 0;
     entry.lateRevision = Math.max(entry.lateRevision, revision);
     // A delete in flight may have run before the late put: it does not count (a put's revision tells).
@@ -545,12 +573,25 @@ export class Intents {
 
   /**
    * etcd lost its data: its revisions start again from lower numbers, so the revisions
-   * remembered per key (our last put, our last delete, a late put) say nothing any more.
+   * remembered per key (our last put, our last delete, a late put) say nothing any more. It
+   * may hold any put of ours again (restored from a backup, on a lease of ours it restored
+   * too): a key not listed that one reached is owed a delete. Returns how many are.
    */
-  forgetRevisions(): void {
-    for (const e of this.entries.values()) e.putRevision = e.deleteRevision = e.lateRevision = 0;
+  forgetRevisions(): number {
     this.forgotten.clear();
     this.revisionsFrom = ++this.clock;
+    let n = 0;
+    for (const e of this.entries.values()) {
+      e.putRevision = e.deleteRevision = e.lateRevision = 0;
+      e.sent = e.ever;
+      if (target(e) || e.ever === 0) continue;
+      e.applied = 0;
+      e.staleSince = this.revisionsFrom;
+      e.recovering = true;
+      this.update(e);
+      n++;
+    }
+    return n;
   }
 
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */

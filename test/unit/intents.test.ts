@@ -385,6 +385,66 @@ describe('Intents: a failed register() falls back to what the calls before it as
     expect(intents.dirty).toBe(false);
   });
 
+  // Found in review: each of these left a put of ours in etcd with no delete owed, for ever (the
+  // lease lives on), after a confirmed delete had counted our puts as gone.
+  it('a put whose answer was lost that lands after our confirmed delete, as what the key should hold, is deleted by a later pause', async () => {
+    const intents = new Intents();
+    intents.intend(KEY, regN(1)).done.catch(() => undefined);
+    const [lost] = intents.owed(128).puts;
+    intents.sending([lost!]); // no answer: it may still land
+    void intents.setPaused(KEY, true);
+    writeAll(intents, 10); // the pause's delete, confirmed
+    void intents.setPaused(KEY, false);
+    // Before the resume's put goes out, the lost put lands: what the key should hold, nothing to write.
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 11)).toBe(false);
+    const paused = intents.setPaused(KEY, true);
+    const { deletes } = intents.owed(128);
+    expect(deletes.map((d) => d.key)).toEqual([KEY]);
+    writeAll(intents, 12);
+    expect(await settle(paused!)).toBe('resolved');
+    expect(intents.dirty).toBe(false);
+  });
+
+  it('etcd restored from a backup may hold a put a confirmed delete had removed: a key not listed is deleted again', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents, 10);
+    await first.done;
+    void intents.setPaused(KEY, true);
+    writeAll(intents, 11);
+    expect(intents.dirty).toBe(false);
+    // The backup was taken at 10, with the put, on a lease of ours etcd restores too.
+    expect(intents.forgetRevisions()).toBe(1);
+    expect(intents.staleAll()).toBe(0); // paused: nothing to put back
+    expect(intents.owed(128).deletes.map((d) => d.key)).toEqual([KEY]);
+    expect(intents.recovering).toBe(true);
+    writeAll(intents, 3);
+    expect(intents.dirty).toBe(false);
+    // Registered but never reaching etcd (refused unapplied): nothing of it to delete after a loss.
+    const other = 'p/services/web/10.0.0.2:80';
+    const refused = intents.intend(other, { ...regN(2), endpoint: { ...regN(2).endpoint, key: other } });
+    refused.done.catch(() => undefined);
+    const { puts } = intents.owed(128);
+    intents.sending(puts);
+    intents.refuse(puts[0]!, new RegistryError('ERR_PERMISSION_DENIED', 'refused'), true);
+    expect(await settle(refused.done)).toBe('ERR_PERMISSION_DENIED');
+    expect(intents.forgetRevisions()).toBe(1); // KEY only
+  });
+
+  it('a delete sent before a data loss and answered from the lost history leaves the key owed its delete', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents, 10);
+    await first.done;
+    const removed = intents.intend(KEY, undefined);
+    writeAll(intents, 11, () => intents.forgetRevisions()); // confirmed while its answer was out
+    // The call is answered (etcd applied it), but the history etcd has now may hold the put.
+    expect(await settle(removed.done)).toBe('resolved');
+    expect(intents.owed(128).deletes.map((d) => d.key)).toEqual([KEY]);
+    writeAll(intents, 2);
+    expect(intents.dirty).toBe(false);
+  });
+
   // Seed 1363 of the same model.
   it('a call that a failed call fell back to can fail in turn: the key falls back again', async () => {
     const intents = new Intents();
