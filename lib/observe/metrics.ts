@@ -13,7 +13,7 @@ import { metrics, type Attributes, type Counter, type Histogram, type MeterProvi
 /** Meter name: the package's. */
 export const METER_NAME = 'etcd-service-registry';
 
-export type LeaseLossReason = 'no_keepalive_answer' | 'ttl_zero' | 'not_found' | 'data_loss' | 'other';
+export type LeaseLossReason = 'no_keepalive_answer' | 'ttl_zero' | 'not_found' | 'other';
 export type ResyncReason = 'compacted' | 'data_loss' | 'refused' | 'other';
 export type FetchOutcome = 'ok' | 'http_5xx' | 'timeout' | 'connect_error' | 'error';
 
@@ -115,7 +115,6 @@ export function leaseLossReason(reason: string): LeaseLossReason {
   if (/no keepalive answer/.test(reason)) return 'no_keepalive_answer';
   if (/TTL 0/.test(reason)) return 'ttl_zero';
   if (/no longer knows|not found/.test(reason)) return 'not_found';
-  if (/lost its data/.test(reason)) return 'data_loss';
   return 'other';
 }
 
@@ -136,7 +135,7 @@ export class RegistryMetrics {
   /** Per service, the attributes of a change (see changed()). */
   private readonly serviceAttributes = new Map<string, Attributes>();
   private readonly counts = {
-    leaseLosses: zero<LeaseLossReason>(['no_keepalive_answer', 'ttl_zero', 'not_found', 'data_loss', 'other']),
+    leaseLosses: zero<LeaseLossReason>(['no_keepalive_answer', 'ttl_zero', 'not_found', 'other']),
     reregistrations: 0,
     etcdUnreachable: 0,
     resyncs: zero<ResyncReason>(['compacted', 'data_loss', 'refused', 'other']),

@@ -608,19 +608,13 @@ export class LeaseKeeper {
     if (this.closed) return;
     this.resets++;
     // Revisions start again lower: what each key remembers of them would hide real deletes.
-    // A key not listed that a put of ours reached is deleted again (a backup may hold it).
-    const deletes = this.intents.forgetRevisions();
+    this.intents.forgetRevisions();
     // The self-watches wait at revisions of the lost history: each restarts after the next
     // write of its service (with every key paused or failing its check, when one comes back).
     this.guard.restartAll();
-    if (this.intents.staleAll() > 0 || deletes > 0) {
-      debug('etcd lost its data (%s): putting every endpoint back', reason);
-      this.startRecovery('data loss', reason);
-    }
-    // The lease is given up too: etcd restored from a backup restores it with the keys of ours
-    // it held then, some unregistered or paused since (and forgotten). As after a lost lease,
-    // what is listed goes on a new one, then the old one is revoked with whatever is left on it.
-    this.session.markLost(`etcd lost its data (${reason}): a lease it restored may hold keys of ours deleted since`);
+    if (this.intents.staleAll() === 0) return;
+    debug('etcd lost its data (%s): putting every endpoint back', reason);
+    this.startRecovery('data loss', reason);
     this.kick();
   };
 

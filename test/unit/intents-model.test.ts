@@ -9,8 +9,7 @@
  * (unreachable), and such a write may still be applied later (a paused member reads
  * it late) or never; etcd may refuse a round; the lease may be lost. The self-watch
  * starts from the lowest revision of the first round answered and reports every
- * change after it. etcd may be restored from a backup taken earlier (with the lease): its
- * revisions go back, and it holds what it held then. Calls: register() (with or without a health check; withdrawn when
+ * change after it. Calls: register() (with or without a health check; withdrawn when
  * it times out or rejects, as Registry.register() does), unregister() of an owned key
  * (not withdrawn when it times out: the delete goes on), pause(), resume(), health
  * verdicts.
@@ -61,10 +60,6 @@ function intended(calls: readonly Call[], key: string): number | undefined {
 
 interface Sent {
   readonly write: Write;
-  /** The lease it was sent on. */
-  readonly lease: number;
-  /** How many restores came before it was sent: one sent before the last is answered from the lost history. */
-  readonly restores: number;
   applied: boolean;
   revision: number;
 }
@@ -91,32 +86,17 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
   const changes: Change[] = [];
   /** The self-watch: none until a round is answered, then from that round's lowest revision on. */
   let watchingFrom: number | undefined;
-  /** The lease each key is on. */
-  const leaseOf = new Map<string, number>();
-  /** The lease writes go on; those given up after a data loss, revoked once every listed key is on the new one (the keeper's recovered()). */
-  let lease = 1;
-  const retiring = new Set<number>();
-  const revoked = new Set<number>();
-  /** A backup of etcd, with the revision it was taken at: etcd may be restored from it. */
-  let backup: { data: Map<string, Buffer>; leaseOf: Map<string, number>; revision: number } | undefined;
-  let restores = 0;
   const what = (w: Write): string => `${short(w.key)} ${w.want ? `put v${String(w.want.endpoint.metadata.v)}` : 'delete'} (token ${w.token})`;
   const pick = (): string => KEYS[Math.floor(rand() * KEYS.length)]!;
 
   const apply = (s: Sent): void => {
     s.applied = true;
     const { key, want } = s.write;
-    if (want && revoked.has(s.lease)) {
-      log.push(`etcd refuses ${what(s.write)}: its lease ${s.lease} is revoked`);
-      return;
-    }
     if (want) {
       etcd.set(key, Buffer.from(want.value));
-      leaseOf.set(key, s.lease);
       changes.push({ key, type: 'put', revision: ++revision, value: Buffer.from(want.value) });
       log.push(`etcd applies ${what(s.write)} at ${revision}`);
     } else if (etcd.delete(key)) {
-      leaseOf.delete(key);
       changes.push({ key, type: 'delete', revision: ++revision });
       log.push(`etcd applies ${what(s.write)} at ${revision}`);
     } else log.push(`etcd applies ${what(s.write)}: nothing there (${revision})`);
@@ -134,9 +114,7 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
           const call = calls.find((c) => c.registration === s.write.want);
           if (call?.state === 'rejected') problems.push(`a registered event for register() v${call.v}, which was rejected (${call.code})`);
         }
-        // Answered from the lost history, it is watched from what etcd has now (as the keeper does).
-        const from = s.restores === restores ? s.revision : revision;
-        lowest = Math.min(lowest ?? from, from);
+        lowest = Math.min(lowest ?? s.revision, s.revision);
       } else {
         log.push(`answer lost: ${what(s.write)}${s.applied ? ' (applied)' : ''}`);
         if (!s.applied) zombies.push(s);
@@ -144,19 +122,6 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
     }
     round = [];
     if (lowest !== undefined) watchingFrom ??= lowest;
-    if (retiring.size > 0 && !intents.putsOwed) {
-      // Every listed key is on the new lease: the old ones are revoked, with what is left on them.
-      for (const [key, on] of leaseOf) {
-        if (!retiring.has(on)) continue;
-        etcd.delete(key);
-        leaseOf.delete(key);
-        changes.push({ key, type: 'delete', revision: ++revision });
-        log.push(`etcd: ${short(key)} deleted at ${revision} with lease ${on}`);
-      }
-      for (const l of retiring) revoked.add(l);
-      log.push(`lease(s) ${[...retiring].join(', ')} revoked`);
-      retiring.clear();
-    }
   };
   const deliver = (): void => {
     while (watchingFrom !== undefined && changes.length > 0) {
@@ -170,7 +135,7 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
     const { puts, deletes } = intents.owed(128);
     const writes = [...puts, ...deletes];
     intents.sending(writes);
-    round = writes.map((write) => ({ write, lease, restores, applied: false, revision: 0 }));
+    round = writes.map((write) => ({ write, applied: false, revision: 0 }));
     for (const s of round) log.push(`send ${what(s.write)}`);
   };
   const track = (call: Call, done: Promise<void>): void => {
@@ -255,41 +220,16 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
         log.push(`refused: ${what(s.write)}`);
       }
       round = [];
-    } else if (r < 0.985) {
+    } else {
       // The lease is lost: etcd drops the keys; writes on their way fail; a new lease, and the watch restarts after the next round.
       if (etcd.size > 0) revision++;
       etcd.clear();
-      leaseOf.clear();
       answerRound(() => false);
       zombies.length = 0;
       changes.length = 0;
       watchingFrom = undefined;
-      backup = undefined; // what it held was on the lost lease
-      for (const l of [lease, ...retiring]) revoked.add(l);
-      retiring.clear();
-      lease++;
       intents.staleAll();
       log.push(`lease lost (${revision})`);
-    } else if (backup === undefined || rand() < 0.5) {
-      backup = { data: new Map(etcd), leaseOf: new Map(leaseOf), revision };
-      log.push(`backup of etcd taken at ${revision}`);
-    } else {
-      // etcd restored from the backup (its lease with it): its revisions go back; the writes on
-      // their way are answered from the lost history; the keeper confirms the loss, gives the
-      // lease up (a new one for what is listed, the old one revoked once it is: keeper.onReset),
-      // and the watch restarts after the next round.
-      etcd.clear();
-      leaseOf.clear();
-      for (const [k, v] of backup.data) etcd.set(k, v);
-      for (const [k, l] of backup.leaseOf) leaseOf.set(k, l);
-      revision = backup.revision;
-      changes.length = 0;
-      watchingFrom = undefined;
-      intents.forgetRevisions();
-      intents.staleAll();
-      retiring.add(lease++);
-      restores++;
-      log.push(`etcd restored from the backup taken at ${revision}`);
     }
     await tick();
   }
@@ -298,14 +238,6 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
   log.push('--- quiescence');
   answerRound(() => true);
   for (const s of zombies.splice(0)) if (rand() < 0.5) apply(s);
-  // A lease restored from a backup after we had revoked it is not kept alive: it expires.
-  for (const [key, on] of leaseOf) {
-    if (!revoked.has(on)) continue;
-    etcd.delete(key);
-    leaseOf.delete(key);
-    changes.push({ key, type: 'delete', revision: ++revision });
-    log.push(`etcd: ${short(key)} deleted at ${revision}: lease ${on} expired`);
-  }
   deliver();
   for (const key of KEYS) intents.setHealthy(key, true);
   await tick();
