@@ -399,10 +399,8 @@ export class Intents {
     for (const w of writes) {
       const entry = this.entries.get(w.key);
       if (!entry) continue;
-      if (w.want) {
-        entry.sent++;
-        entry.ever++;
-      } else entry.deleting++;
+      if (w.want) mayHold(entry);
+      else entry.deleting++;
     }
   }
 
@@ -554,15 +552,13 @@ export class Intents {
     if (ours !== undefined && value.equals(Buffer.from(ours))) {
       // What the key should hold: nothing to write, but a put of ours is there (a pause or an
       // unregister() later must delete it, though a delete of ours was confirmed before it).
-      known!.sent++;
-      known!.ever++;
+      mayHold(known!);
       return false;
     }
     // A key we no longer track is deleted again.
     const entry = known ?? this.entry(key);
     if (!known) entry.token = entry.call = ++this.clock;
-    entry.sent++;
-    entry.ever++;
+    mayHold(entry);
     entry.applied = 0;
     entry.lateRevision = Math.max(entry.lateRevision, revision);
     // A delete in flight may have run before the late put: it does not count (a put's revision tells).
@@ -690,6 +686,12 @@ export class Intents {
     this.forgotten.set(entry.key, latest);
     if (this.forgotten.size > FORGOTTEN_MAX) this.forgotten.delete(this.forgotten.keys().next().value!);
   }
+}
+
+/** A put of ours may be in etcd under the key: counted in the history etcd has now, and in any. */
+function mayHold(entry: Entry): void {
+  entry.sent++;
+  entry.ever++;
 }
 
 /** What etcd should hold under the key: the registration while it is listed, else nothing. */
