@@ -608,11 +608,12 @@ export class LeaseKeeper {
     if (this.closed) return;
     this.resets++;
     // Revisions start again lower: what each key remembers of them would hide real deletes.
-    this.intents.forgetRevisions();
+    // A key not listed that a put of ours reached is deleted again (a backup may hold it).
+    const deletes = this.intents.forgetRevisions();
     // The self-watches wait at revisions of the lost history: each restarts after the next
     // write of its service (with every key paused or failing its check, when one comes back).
     this.guard.restartAll();
-    if (this.intents.staleAll() === 0) return;
+    if (this.intents.staleAll() === 0 && deletes === 0) return;
     debug('etcd lost its data (%s): putting every endpoint back', reason);
     this.startRecovery('data loss', reason);
     this.kick();
