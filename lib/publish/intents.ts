@@ -551,8 +551,10 @@ export class Intents {
     const ours = target(known)?.value;
     if (ours !== undefined && value.equals(Buffer.from(ours))) {
       // What the key should hold: nothing to write, but a put of ours is there (a pause or an
-      // unregister() later must delete it, though a delete of ours was confirmed before it).
+      // unregister() later must delete it, though a delete of ours below it is confirmed later:
+      // its event may come before that delete's answer).
       mayHold(known!);
+      known!.lateRevision = Math.max(known!.lateRevision, revision);
       return false;
     }
     // A key we no longer track is deleted again.
@@ -581,9 +583,10 @@ export class Intents {
       e.putRevision = e.deleteRevision = e.lateRevision = 0;
       e.sent = e.ever;
       if (target(e) || e.ever === 0) continue;
+      // Owed already (a pause() whose delete is not sent yet): still a call's write, not paced as recovery.
+      if (e.applied >= e.token) e.recovering = true;
       e.applied = 0;
       e.staleSince = this.revisionsFrom;
-      e.recovering = true;
       this.update(e);
       n++;
     }

@@ -405,6 +405,31 @@ describe('Intents: a failed register() falls back to what the calls before it as
     expect(intents.dirty).toBe(false);
   });
 
+  it('a lost put that lands after our delete, as what the key should hold, seen before that delete is answered, is still deleted by a later pause', async () => {
+    const intents = new Intents();
+    intents.intend(KEY, regN(1)).done.catch(() => undefined);
+    const [lost] = intents.owed(128).puts;
+    intents.sending([lost!]); // no answer: it may still land
+    void intents.setPaused(KEY, true);
+    const { deletes } = intents.owed(128);
+    intents.sending(deletes); // applied at 10, its answer still out
+    intents.setPaused(KEY, false)!.catch(() => undefined);
+    // The lost put lands at 11, and its event comes before the delete's answer.
+    expect(intents.latePut(KEY, Buffer.from(regN(1).value), 11)).toBe(false);
+    intents.deleteAnswered(deletes[0]!);
+    intents.confirm(deletes[0]!, 10);
+    // The resume's put is refused before etcd applies it (the role lost write access).
+    const { puts } = intents.owed(128);
+    intents.sending(puts);
+    intents.refuse(puts[0]!, new RegistryError('ERR_PERMISSION_DENIED', 'refused'), true);
+    // The put from 11 is still there: pausing must delete it.
+    const paused = intents.setPaused(KEY, true);
+    expect(intents.owed(128).deletes.map((d) => d.key)).toEqual([KEY]);
+    writeAll(intents, 12);
+    expect(await settle(paused!)).toBe('resolved');
+    expect(intents.dirty).toBe(false);
+  });
+
   it('etcd restored from a backup may hold a put a confirmed delete had removed: a key not listed is deleted again', async () => {
     const intents = new Intents();
     const first = intents.intend(KEY, regN(1));
@@ -429,6 +454,20 @@ describe('Intents: a failed register() falls back to what the calls before it as
     intents.refuse(puts[0]!, new RegistryError('ERR_PERMISSION_DENIED', 'refused'), true);
     expect(await settle(refused.done)).toBe('ERR_PERMISSION_DENIED');
     expect(intents.forgetRevisions()).toBe(1); // KEY only
+  });
+
+  it('after a data loss, a pause() whose delete is not sent yet is still a call, not paced as recovery', async () => {
+    const intents = new Intents();
+    const first = intents.intend(KEY, regN(1));
+    writeAll(intents, 10);
+    await first.done;
+    const paused = intents.setPaused(KEY, true);
+    expect(intents.forgetRevisions()).toBe(1);
+    expect(intents.callsOwed).toBe(true);
+    expect(intents.recovering).toBe(false);
+    writeAll(intents, 2);
+    expect(await settle(paused!)).toBe('resolved');
+    expect(intents.dirty).toBe(false);
   });
 
   it('a delete sent before a data loss and answered from the lost history leaves the key owed its delete', async () => {
