@@ -593,6 +593,27 @@ export class Intents {
     return n;
   }
 
+  /**
+   * etcd holds `key` on a lease of ours, found by asking the lease after a data loss: a backup
+   * may bring back a put of ours a confirmed delete had removed, of a key given up and forgotten
+   * since, or withheld (paused, unhealthy) by an entry that never sent it. A key not listed is
+   * deleted again, as a recovery (true when that is new); a listed one is being put back already.
+   */
+  heldOnLease(key: string): boolean {
+    const known = this.entries.get(key);
+    const entry = known ?? this.entry(key);
+    if (!known) entry.token = entry.call = ++this.clock;
+    mayHold(entry);
+    const owed = known !== undefined && (target(entry) !== undefined || entry.applied < entry.token);
+    if (!owed) {
+      entry.applied = 0;
+      entry.staleSince = ++this.clock;
+      entry.recovering = true;
+    }
+    this.update(entry);
+    return !owed;
+  }
+
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */
   closeAll(error: Error): void {
     for (const e of this.entries.values()) {

@@ -87,6 +87,8 @@ export class LeaseKeeper {
   private pacing: AbortController | undefined;
   /** Data losses confirmed so far: a write sent before the latest is answered from history etcd lost. */
   private resets = 0;
+  /** A data loss was confirmed: the leases of ours are asked which keys they hold before the next writes (see askLeases()). */
+  private leasesToAsk = false;
   /** Causes of recovery that came since the last recovery round began: the next round is paced by them. */
   private readonly recoveryDue = new Set<RecoveryCause>();
   private reachable = true;
@@ -286,7 +288,7 @@ export class LeaseKeeper {
     }
     // A call never waits behind the pacing of recovery writes: the round goes out now, with it.
     if (this.pacing !== undefined && this.intents.callsOwed) this.pacing.abort();
-    if (!this.writing && !this.closed && (this.intents.dirty || this.leaseOwed)) {
+    if (!this.writing && !this.closed && this.workOwed) {
       this.writing = true;
       void this.drain().finally(() => {
         this.writing = false;
@@ -314,7 +316,7 @@ export class LeaseKeeper {
   }
 
   private async drain(): Promise<void> {
-    while (!this.closed && (this.intents.dirty || this.leaseOwed)) {
+    while (!this.closed && this.workOwed) {
       try {
         // The first attempt outside the policy (the usual case: it works).
         await retryAfterFirst(this.step(), () => this.policy, () => this.step(), this.abort.signal);
@@ -332,6 +334,7 @@ export class LeaseKeeper {
     try {
       // Writes that answer calls never wait behind the pacing of recovery writes.
       if (this.recoveryDue.size > 0 && !this.intents.callsOwed) await this.paceRecovery();
+      if (this.leasesToAsk) await this.askLeases();
       if ((this.intents.putsOwed || this.leaseOwed) && !this.session.isAlive) await this.grant();
       // Taken with the writes: a data loss confirmed after this is one they may predate.
       const resets = this.resets;
@@ -428,6 +431,47 @@ export class LeaseKeeper {
    */
   private get leaseOwed(): boolean {
     return this.session.state === 'lost' && this.intents.ownedCount > 0;
+  }
+
+  /** The writer has something to do: a write, a lease, or leases to ask after a data loss. */
+  private get workOwed(): boolean {
+    return this.intents.dirty || this.leaseOwed || this.leasesToAsk;
+  }
+
+  /**
+   * After a data loss: etcd restored from a backup holds the keys of ours it held then, on our
+   * lease it restored too, which we keep alive. Those given up since (unregistered, and
+   * forgotten once their delete was confirmed) would stay for as long as the lease lives, so
+   * each lease of ours is asked which keys it holds (LeaseTimeToLive, keys: a read, no
+   * revision), and a key not listed is deleted again. A refusal (a role without read access to
+   * a key on it) ends the check: it is reported, not retried.
+   */
+  private async askLeases(): Promise<void> {
+    this.leasesToAsk = false;
+    let found = 0;
+    for (const lease of this.session.known) {
+      let keys: readonly Buffer[];
+      try {
+        ({ keys } = await this.conn.call((c) => c.leaseClient.leaseTimeToLive({ ID: lease, keys: true })));
+      } catch (e) {
+        if (this.closed) return;
+        if (isUnreachableError(e)) {
+          this.leasesToAsk = true; // asked again when the step is retried
+          throw e;
+        }
+        const error = this.conn.error(e, `ask lease ${lease} which keys it holds`);
+        debug('%s', error.message);
+        this.outbox.push(() => this.hooks.error(error));
+        continue;
+      }
+      for (const raw of keys ?? []) {
+        const key = raw.toString();
+        if (this.keys.serviceOf(key) === undefined || !this.intents.heldOnLease(key)) continue;
+        debug('%s is on lease %s after the data loss, though not listed: deleting it again', key, lease);
+        found++;
+      }
+    }
+    if (found > 0) debug('%d key(s) restored on a lease of ours go again in this round', found);
   }
 
   /** The puts of `writes` went out on `leaseId` and got no answer: etcd may apply them later. */
@@ -613,7 +657,11 @@ export class LeaseKeeper {
     // The self-watches wait at revisions of the lost history: each restarts after the next
     // write of its service (with every key paused or failing its check, when one comes back).
     this.guard.restartAll();
-    if (this.intents.staleAll() === 0 && deletes === 0) return;
+    // A lease of ours etcd restored may hold keys given up since: asked first (see askLeases()).
+    // Paced as the recovery it is: a reset reported again and again costs a read now and then.
+    this.leasesToAsk = this.session.known.size > 0;
+    const stale = this.intents.staleAll();
+    if (stale === 0 && deletes === 0 && !this.leasesToAsk) return;
     debug('etcd lost its data (%s): putting every endpoint back', reason);
     this.startRecovery('data loss', reason);
     this.kick();

@@ -2,6 +2,7 @@
  * Registration under faults: etcd paused past the TTL, killed and restarted,
  * restarted empty, our key deleted by someone else, shutdown while etcd is down.
  */
+import { cp, rename, rm } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { spawnFixture } from '../support/child';
 import { etcdctl } from '../support/etcd';
@@ -99,6 +100,38 @@ describe('registration under faults', () => {
     // The watchers follow the new history: a change made now reaches them.
     owned.push(await other.register({ service: 'web', address: '10.0.0.5:80' }));
     await expectConverged(node.client, prefix, owned, [watcher, a]);
+  });
+
+  it('etcd restored from a backup that holds keys unregistered or paused since: they go, the rest is put back', async () => {
+    const prefix = uniquePrefix('backup');
+    const a = reg(prefix);
+    const watcher = reg(prefix);
+    const [gone, paused, kept] = await Promise.all(['10.0.15.1:80', '10.0.15.2:80', '10.0.15.3:80'].map((address) => a.register({ service: 'web', address })));
+    await expectConverged(node.client, prefix, [gone!, paused!, kept!], [watcher]);
+    // The backup: a copy of the data dir, taken while etcd is down (the lease is in it).
+    await etcd.kill();
+    const backup = `${etcd.dataDir}.backup`;
+    await cp(etcd.dataDir, backup, { recursive: true });
+    await etcd.restart();
+    await a.unregister(gone!);
+    await a.pause(paused!);
+    const added = await a.register({ service: 'web', address: '10.0.15.4:80' });
+    // Push the revision well past the backup's.
+    for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
+    await expectConverged(node.client, prefix, [kept!, added], [watcher]);
+    await etcd.kill();
+    await rm(etcd.dataDir, { recursive: true, force: true });
+    await rename(backup, etcd.dataDir);
+    await etcd.restart();
+    const restored = Date.now();
+    // The restored lease is ours, kept alive: only the registry can take those keys away.
+    await expectConverged(node.client, prefix, [kept!, added], [watcher]);
+    measured('etcd restored from an older backup: healthy → own endpoints as they should be, watchers converged', Date.now() - restored);
+    // Nothing left to expire: the lease lives on with what is listed, and only that.
+    await sleep(TTL * 1000 + 500);
+    await expectConverged(node.client, prefix, [kept!, added], [watcher], 1000);
+    await a.resume(paused!);
+    await expectConverged(node.client, prefix, [kept!, added, paused!], [watcher]);
   });
 
   it('puts back a key someone else deleted, but not one we unregistered', async () => {

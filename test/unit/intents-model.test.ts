@@ -9,7 +9,9 @@
  * (unreachable), and such a write may still be applied later (a paused member reads
  * it late) or never; etcd may refuse a round; the lease may be lost. The self-watch
  * starts from the lowest revision of the first round answered and reports every
- * change after it. Calls: register() (with or without a health check; withdrawn when
+ * change after it. etcd may be restored from a backup taken earlier (with the lease): its
+ * revisions go back, it holds what it held then, and the keeper asks the lease which keys
+ * it holds (answered some steps later). Calls: register() (with or without a health check; withdrawn when
  * it times out or rejects, as Registry.register() does), unregister() of an owned key
  * (not withdrawn when it times out: the delete goes on), pause(), resume(), health
  * verdicts.
@@ -60,6 +62,8 @@ function intended(calls: readonly Call[], key: string): number | undefined {
 
 interface Sent {
   readonly write: Write;
+  /** How many restores came before it was sent: one sent before the last is answered from the lost history. */
+  readonly restores: number;
   applied: boolean;
   revision: number;
 }
@@ -86,6 +90,16 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
   const changes: Change[] = [];
   /** The self-watch: none until a round is answered, then from that round's lowest revision on. */
   let watchingFrom: number | undefined;
+  /** A backup of etcd, with the revision it was taken at: etcd may be restored from it. */
+  let backup: { data: Map<string, Buffer>; revision: number } | undefined;
+  let restores = 0;
+  /** The keys on the lease, as read after the last restore, until the answer comes. */
+  let onLease: string[] | undefined;
+  const answerLease = (): void => {
+    if (!onLease) return;
+    for (const key of onLease) if (intents.heldOnLease(key)) log.push(`lease holds ${short(key)}, not tracked: owed a delete`);
+    onLease = undefined;
+  };
   const what = (w: Write): string => `${short(w.key)} ${w.want ? `put v${String(w.want.endpoint.metadata.v)}` : 'delete'} (token ${w.token})`;
   const pick = (): string => KEYS[Math.floor(rand() * KEYS.length)]!;
 
@@ -114,7 +128,9 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
           const call = calls.find((c) => c.registration === s.write.want);
           if (call?.state === 'rejected') problems.push(`a registered event for register() v${call.v}, which was rejected (${call.code})`);
         }
-        lowest = Math.min(lowest ?? s.revision, s.revision);
+        // Answered from the lost history, it is watched from what etcd has now (as the keeper does).
+        const from = s.restores === restores ? s.revision : revision;
+        lowest = Math.min(lowest ?? from, from);
       } else {
         log.push(`answer lost: ${what(s.write)}${s.applied ? ' (applied)' : ''}`);
         if (!s.applied) zombies.push(s);
@@ -135,7 +151,7 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
     const { puts, deletes } = intents.owed(128);
     const writes = [...puts, ...deletes];
     intents.sending(writes);
-    round = writes.map((write) => ({ write, applied: false, revision: 0 }));
+    round = writes.map((write) => ({ write, restores, applied: false, revision: 0 }));
     for (const s of round) log.push(`send ${what(s.write)}`);
   };
   const track = (call: Call, done: Promise<void>): void => {
@@ -220,7 +236,7 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
         log.push(`refused: ${what(s.write)}`);
       }
       round = [];
-    } else {
+    } else if (r < 0.985) {
       // The lease is lost: etcd drops the keys; writes on their way fail; a new lease, and the watch restarts after the next round.
       if (etcd.size > 0) revision++;
       etcd.clear();
@@ -228,8 +244,33 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
       zombies.length = 0;
       changes.length = 0;
       watchingFrom = undefined;
+      backup = undefined; // what it held was on the lost lease
+      onLease = undefined;
       intents.staleAll();
       log.push(`lease lost (${revision})`);
+    } else if (r < 0.99) {
+      answerLease();
+    } else if (backup === undefined || rand() < 0.5) {
+      backup = { data: new Map(etcd), revision };
+      log.push(`backup of etcd taken at ${revision}`);
+    } else {
+      // etcd restored from the backup (our lease with it): its revisions go back; the writes on
+      // their way are answered from the lost history; the keeper confirms the loss
+      // (keeper.onReset), asks the lease which keys it holds, and the watch restarts after the
+      // next round.
+      etcd.clear();
+      for (const [k, v] of backup.data) etcd.set(k, v);
+      revision = backup.revision;
+      // Writes whose answer was lost died with the etcd process replaced (those of the round on
+      // their way may still reach the restored one, and be answered).
+      zombies.length = 0;
+      changes.length = 0;
+      watchingFrom = undefined;
+      intents.forgetRevisions();
+      intents.staleAll();
+      restores++;
+      onLease = [...etcd.keys()];
+      log.push(`etcd restored from the backup taken at ${revision}`);
     }
     await tick();
   }
@@ -237,6 +278,7 @@ async function run(seed: number, steps: number): Promise<{ log: string[]; proble
   // Quiescence: the round is answered, zombies apply or vanish, health checks pass, the writer runs until nothing is owed.
   log.push('--- quiescence');
   answerRound(() => true);
+  answerLease();
   for (const s of zombies.splice(0)) if (rand() < 0.5) apply(s);
   deliver();
   for (const key of KEYS) intents.setHealthy(key, true);
