@@ -84,6 +84,11 @@ interface Entry {
    * before the key's first confirmed put): a confirmed put older than it does not count.
    */
   lateRevision: number;
+  /**
+   * Revision of the latest put of ours seen late that was what the key should hold: a delete of
+   * ours confirmed below it leaves that put there (unlike lateRevision, a put below it counts).
+   */
+  heldRevision: number;
   /** Someone else deleted the key: the next confirmed put of the latest state is a restore. */
   restoring: boolean;
   /** Owed again because of a recovery (lease lost, data loss, foreign delete, late put), not a call. */
@@ -249,6 +254,7 @@ export class Intents {
         putRevision: 0,
         deleteRevision: 0,
         lateRevision: 0,
+        heldRevision: 0,
         restoring: false,
         recovering: false,
         withdrawn: undefined,
@@ -443,7 +449,7 @@ export class Intents {
     // unless one landed late after it (its event may come before the delete's answer; one that
     // comes after is counted again by latePut()). One answered from a lost history removed
     // nothing from the history etcd has now.
-    if (!write.want && write.issued >= this.revisionsFrom && revision >= entry.lateRevision) entry.sent = 0;
+    if (!write.want && write.issued >= this.revisionsFrom && revision >= entry.lateRevision && revision >= entry.heldRevision) entry.sent = 0;
     if (write.token <= entry.applied) return undefined;
     // Written before the key went stale (on a lost lease, before a wipe), or overwritten
     // by an older put of ours that landed late (see latePut): the calls it answers are
@@ -554,7 +560,7 @@ export class Intents {
       // unregister() later must delete it, though a delete of ours below it is confirmed later:
       // its event may come before that delete's answer).
       mayHold(known!);
-      known!.lateRevision = Math.max(known!.lateRevision, revision);
+      known!.heldRevision = Math.max(known!.heldRevision, revision);
       return false;
     }
     // A key we no longer track is deleted again.
@@ -580,11 +586,11 @@ export class Intents {
     this.revisionsFrom = ++this.clock;
     let n = 0;
     for (const e of this.entries.values()) {
-      e.putRevision = e.deleteRevision = e.lateRevision = 0;
+      e.putRevision = e.deleteRevision = e.lateRevision = e.heldRevision = 0;
       e.sent = e.ever;
       if (target(e) || e.ever === 0) continue;
-      // Owed already (a pause() whose delete is not sent yet): still a call's write, not paced as recovery.
-      if (e.applied >= e.token) e.recovering = true;
+      // Owed already for a call still waiting (a pause() whose delete is not sent yet): not paced as recovery.
+      if (e.applied >= e.token || e.waiters.length === 0) e.recovering = true;
       e.applied = 0;
       e.staleSince = this.revisionsFrom;
       this.update(e);
@@ -705,7 +711,7 @@ export class Intents {
       this.groups.delete(group);
       this.emptied.add(group);
     }
-    const latest = Math.max(entry.putRevision, entry.deleteRevision, entry.lateRevision);
+    const latest = Math.max(entry.putRevision, entry.deleteRevision, entry.lateRevision, entry.heldRevision);
     if (latest === 0) return;
     this.forgotten.set(entry.key, latest);
     if (this.forgotten.size > FORGOTTEN_MAX) this.forgotten.delete(this.forgotten.keys().next().value!);

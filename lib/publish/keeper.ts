@@ -334,7 +334,8 @@ export class LeaseKeeper {
     try {
       // Writes that answer calls never wait behind the pacing of recovery writes.
       if (this.recoveryDue.size > 0 && !this.intents.callsOwed) await this.paceRecovery();
-      if (this.leasesToAsk) await this.askLeases();
+      // Writes that answer calls go first: the drain's next step asks.
+      if (this.leasesToAsk && !this.intents.callsOwed) await this.askLeases();
       if ((this.intents.putsOwed || this.leaseOwed) && !this.session.isAlive) await this.grant();
       // Taken with the writes: a data loss confirmed after this is one they may predate.
       const resets = this.resets;
@@ -464,6 +465,7 @@ export class LeaseKeeper {
         this.outbox.push(() => this.hooks.error(error));
         continue;
       }
+      if (this.closed) return;
       for (const raw of keys ?? []) {
         const key = raw.toString();
         if (this.keys.serviceOf(key) === undefined || !this.intents.heldOnLease(key)) continue;
