@@ -564,9 +564,7 @@ export class Intents {
       return false;
     }
     // A key we no longer track is deleted again.
-    const entry = known ?? this.entry(key);
-    if (!known) entry.token = entry.call = ++this.clock;
-    mayHold(entry);
+    const entry = this.foundPut(key);
     entry.applied = 0;
     entry.lateRevision = Math.max(entry.lateRevision, revision);
     // A delete in flight may have run before the late put: it does not count (a put's revision tells).
@@ -606,11 +604,9 @@ export class Intents {
    * deleted again, as a recovery (true when that is new); a listed one is being put back already.
    */
   heldOnLease(key: string): boolean {
-    const known = this.entries.get(key);
-    const entry = known ?? this.entry(key);
-    if (!known) entry.token = entry.call = ++this.clock;
-    mayHold(entry);
-    const owed = known !== undefined && (target(entry) !== undefined || entry.applied < entry.token);
+    const known = this.entries.has(key);
+    const entry = this.foundPut(key);
+    const owed = known && (target(entry) !== undefined || entry.applied < entry.token);
     if (!owed) {
       entry.applied = 0;
       entry.staleSince = ++this.clock;
@@ -618,6 +614,20 @@ export class Intents {
     }
     this.update(entry);
     return !owed;
+  }
+
+  /**
+   * The entry of a key a put of ours was found on in etcd (seen late, or on a lease of ours),
+   * counted as holding it; a key not tracked is taken up as an unregistration of its own.
+   */
+  private foundPut(key: string): Entry {
+    let entry = this.entries.get(key);
+    if (!entry) {
+      entry = this.entry(key);
+      entry.token = entry.call = ++this.clock;
+    }
+    mayHold(entry);
+    return entry;
   }
 
   /** On close: pending registrations fail; pending unregistrations, pauses and resumes succeed (the revoke removes the keys). */

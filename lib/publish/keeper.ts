@@ -449,7 +449,6 @@ export class LeaseKeeper {
    */
   private async askLeases(): Promise<void> {
     this.leasesToAsk = false;
-    let found = 0;
     for (const lease of this.session.known) {
       let keys: readonly Buffer[];
       try {
@@ -470,10 +469,8 @@ export class LeaseKeeper {
         const key = raw.toString();
         if (this.keys.serviceOf(key) === undefined || !this.intents.heldOnLease(key)) continue;
         debug('%s is on lease %s after the data loss, though not listed: deleting it again', key, lease);
-        found++;
       }
     }
-    if (found > 0) debug('%d key(s) restored on a lease of ours go again in this round', found);
   }
 
   /** The puts of `writes` went out on `leaseId` and got no answer: etcd may apply them later. */

@@ -3,7 +3,6 @@
  * heals its endpoints when the etcd behind the proxy comes back empty (data loss),
  * and a watcher cut off past a compaction re-reads through the proxy.
  */
-import { cp, rename, rm } from 'node:fs/promises';
 import { Etcd3, Range } from 'etcd3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ChangeEvent, Registry } from '../../lib';
@@ -411,17 +410,11 @@ describe('through etcd grpc-proxy, etcd restored from an older backup', () => {
     const [gone, kept] = [await a.register({ service: 'web', address: '10.0.24.1:80' }), await a.register({ service: 'web', address: '10.0.24.2:80' })];
     await watcher.services();
     await expectConverged(client, prefix, [gone, kept], [watcher]);
-    await etcd.kill();
-    const backup = `${etcd.dataDir}.backup`;
-    await cp(etcd.dataDir, backup, { recursive: true });
-    await etcd.restart();
+    const backup = await etcd.takeBackup();
     await a.unregister(gone);
     for (let i = 0; i < 30; i++) await client.put(`${prefix}/noise`).value(String(i));
     await expectConverged(client, prefix, [kept], [watcher], 30_000);
-    await etcd.kill();
-    await rm(etcd.dataDir, { recursive: true, force: true });
-    await rename(backup, etcd.dataDir);
-    await etcd.restart();
+    await etcd.restoreBackup(backup);
     const healthy = Date.now();
     await expectConverged(client, prefix, [kept], [watcher], 30_000);
     measured('through grpc-proxy: etcd restored from an older backup → a key unregistered since gone again, watchers converged', Date.now() - healthy);

@@ -2,7 +2,6 @@
  * Registration under faults: etcd paused past the TTL, killed and restarted,
  * restarted empty, our key deleted by someone else, shutdown while etcd is down.
  */
-import { cp, rename, rm } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { spawnFixture } from '../support/child';
 import { etcdctl } from '../support/etcd';
@@ -109,20 +108,14 @@ describe('registration under faults', () => {
     const [gone, paused, kept] = await Promise.all(['10.0.15.1:80', '10.0.15.2:80', '10.0.15.3:80'].map((address) => a.register({ service: 'web', address })));
     await expectConverged(node.client, prefix, [gone!, paused!, kept!], [watcher]);
     // The backup: a copy of the data dir, taken while etcd is down (the lease is in it).
-    await etcd.kill();
-    const backup = `${etcd.dataDir}.backup`;
-    await cp(etcd.dataDir, backup, { recursive: true });
-    await etcd.restart();
+    const backup = await etcd.takeBackup();
     await a.unregister(gone!);
     await a.pause(paused!);
     const added = await a.register({ service: 'web', address: '10.0.15.4:80' });
     // Push the revision well past the backup's.
     for (let i = 0; i < 30; i++) await node.client.put(`${prefix}/noise`).value(String(i));
     await expectConverged(node.client, prefix, [kept!, added], [watcher]);
-    await etcd.kill();
-    await rm(etcd.dataDir, { recursive: true, force: true });
-    await rename(backup, etcd.dataDir);
-    await etcd.restart();
+    await etcd.restoreBackup(backup);
     const restored = Date.now();
     // The restored lease is ours, kept alive: only the registry can take those keys away.
     await expectConverged(node.client, prefix, [kept!, added], [watcher]);
